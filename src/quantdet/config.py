@@ -1,0 +1,103 @@
+"""params.yaml: load, fill defaults from the schema, validate — the same way Snakemake does."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from quantdet.errors import ParamsError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        return root["$defs"][ref.split("/")[-1]]
+    return schema
+
+
+def fill_defaults(instance, schema: dict, root: dict | None = None):
+    """Insert the schema's `default:` values for keys the instance leaves out (in place)."""
+    root = root or schema
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            sub = _resolve(sub, root)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                fill_defaults(instance[key], sub, root)
+    return instance
+
+
+def _key_path(error) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (("." if parts else "") + str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None) -> dict:
+    """Fill defaults and validate; raise ParamsError naming the first bad key."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    params = fill_defaults(copy.deepcopy(params), schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors[:10]]
+        raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
+    _check_consistency(params, source)
+    return params
+
+
+def _check_consistency(params: dict, source: str) -> None:
+    """Rules a JSON schema cannot say."""
+    data = params["data"]
+    if data["source"] == "coco":
+        missing = [k for k, v in data["coco"].items() if not v]
+        if missing:
+            raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
+    if data["source"] == "voc" and not data["voc"]["root"]:
+        raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return validate_params(raw, source=str(path))
+
+
+def select(params: dict, keys: list[str]) -> dict:
+    """The values of dotted params keys, e.g. ['train', 'models.student']."""
+    out = {}
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def params_hash(values: dict) -> str:
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,97 @@
+"""The study matrix: which models and conditions a params file asks for.
+
+Model names are built here and parsed back here, nowhere else:
+
+    teacher-fp32, student-fp32                       FP32 detectors from `pretrain`
+    student-ptq-percentile-w8a8                      a quantized model, fake-quantized in PyTorch
+    student-ptq-percentile-w8a8-ort                  the same model, exported and run in onnxruntime
+
+A *condition* is ``clean`` or the name of a corruption (evaluated at every severity).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ORT_SUFFIX = "-ort"
+ROLES = ("teacher", "student")
+
+_NAME = re.compile(
+    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat)-(?P<method>[a-z0-9]+)"
+    r"-w(?P<wbits>\d)a(?P<abits>\d))(?P<ort>-ort)?$"
+)
+
+
+@dataclass(frozen=True)
+class ModelName:
+    role: str                 # teacher | student
+    stage: str                # pretrain | ptq | qat
+    method: str | None        # observer / recipe name, None for FP32
+    weight_bits: int | None
+    act_bits: int | None
+    runtime: str              # torch | onnxruntime
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits is not None
+
+    @property
+    def model(self) -> str:
+        """Name of the trained/quantized model file (without the runtime suffix)."""
+        if not self.quantized:
+            return f"{self.role}-fp32"
+        return f"{self.role}-{self.stage}-{self.method}-w{self.weight_bits}a{self.act_bits}"
+
+    @property
+    def name(self) -> str:
+        return self.model + (ORT_SUFFIX if self.runtime == "onnxruntime" else "")
+
+    @property
+    def fp32_source(self) -> str:
+        """The FP32 model this one was made from."""
+        return f"{self.role}-fp32"
+
+    @property
+    def bits_label(self) -> str:
+        return "fp32" if not self.quantized else f"W{self.weight_bits}A{self.act_bits}"
+
+
+def parse_model_name(name: str) -> ModelName:
+    m = _NAME.match(name)
+    if m is None:
+        raise ValueError(f"not a quantdet model name: {name!r}")
+    runtime = "onnxruntime" if m["ort"] else "torch"
+    if m["fp32"]:
+        return ModelName(m["role"], "pretrain", None, None, None, runtime)
+    return ModelName(m["role"], m["stage"], m["method"], int(m["wbits"]), int(m["abits"]), runtime)
+
+
+def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, act_bits: int) -> str:
+    return ModelName(role, stage, method, weight_bits, act_bits, "torch").model
+
+
+def ptq_models(params: dict) -> list[str]:
+    q = params["quant"]
+    return [quantized_model_name("student", "ptq", method, b, b)
+            for method in q["ptq"]["methods"] for b in q["bits"]]
+
+
+def quantized_models(params: dict) -> list[str]:
+    return ptq_models(params)
+
+
+def evaluated_models(params: dict) -> list[str]:
+    """Every model the study evaluates: FP32 teacher and student, each quantized model
+    fake-quantized in PyTorch, and its exported ONNX model in onnxruntime."""
+    names = ["teacher-fp32", "student-fp32"]
+    for q in quantized_models(params):
+        names += [q, q + ORT_SUFFIX]
+    return names
+
+
+def conditions(params: dict) -> list[str]:
+    return ["clean", *params["corruptions"]["names"]]
+
+
+def severities_of(condition: str, params: dict) -> list[int]:
+    return [0] if condition == "clean" else list(params["corruptions"]["severities"])
