@@ -95,3 +95,45 @@ def conditions(params: dict) -> list[str]:
 
 def severities_of(condition: str, params: dict) -> list[int]:
     return [0] if condition == "clean" else list(params["corruptions"]["severities"])
+
+
+# The params keys each stage reads: Snakemake rules declare them as `params:` (so a change
+# reruns the rule) and dvc.yaml lists the same keys. `{role}` is the model role.
+STAGE_PARAMS = {
+    "prepare": ["study.seed", "data"],
+    "corrupt": ["corruptions.seed"],
+    "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
+    "ptq": ["study.seed", "models.input_size", "quant.ptq"],
+    "export": ["models.input_size", "export", "evaluate"],
+    "evaluate": ["models.input_size", "evaluate"],
+    "report": ["study", "data", "corruptions", "models", "quant"],
+}
+
+
+def stage_params(stage: str, role: str = "student") -> list[str]:
+    return [k.format(role=role) for k in STAGE_PARAMS[stage]]
+
+
+# Paths shared by the Snakefile, dvc.yaml and the stages.
+PREPARED = "data/prepared"
+CORRUPTED = "data/corrupted"
+MODELS = "results/models"
+EVAL = "results/eval"
+
+
+def split_dir(condition: str, severity: int) -> str:
+    if condition == "clean":
+        return f"{PREPARED}/val"
+    return f"{CORRUPTED}/{condition}/{severity}"
+
+
+def model_file(model: str) -> str:
+    return f"{MODELS}/{model}.pt"
+
+
+def onnx_file(model: str) -> str:
+    return f"{MODELS}/{model}.onnx"
+
+
+def eval_dir(model: str, condition: str) -> str:
+    return f"{EVAL}/{model}/{condition}"

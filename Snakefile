@@ -1,0 +1,29 @@
+# quantdet: one study, from data to report. The rules only wire files to `quantdet <stage>`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, schema="workflow/schemas/params.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+onstart:
+    shell("quantdet track-study --params params.yaml")
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),

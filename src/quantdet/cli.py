@@ -1,0 +1,104 @@
+"""`quantdet <stage> --params params.yaml ...`: one subcommand per stage, all called the same
+way by Snakemake rules and DVC stages."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from quantdet.errors import QuantdetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantdet", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="study parameters (params.yaml)")
+    common.add_argument("--log", help="also write the log to this file")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name, help_text):
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    stage("validate", "validate params.yaml against the schema and print it with defaults")
+    stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
+    p = stage("prepare", "write the COCO-format train/val/calib splits")
+    p.add_argument("--out", default="data/prepared")
+    p = stage("corrupt", "write one corrupted copy of the val split")
+    p.add_argument("--corruption", required=True)
+    p.add_argument("--severity", type=int, required=True)
+    p.add_argument("--out")
+    p = stage("pretrain", "train an FP32 detector from scratch")
+    p.add_argument("--role", required=True, choices=["teacher", "student"])
+    p.add_argument("--out")
+    for name, text in (("ptq", "post-training quantization of an FP32 model"),
+                       ("export", "export a model to ONNX (QDQ for quantized models), "
+                                  "measure latency and simulated-vs-deployed agreement")):
+        p = stage(name, text)
+        p.add_argument("--model", required=True)
+        p.add_argument("--out")
+    p = stage("evaluate", "COCO box metrics of one model on one condition (all severities)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--condition", required=True, help="'clean' or a corruption name")
+    p.add_argument("--out")
+    p = stage("report", "P/mPC/rPC tables, plots and results/report.md")
+    p.add_argument("--out", default="results", help="results root")
+    return parser
+
+
+def _setup_logging(log_file: str | None) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args) -> object:
+    from quantdet import stages
+    from quantdet.config import load_params
+
+    params = load_params(args.params)
+    if args.stage == "validate":
+        import yaml
+        print(yaml.safe_dump(params, sort_keys=False))
+        return params
+    if args.stage == "track-study":
+        from quantdet import tracking
+        run_id = tracking.study_run(params)
+        print(run_id or "tracking disabled")
+        return run_id
+    if args.stage == "prepare":
+        return stages.prepare(params, args.out)
+    if args.stage == "corrupt":
+        return stages.corrupt(params, args.corruption, args.severity, args.out)
+    if args.stage == "pretrain":
+        return stages.pretrain(params, args.role, args.out)
+    if args.stage == "ptq":
+        return stages.ptq(params, args.model, args.out)
+    if args.stage == "export":
+        return stages.export(params, args.model, args.out)
+    if args.stage == "evaluate":
+        return stages.evaluate(params, args.model, args.condition, args.out)
+    if args.stage == "report":
+        return stages.report(params, args.out)
+    raise AssertionError(args.stage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log)
+    log = logging.getLogger("quantdet")
+    log.info("quantdet %s %s", args.stage, " ".join(argv if argv is not None else sys.argv[1:]))
+    try:
+        run(args)
+    except QuantdetError as e:
+        log.error("%s", e)
+        print(f"quantdet {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Simulated vs deployed: does onnxruntime's integer model compute what the fake-quantized
+PyTorch model computes? And how fast is it against the FP32 ONNX model?"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from quantdet.export.onnx_export import OUTPUT_NAMES
+from quantdet.models.decode import decode_detections
+
+
+@torch.no_grad()
+def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int,
+                     batch_size: int = 16) -> dict:
+    """Compare raw outputs element by element.
+
+    The tolerance unit is one quantization step of an activation quantizer covering the
+    output's range at the model's activation bit width: a one-step difference in some
+    upstream rounding (onnxruntime rounds its requantization in integer arithmetic) moves
+    outputs by about that much.
+    """
+    sim = [torch.cat(t) for t in zip(*(torch_model(b) for b in images.split(batch_size)))]
+    dep = [torch.cat(t) for t in zip(*(ort_model(b) for b in images.split(batch_size)))]
+    report = {"max_abs_diff": {}, "quant_step": {}, "within_one_step_fraction": {}}
+    for name, s, d in zip(OUTPUT_NAMES, sim, dep):
+        step = float((s.max() - s.min()) / (2**act_bits - 1))
+        diff = (s - d).abs()
+        report["max_abs_diff"][name] = float(diff.max())
+        report["quant_step"][name] = step
+        report["within_one_step_fraction"][name] = float((diff <= step).float().mean())
+    report["num_images"] = int(images.shape[0])
+    return report
+
+
+@torch.no_grad()
+def detection_agreement(torch_model, ort_model, images, stride: int, decode_params: dict,
+                        min_score: float = 0.3) -> float:
+    """Fraction of the simulated model's confident detections that the deployed model also
+    makes (same class, IoU ≥ 0.5)."""
+    matched = total = 0
+    for batch in images.split(16):
+        sim = decode_detections(torch_model(batch), stride, **decode_params)
+        dep = decode_detections(ort_model(batch), stride, **decode_params)
+        for a, b in zip(sim, dep):
+            keep = a["scores"] >= min_score
+            boxes, labels = a["boxes"][keep], a["labels"][keep]
+            total += len(boxes)
+            if len(boxes) == 0 or len(b["boxes"]) == 0:
+                continue
+            iou = box_iou(boxes, b["boxes"])
+            same = labels[:, None] == b["labels"][None, :]
+            matched += int(((iou >= 0.5) & same).any(dim=1).sum())
+    return matched / total if total else float("nan")
+
+
+def compare_latency(sessions: dict, images: np.ndarray, runs: int, warmup: int = 5) -> dict:
+    """Median latency (ms) of each onnxruntime session on the same batch, runs interleaved so
+    both see the same machine load."""
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run_numpy(images)
+    times = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run_numpy(images)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}

@@ -1,0 +1,59 @@
+"""Model files: an FP32 detector or a quantized one, saved with the config that rebuilds it.
+
+FP32:       {"kind": "fp32", "detector": build_detector kwargs, "classes": ..., "state_dict": ...}
+quantized:  the same plus {"kind": "quantized", "quant": quantize_model kwargs + metadata}
+A quantized model is rebuilt by quantizing a fresh detector of the same config (same graph,
+same quantizer placement) and loading the saved state (folded weights, scales, zero points).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from quantdet.errors import QuantdetError
+from quantdet.io_utils import atomic_path
+
+
+def save_model(path, model, *, kind: str, detector: dict, classes: dict, extra: dict | None = None,
+               quant: dict | None = None) -> None:
+    payload = {"kind": kind, "detector": detector, "classes": classes,
+               "state_dict": model.state_dict(), "quant": quant, **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_model_file(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise QuantdetError(f"{path}: model file not found (run the stage that makes it first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise QuantdetError(f"{path}: not a readable quantdet model file ({e})") from None
+
+
+def build_from_config(detector: dict, quant: dict | None = None):
+    from quantdet.models import build_detector
+
+    cfg = {k: v for k, v in detector.items() if k != "pretrained"}
+    model = build_detector(**cfg, pretrained=False)
+    if quant is None:
+        return model
+    from quantdet.quant.graph import quantize_model, set_quant_mode
+    from quantdet.quant.modules import QUANTIZE
+
+    qmodel = quantize_model(model, quant["weight_bits"], quant["act_bits"], quant["observer"],
+                            quant.get("observer_kwargs") or {})
+    set_quant_mode(qmodel, QUANTIZE)
+    return qmodel
+
+
+def load_model(path):
+    """Return (model in eval mode, the file's payload without the weights)."""
+    payload = read_model_file(path)
+    model = build_from_config(payload["detector"], payload.get("quant"))
+    model.load_state_dict(payload.pop("state_dict"))
+    if payload.get("quant"):
+        model.quant_info = payload["quant"]
+    return model.eval(), payload

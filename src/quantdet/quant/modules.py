@@ -1,0 +1,131 @@
+"""Quantized modules: an activation quantizer and convolution/linear layers with
+fake-quantized weights. In ONNX export mode they emit QuantizeLinear/DequantizeLinear pairs
+(via torch's fake-quantize ops) carrying exactly these scales and zero points."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from quantdet.quant.observers import build_observer
+from quantdet.quant.quantizer import (asymmetric_qparams, fake_quantize, integer_range,
+                                      symmetric_scale)
+
+FLOAT, CALIBRATE, QUANTIZE = "float", "calibrate", "quantize"
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export()
+
+
+class ActQuantizer(nn.Module):
+    """Asymmetric per-tensor activation quantizer (unsigned integers, zero point).
+
+    mode: `calibrate` observes and passes floats through; `quantize` fake-quantizes.
+    A quantizer can be applied to a second tensor with observe=False: ops such as max-pool
+    and nearest upsampling keep values on the input's grid, so their output reuses the
+    input's quantizer (and onnxruntime keeps them in int8).
+    """
+
+    def __init__(self, bits: int = 8, observer: str = "minmax", **observer_kwargs):
+        super().__init__()
+        self.bits = bits
+        self.qmin, self.qmax = integer_range(bits, signed=False)
+        self.observer_name = observer
+        self.observer = build_observer(observer, **observer_kwargs)
+        self.mode = CALIBRATE
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+
+    def forward(self, x, observe: bool = True):
+        if self.mode == FLOAT:
+            return x
+        if self.mode == CALIBRATE:
+            if observe:
+                self.observer.observe(x)
+            return x
+        if _exporting():
+            return self._export_forward(x)
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def _export_forward(self, x):
+        # ONNX carries uint8; a narrower grid is kept by clipping to its float range first.
+        scale, zp = float(self.scale), int(self.zero_point)
+        if self.bits < 8:
+            x = torch.clamp(x, (self.qmin - zp) * scale, (self.qmax - zp) * scale)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+
+    @torch.no_grad()
+    def freeze(self):
+        """Set scale and zero point from the observed range and start quantizing."""
+        if not self.observer.ready:
+            raise RuntimeError("activation quantizer was never calibrated")
+        lo, hi = self.observer.range()
+        scale, zp = asymmetric_qparams(lo, hi, self.bits)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp)
+        self.mode = QUANTIZE
+
+    def extra_repr(self):
+        return f"bits={self.bits}, observer={self.observer_name}, mode={self.mode}"
+
+
+class _WeightQuantMixin:
+    """Symmetric per-output-channel weight quantization (zero point 0)."""
+
+    def _init_weight_quant(self, bits: int):
+        self.weight_bits = bits
+        self.wqmin, self.wqmax = integer_range(bits, signed=True)
+        self.quantize_weight = True
+
+    def weight_scale(self) -> torch.Tensor:
+        absmax = self.weight.detach().abs().flatten(1).amax(dim=1)
+        return symmetric_scale(absmax, self.weight_bits)
+
+    def quantized_weight(self) -> torch.Tensor:
+        if not self.quantize_weight:
+            return self.weight
+        scale = self.weight_scale()
+        if _exporting():
+            # a traced constant, so the exported QuantizeLinear reads an initializer
+            scale = torch.tensor(scale.tolist(), dtype=torch.float32)
+            zp = torch.zeros_like(scale, dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(self.weight, scale, zp, 0, -128, 127)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        return fake_quantize(self.weight, scale.view(shape), 0.0, self.wqmin, self.wqmax)
+
+    def integer_weight(self) -> torch.Tensor:
+        """The weights as the integers an integer kernel uses (for inspection and tests)."""
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        q = torch.round(self.weight.detach() / self.weight_scale().view(shape))
+        return torch.clamp(q, self.wqmin, self.wqmax).to(torch.int8)
+
+
+class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits: int) -> "QuantConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q._init_weight_quant(bits)
+        return q
+
+    def forward(self, x):
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+class QuantLinear(nn.Linear, _WeightQuantMixin):
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bits: int) -> "QuantLinear":
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        q.weight = linear.weight
+        q.bias = linear.bias
+        q._init_weight_quant(bits)
+        return q
+
+    def forward(self, x):
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+QUANT_MODULES = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

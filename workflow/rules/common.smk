@@ -1,0 +1,51 @@
+# Target lists and per-stage params, all derived from params.yaml by quantdet.study.
+from quantdet import study
+from quantdet.config import select
+
+CORRUPTIONS = config["corruptions"]["names"]
+SEVERITIES = config["corruptions"]["severities"]
+EVALUATED = study.evaluated_models(config)
+QUANTIZED = study.quantized_models(config)
+
+
+wildcard_constraints:
+    role="teacher|student",
+    corruption="|".join(CORRUPTIONS) or "^$",
+    severity=r"\d",
+    condition="|".join(["clean", *CORRUPTIONS]),
+    model=r"(teacher|student)-[a-z0-9-]+",
+
+
+def stage_params(stage, role="student"):
+    """The params keys a stage reads, as a rule's `params:` (a change reruns the rule)."""
+    return select(config, study.stage_params(stage, role))
+
+
+def role_params(stage):
+    return lambda wildcards: stage_params(stage, wildcards.role)
+
+
+def quantized_source(wildcards):
+    return study.model_file(study.parse_model_name(wildcards.model).fp32_source)
+
+
+def export_inputs(wildcards):
+    name = study.parse_model_name(wildcards.model)
+    inputs = {"model": study.model_file(name.model), "val": study.PREPARED}
+    if name.quantized:
+        inputs["fp32_onnx"] = study.onnx_file(name.fp32_source)
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    name = study.parse_model_name(wildcards.model)
+    model = study.onnx_file(name.model) if name.runtime == "onnxruntime" else study.model_file(name.model)
+    if wildcards.condition == "clean":
+        splits = [study.PREPARED]
+    else:
+        splits = [study.split_dir(wildcards.condition, s) for s in SEVERITIES]
+    return {"model": model, "splits": splits}
+
+
+def get_final_output():
+    return ["results/report.md"]

@@ -1,0 +1,19 @@
+rule ptq:
+    input:
+        model=quantized_source,
+        data="data/prepared",
+    output:
+        "results/models/{model}.pt",
+    wildcard_constraints:
+        model=r"(teacher|student)-ptq-[a-z0-9]+-w\da\d",
+    params:
+        read=stage_params("ptq"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/ptq/{model}.log",
+    benchmark:
+        "benchmarks/ptq/{model}.tsv"
+    threads: config["train"]["threads"]
+    shell:
+        "quantdet ptq --params params.yaml --model {wildcards.model} --out {output} --log {log}"

@@ -1,0 +1,18 @@
+rule pretrain:
+    input:
+        "data/prepared",
+    output:
+        "results/models/{role}-fp32.pt",
+    params:
+        read=role_params("pretrain"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/pretrain/{role}-fp32.log",
+    benchmark:
+        "benchmarks/pretrain/{role}-fp32.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=0,
+    shell:
+        "quantdet pretrain --params params.yaml --role {wildcards.role} --out {output} --log {log}"
