@@ -1,27 +1,21 @@
-"""Atomic writes: a killed report job must never leave a complete-looking output behind."""
+"""Report outputs go through quantdet.io_utils.atomic_path, like every stage's outputs, so a
+killed report job never leaves a complete-looking file behind."""
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import numbers
 from collections.abc import Callable
 from pathlib import Path
+
+from quantdet.io_utils import atomic_path
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -35,5 +29,5 @@ def atomic_write_json(path: Path, payload) -> Path:
 
 def finite_numbers(values: dict) -> dict:
     """Only the finite numbers of a dict: DVC metrics files hold numbers, nothing else."""
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {k: int(v) if isinstance(v, numbers.Integral) else float(v) for k, v in values.items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)}

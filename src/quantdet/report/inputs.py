@@ -34,8 +34,8 @@ def _require(payload: dict, key: str, kind, path: Path, where: str = ""):
 
 
 def read_evaluation_rows(eval_files) -> list[dict]:
-    """One row per (model, condition, severity): model, runtime, condition, severity and the
-    six box metrics. Two files claiming the same row are an error: one of them is stale."""
+    """One row per (model, condition, severity): model, runtime, condition, severity, the
+    six box metrics and num_images. Two files claiming the same row are an error: one of them is stale."""
     rows, seen = [], {}
     for path in map(Path, eval_files):
         for row in _evaluation_rows(path):
@@ -78,7 +78,7 @@ def _evaluation_rows(path: Path) -> list[dict]:
             if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
                 raise QuantdetError(f"{path}: {where}metrics.{key!r} should be a number or null, got {value!r}")
         rows.append({"model": model, "runtime": name.runtime, "condition": condition, "severity": severity,
-                     **{key: metrics.get(key) for key in BOX_METRICS}})
+                     **{key: metrics.get(key) for key in BOX_METRICS}, "num_images": result.get("num_images")})
     return rows
 
 

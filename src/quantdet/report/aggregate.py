@@ -1,0 +1,93 @@
+"""The `report` stage: every evaluation and export of a study into metrics, tables, plots and
+results/report.md. Metrics and tables keep AP as fractions; the report shows AP points."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from quantdet.report import tables as t
+from quantdet.report.files import atomic_write, atomic_write_json, atomic_write_text, finite_numbers
+from quantdet.report.inputs import read_evaluation_rows, read_exports
+from quantdet.report.markdown import render_study_report
+from quantdet.report.plots import plot_ap_per_corruption, plot_ap_vs_severity, plot_rpc_per_model
+
+ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
+                      "P_AP50": "AP50_clean", "mPC_AP50": "mPC_AP50", "rPC_AP50": "rPC_AP50"}
+
+
+def write_study_report(eval_files, export_files, params: dict, out_root="results") -> dict:
+    """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
+    (per-model P/mPC/rPC and the paths written) for the CLI to log."""
+    out = Path(out_root)
+    rows = read_evaluation_rows(eval_files)
+    exports = read_exports(export_files)
+
+    ap = t.ap_by_condition(rows, params)
+    robustness = t.robustness_table(ap, params)
+    order = list(robustness["model"])
+    tables = {
+        "ap_by_condition": ap,
+        "robustness": robustness,
+        "quantization_drop": t.quantization_drop(robustness),
+        "simulated_vs_deployed": t.simulated_vs_deployed(robustness),
+        "ap_vs_severity": t.ap_vs_severity(ap, params),
+        "export": t.export_table(exports, order),
+    }
+
+    written = {
+        "robustness_metrics": atomic_write_json(out / "metrics" / "robustness.json", _robustness_metrics(robustness)),
+        "export_metrics": atomic_write_json(out / "metrics" / "export.json", _export_metrics(tables["export"], exports)),
+    }
+    for name in ("ap_by_condition", "robustness", "quantization_drop", "ap_vs_severity"):
+        written[f"{name}_table"] = _write_csv(tables[name], out / "tables" / f"{name}.csv")
+    written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
+                                                       _wide_curves(tables["ap_vs_severity"], order))
+
+    plots_dir = out / "plots"
+    plots = {
+        "Mean AP over corruptions vs severity": plot_ap_vs_severity(tables["ap_vs_severity"],
+                                                                    plots_dir / "ap_vs_severity.png"),
+        "rPC per model": plot_rpc_per_model(robustness, plots_dir / "rpc_per_model.png"),
+        "AP per corruption": plot_ap_per_corruption(t.ap_per_corruption(ap), plots_dir / "ap_per_corruption.png"),
+    }
+    written.update({f"{p.stem}_plot": p for p in plots.values()})
+
+    report = out / "report.md"
+    relative = {title: Path(os.path.relpath(p, report.parent)).as_posix() for title, p in plots.items()}
+    num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
+    written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images))
+
+    return {"models": order,
+            "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},
+            "outputs": {key: str(path) for key, path in written.items()}}
+
+
+def _robustness_metrics(robustness: pd.DataFrame) -> dict:
+    return {row["model"]: finite_numbers({name: row[column] for column, name in ROBUSTNESS_METRICS.items()})
+            for _, row in robustness.iterrows()}
+
+
+def _export_metrics(export: pd.DataFrame, exports: dict[str, dict]) -> dict:
+    metrics = {}
+    for _, row in export.iterrows():
+        agreement = exports[row["model"]].get("agreement") or {}
+        metrics[row["model"]] = finite_numbers({
+            **row.drop(["model", "latency_batch", "latency_threads"]).to_dict(),
+            "within_one_step_fraction": agreement.get("within_one_step_fraction"),
+            "detections_match_iou50": agreement.get("detections_match_iou50"),
+        })
+    return metrics
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def _wide_curves(curves: pd.DataFrame, order: list[str]) -> list[dict]:
+    """One record per severity with one AP column per model: the shape `dvc plots` draws
+    as one line per model (y: the model names)."""
+    wide = curves.pivot(index="severity", columns="model", values="AP")
+    wide = wide[[m for m in order if m in wide.columns]].reset_index()
+    return [finite_numbers(record) | {"severity": int(record["severity"])} for record in wide.to_dict("records")]

@@ -1,0 +1,151 @@
+"""results/report.md: the study for a person, summary first, long tables last."""
+from __future__ import annotations
+
+import pandas as pd
+
+from quantdet.report.findings import study_findings
+from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
+                                        signed_points)
+from quantdet.report.tables import corruption_severity_grid
+
+
+def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
+                        plots: dict[str, str], num_images: list[int]) -> str:
+    """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
+    relative to the report."""
+    corruptions = params["corruptions"]["names"]
+    sections = [
+        f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
+        _study_description(params, tables["robustness"], num_images),
+        "## Headline\n\n" + _headline(tables["robustness"]),
+        "## What the numbers say\n\n" + "\n".join(
+            f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
+                                                   tables["quantization_drop"], tables["simulated_vs_deployed"],
+                                                   tables["export"], corruptions)),
+        _quantization_drop(tables["quantization_drop"]),
+        _simulated_vs_deployed(tables["simulated_vs_deployed"]),
+        _export(tables["export"], exports),
+        "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path})" for title, path in plots.items()),
+        _per_model_grids(tables["ap_by_condition"]),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int]) -> str:
+    data, models, quant, corr = params["data"], params["models"], params["quant"], params["corruptions"]
+    if data["source"] == "embedded":
+        dataset = (f"the embedded synthetic dataset ({data['embedded']['num_train']} train / "
+                   f"{data['embedded']['num_val']} val images, {data['image_size']} px)")
+    elif data["source"] == "coco":
+        dataset = f"COCO-format data (val annotations: `{data['coco']['val_annotations']}`)"
+    else:
+        dataset = f"Pascal VOC (val sets: {', '.join('/'.join(s) for s in data['voc']['val_sets'])})"
+    images = sorted(set(num_images))
+    ptq = quant.get("ptq", {})
+    bits = ", ".join(f"W{b}A{b}" for b in quant["bits"])
+    lines = [
+        "## What this study is",
+        "",
+        "How much accuracy and corruption robustness a detector keeps when it is quantized.",
+        "",
+        f"- **Dataset**: {dataset}; evaluated on {'/'.join(map(str, images)) or 'an unknown number of'} images.",
+        f"- **Models**: teacher `{models['teacher']['backbone']}` and student `{models['student']['backbone']}` "
+        f"(FPN + anchor-free head, {models['input_size']} px input), trained in FP32.",
+        f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in ptq.get('methods', []))} at "
+        f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
+        "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "
+        "is the exported QDQ ONNX model (deployed).",
+        f"- **Corruptions**: {len(corr['names'])} ({', '.join(corr['names'])}) at severities "
+        f"{', '.join(map(str, corr['severities']))}; corruption seed {corr.get('seed', '?')}, "
+        f"study seed {params.get('study', {}).get('seed', '?')}.",
+        f"- **Evaluated models**: {len(robustness)} ({', '.join(robustness['model'])}).",
+        "- **Metrics** (Michaelis et al. 2019): P = box AP@[.5:.95] on clean images; mPC = mean AP over "
+        "every corruption × severity; rPC = mPC / P. AP is given in points (AP × 100), rPC in percent.",
+    ]
+    return "\n".join(lines)
+
+
+def _headline(robustness: pd.DataFrame) -> str:
+    rows = [[f"`{r.model}`", r.bits, r.runtime, ap_points(r.P), ap_points(r.mPC), percent(r.rPC),
+             ap_points(r.P_AP50), ap_points(r.mPC_AP50)] for r in robustness.itertuples()]
+    return markdown_table(["model", "bits", "runtime", "P", "mPC", "rPC", "AP50 clean", "mPC (AP50)"],
+                          rows, align_right_from=3)
+
+
+def _quantization_drop(drop: pd.DataFrame) -> str:
+    if drop.empty:
+        return ""
+    rows = [[f"`{r.model}`", r.runtime, f"`{r.fp32_source}`",
+             f"{ap_points(r.P_fp32)} → {ap_points(r.P)}", signed_points(r.dP_points), signed_percent(r.dP_rel),
+             f"{ap_points(r.mPC_fp32)} → {ap_points(r.mPC)}", signed_points(r.dmPC_points), signed_percent(r.dmPC_rel),
+             f"{percent(r.rPC_fp32)} → {percent(r.rPC)}", signed_points(r.drPC_points)]
+            for r in drop.itertuples()]
+    return ("## Quantization drop against the FP32 source\n\n"
+            "Differences are quantized − FP32: in AP points (Δ) and relative to the FP32 value (rel.); "
+            "ΔrPC is in percentage points.\n\n"
+            + markdown_table(["model", "runtime", "FP32 source", "P", "ΔP", "rel.", "mPC", "ΔmPC", "rel.",
+                              "rPC", "ΔrPC"], rows, align_right_from=3))
+
+
+def _simulated_vs_deployed(sim_dep: pd.DataFrame) -> str:
+    if sim_dep.empty:
+        return ""
+    rows = [[f"`{r.model}`", r.bits, ap_points(r.P_simulated), ap_points(r.P_deployed), signed_points(r.dP_points),
+             ap_points(r.mPC_simulated), ap_points(r.mPC_deployed), signed_points(r.dmPC_points)]
+            for r in sim_dep.itertuples()]
+    return ("## Simulated (PyTorch) vs deployed (onnxruntime)\n\n"
+            "The same quantized model, fake-quantized in PyTorch and run as integer ONNX; Δ = deployed − simulated.\n\n"
+            + markdown_table(["model", "bits", "P simulated", "P deployed", "ΔP", "mPC simulated",
+                              "mPC deployed", "ΔmPC"], rows, align_right_from=2))
+
+
+def _export(export: pd.DataFrame, exports: dict[str, dict]) -> str:
+    if export.empty:
+        return ""
+    rows = [[f"`{r.model}`", _milliseconds(r.latency_ms_fp32), _milliseconds(r.latency_ms_int8),
+             "–" if pd.isna(r.speedup_int8_vs_fp32) else f"{r.speedup_int8_vs_fp32:.2f}×",
+             _megabytes(r.size_bytes_fp32), _megabytes(r.size_bytes_int8)] for r in export.itertuples()]
+    first = export.iloc[0]
+    setting = ("" if pd.isna(first["latency_batch"]) else
+               f" Latency is per batch of {int(first['latency_batch'])} images"
+               + ("" if pd.isna(first["latency_threads"]) else f" on {int(first['latency_threads'])} threads") + ".")
+    parts = ["## Export\n\nFP32 and INT8 (QDQ) ONNX models in onnxruntime." + setting,
+             markdown_table(["model", "FP32 ms", "INT8 ms", "speed-up", "FP32 MB", "INT8 MB"], rows)]
+    for model in export["model"]:
+        for field in ("agreement", "calibration"):
+            details = _flatten(exports[model].get(field) or {})
+            if details:
+                parts.append(f"**{field.capitalize()} of `{model}`**\n\n"
+                             + "\n".join(f"- {key}: {plain(value)}" for key, value in details.items()))
+    return "\n\n".join(parts)
+
+
+def _milliseconds(ms) -> str:
+    return "–" if pd.isna(ms) else f"{ms:.1f}"
+
+
+def _megabytes(size) -> str:
+    return "–" if pd.isna(size) else f"{size / 1e6:.2f}"
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _per_model_grids(ap: pd.DataFrame) -> str:
+    parts = ["## AP per corruption and severity\n\nAP points; the last column is the mean over severities."]
+    for model in ap["model"].unique():
+        grid = corruption_severity_grid(ap, model)
+        severities = [c for c in grid.columns if c != "mean"]
+        clean = ap.loc[(ap["model"] == model) & (ap["condition"] == "clean"), "AP"]
+        rows = [["clean", *[""] * len(severities), ap_points(clean.iloc[0]) if len(clean) else "–"]]
+        rows += [[condition, *[ap_points(grid.at[condition, s]) for s in severities], ap_points(grid.at[condition, "mean"])]
+                 for condition in grid.index]
+        parts.append(f"### `{model}`\n\n" + markdown_table(["condition", *[f"s{s}" for s in severities], "mean"], rows))
+    return "\n\n".join(parts)

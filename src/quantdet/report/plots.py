@@ -1,0 +1,95 @@
+"""The report's figures. A quantized model and its onnxruntime export share a colour
+(deployed is dashed or hatched), so simulated-vs-deployed pairs read at a glance."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")   # report jobs run headless, on cluster nodes too
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from quantdet.report.files import atomic_write  # noqa: E402
+from quantdet.study import parse_model_name  # noqa: E402
+
+
+def model_colours(models: list[str]) -> dict[str, tuple]:
+    bases = list(dict.fromkeys(parse_model_name(m).model for m in models))
+    palette = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20").colors
+    return {m: palette[bases.index(parse_model_name(m).model) % len(palette)] for m in models}
+
+
+def _deployed(model: str) -> bool:
+    return parse_model_name(model).runtime == "onnxruntime"
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_ap_vs_severity(curves: pd.DataFrame, path: Path) -> Path:
+    models = list(curves["model"].unique())
+    colours = model_colours(models)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for model in models:
+        curve = curves[curves["model"] == model]
+        ax.plot(curve["severity"], 100 * curve["AP"], marker="o", color=colours[model],
+                linestyle="--" if _deployed(model) else "-", label=model)
+    ax.set_xticks(sorted(curves["severity"].unique()))
+    ax.set_xlabel("corruption severity (0 = clean)")
+    ax.set_ylabel("AP@[.5:.95] (points), mean over corruptions")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, title="model")
+    ax.set_title("Accuracy as corruptions get stronger")
+    return _save(fig, path)
+
+
+def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
+    # horizontal bars: the long model names stay readable on the y axis
+    models = list(robustness["model"])
+    colours = model_colours(models)
+    rpc = 100 * robustness["rPC"].astype(float)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(models) + 1.5))
+    bars = ax.barh(range(len(models)), rpc.fillna(0), color=[colours[m] for m in models],
+                   edgecolor="black", linewidth=0.5)
+    for bar, model in zip(bars, models):
+        if _deployed(model):
+            bar.set_hatch("//")
+    for y, value in enumerate(rpc):
+        ax.text((0 if pd.isna(value) else value) + 0.5, y, "n/a" if pd.isna(value) else f"{value:.1f}%",
+                va="center", fontsize=9)
+    ax.set_yticks(range(len(models)), models)
+    ax.invert_yaxis()
+    ax.set_xlabel("rPC = mPC / P (%)")
+    top = rpc.max(skipna=True)
+    ax.set_xlim(0, max(100.0, 0.0 if pd.isna(top) else top + 10))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Relative performance under corruption (hatched: onnxruntime)")
+    return _save(fig, path)
+
+
+def plot_ap_per_corruption(per_condition: pd.DataFrame, path: Path) -> Path:
+    models = list(per_condition["model"].unique())
+    conditions = list(per_condition["condition"].unique())
+    colours = model_colours(models)
+    table = per_condition.pivot(index="condition", columns="model", values="AP").reindex(conditions)[models]
+    width = 0.8 / len(models)
+    # wide enough for the bars, capped so the figure still reads when embedded in report.md
+    fig, ax = plt.subplots(figsize=(min(15, max(8, 0.12 * len(conditions) * len(models) + 3)), 5.5))
+    for i, model in enumerate(models):
+        x = [c + (i - (len(models) - 1) / 2) * width for c in range(len(conditions))]
+        ax.bar(x, 100 * table[model], width, color=colours[model], label=model,
+               hatch="//" if _deployed(model) else None, edgecolor="black", linewidth=0.3)
+    ax.set_xticks(range(len(conditions)), [c.replace("_", " ") for c in conditions], rotation=35, ha="right")
+    if "clean" in conditions:   # clean is the reference, not one of the corruptions
+        ax.axvline(conditions.index("clean") + 0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlim(-0.5, len(conditions) - 0.5)
+    ax.set_ylabel("AP@[.5:.95] (points), mean over severities")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=min(3, len(models)), fontsize=9)
+    ax.set_title("Accuracy per corruption")
+    return _save(fig, path)

@@ -1,0 +1,164 @@
+"""The report stage on a synthetic study: 4 models, 2 corruptions x 2 severities."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from quantdet.errors import QuantdetError
+from quantdet.report.aggregate import write_study_report
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["teacher-fp32", "student-fp32", "student-ptq-percentile-w8a8", "student-ptq-percentile-w8a8-ort"]
+CLEAN_AP = {"teacher-fp32": 0.50, "student-fp32": 0.40,
+            "student-ptq-percentile-w8a8": 0.36, "student-ptq-percentile-w8a8-ort": 0.358}
+# each corruption removes this fraction of the clean AP per severity step
+DAMAGE = {"gaussian_noise": 0.20, "fog": 0.10}
+# the students suffer more under noise than the teacher, the quantized ones most
+EXTRA_DAMAGE = {"student-fp32": 0.02, "student-ptq-percentile-w8a8": 0.05, "student-ptq-percentile-w8a8-ort": 0.05}
+
+
+def study_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["corruptions"]["names"] = list(DAMAGE)
+    params["corruptions"]["severities"] = [1, 2]
+    params["quant"]["ptq"]["methods"] = ["percentile"]
+    return params
+
+
+def corrupted_ap(model: str, corruption: str, severity: int) -> float:
+    damage = DAMAGE[corruption] + (EXTRA_DAMAGE.get(model, 0.0) if corruption == "gaussian_noise" else 0.0)
+    return CLEAN_AP[model] * (1 - damage * severity)
+
+
+def _metrics(ap: float) -> dict:
+    return {"AP": ap, "AP50": min(1.0, 1.5 * ap), "AP75": 0.8 * ap, "AP_small": None,
+            "AP_medium": 0.9 * ap, "AP_large": 1.1 * ap}
+
+
+def write_synthetic_study(root: Path) -> tuple[list[Path], list[Path]]:
+    eval_files = []
+    for model in MODELS:
+        runtime = "onnxruntime" if model.endswith("-ort") else "torch"
+        for condition in ["clean", *DAMAGE]:
+            severities = [0] if condition == "clean" else [1, 2]
+            results = [{"severity": s, "num_images": 200, "seconds": 1.5,
+                        "detections": f"results/eval/{model}/detections/{condition}-s{s}.json",
+                        "metrics": _metrics(CLEAN_AP[model] if s == 0 else corrupted_ap(model, condition, s))}
+                       for s in severities]
+            path = root / "eval" / model / f"{condition}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"model": model, "condition": condition, "runtime": runtime,
+                                        "results": results}))
+            eval_files.append(path)
+    export = root / "models" / "student-ptq-percentile-w8a8.export.json"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.write_text(json.dumps({
+        "model": "student-ptq-percentile-w8a8", "fp32_onnx": "a.onnx", "int8_onnx": "b.onnx",
+        "size_bytes": {"fp32_onnx": 8_000_000, "int8_onnx": 2_100_000},
+        "latency_ms": {"fp32_onnx": 40.0, "int8_onnx": 16.0, "batch": 8, "runs": 30, "threads": 2},
+        "speedup_int8_vs_fp32": 2.5,
+        "agreement": {"max_abs_diff": {"boxes": 0.12, "scores": 0.01}, "within_one_step_fraction": 0.998,
+                      "detections_match_iou50": 0.97},
+        "calibration": {"split": "calib", "images": 160},
+    }))
+    return eval_files, [export]
+
+
+def expected_robustness(model: str) -> dict:
+    p = CLEAN_AP[model]
+    mpc = sum(corrupted_ap(model, c, s) for c in DAMAGE for s in (1, 2)) / 4
+    return {"P": p, "mPC": mpc, "rPC": mpc / p}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    eval_files, export_files = write_synthetic_study(root)
+    summary = write_study_report(eval_files, export_files, study_params(), out_root=root / "results")
+    return root / "results", summary
+
+
+def test_every_output_is_written(report):
+    out, summary = report
+    for relative in ["metrics/robustness.json", "metrics/export.json", "tables/ap_by_condition.csv",
+                     "tables/robustness.csv", "tables/quantization_drop.csv", "tables/ap_vs_severity.csv",
+                     "tables/ap_vs_severity.json", "plots/ap_vs_severity.png", "plots/rpc_per_model.png",
+                     "plots/ap_per_corruption.png", "report.md"]:
+        assert (out / relative).is_file(), relative
+    assert summary["models"] == MODELS
+    assert not list(out.rglob(".*")), "temporary files left behind"
+
+
+def test_robustness_metrics_match_hand_computation(report):
+    out, summary = report
+    metrics = json.loads((out / "metrics" / "robustness.json").read_text())
+    assert set(metrics) == set(MODELS)
+    for model in MODELS:
+        expected = expected_robustness(model)
+        for key in ("P", "mPC", "rPC"):
+            assert metrics[model][key] == pytest.approx(expected[key])
+            assert summary["robustness"][model][key] == pytest.approx(expected[key])
+        assert metrics[model]["AP50_clean"] == pytest.approx(min(1.0, 1.5 * CLEAN_AP[model]))
+    export = json.loads((out / "metrics" / "export.json").read_text())
+    assert export["student-ptq-percentile-w8a8"]["speedup_int8_vs_fp32"] == 2.5
+
+
+def test_report_names_each_model_and_the_drop(report):
+    out, _ = report
+    text = (out / "report.md").read_text()
+    for model in MODELS:
+        assert f"`{model}`" in text
+    quantized, fp32 = expected_robustness("student-ptq-percentile-w8a8"), expected_robustness("student-fp32")
+    assert f"{100 * (quantized['P'] - fp32['P']):+.1f}" in text
+    assert f"{100 * (quantized['mPC'] - fp32['mPC']):+.1f}" in text
+    assert f"{100 * (quantized['rPC'] - fp32['rPC']):+.1f}" in text
+    assert "quantization lowered rPC" in text
+    assert "Deployed (onnxruntime) matches simulated" in text      # 0.2 points apart
+    assert "Highest rPC: **teacher-fp32**" in text
+    assert "](plots/ap_vs_severity.png)" in text
+
+
+def test_tables_hold_the_study(report):
+    import pandas as pd
+    out, _ = report
+    ap = pd.read_csv(out / "tables" / "ap_by_condition.csv")
+    assert len(ap) == len(MODELS) * (1 + 2 * 2)
+    drop = pd.read_csv(out / "tables" / "quantization_drop.csv")
+    assert set(drop["model"]) == {"student-ptq-percentile-w8a8", "student-ptq-percentile-w8a8-ort"}
+    assert drop["dP_points"].iloc[0] == pytest.approx(-4.0)
+    curves = pd.read_csv(out / "tables" / "ap_vs_severity.csv")
+    teacher = curves[curves["model"] == "teacher-fp32"].set_index("severity")["AP"]
+    assert teacher[1] == pytest.approx((corrupted_ap("teacher-fp32", "gaussian_noise", 1)
+                                        + corrupted_ap("teacher-fp32", "fog", 1)) / 2)
+
+
+def test_plots_are_valid_images(report):
+    out, _ = report
+    for png in (out / "plots").glob("*.png"):
+        with Image.open(png) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_missing_corruption_is_an_error_naming_the_model(tmp_path):
+    eval_files, export_files = write_synthetic_study(tmp_path)
+    eval_files = [p for p in eval_files if p != tmp_path / "eval" / "student-fp32" / "fog.json"]
+    with pytest.raises(QuantdetError, match=r"student-fp32.*'fog', 1"):
+        write_study_report(eval_files, export_files, study_params(), out_root=tmp_path / "results")
+
+
+def test_missing_and_malformed_inputs_name_the_file(tmp_path):
+    eval_files, export_files = write_synthetic_study(tmp_path)
+    missing = tmp_path / "eval" / "teacher-fp32" / "snow.json"
+    with pytest.raises(QuantdetError, match="snow.json"):
+        write_study_report([*eval_files, missing], export_files, study_params(), out_root=tmp_path / "r")
+    eval_files[0].write_text('{"model": "teacher-fp32", "condition": "clean", "results": [{"severity": 0}]}')
+    with pytest.raises(QuantdetError, match=rf"{eval_files[0].name}.*metrics"):
+        write_study_report(eval_files, export_files, study_params(), out_root=tmp_path / "r")
+    eval_files[0].write_text("{not json")
+    with pytest.raises(QuantdetError, match="not valid JSON"):
+        write_study_report(eval_files, export_files, study_params(), out_root=tmp_path / "r")
