@@ -30,6 +30,19 @@ def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Store Constant nodes' tensors as initializers (scales and zero points become named,
+    inspectable initializers, as in onnxruntime's own QDQ models)."""
+    graph = model.graph
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            graph.node.remove(node)
+
+
 def integerize_weights(model: onnx.ModelProto) -> int:
     """Replace QuantizeLinear(float weight) by the integer weight it produces. Returns the count."""
     graph = model.graph
@@ -79,6 +92,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
                                         **{n: {0: "batch"} for n in OUTPUT_NAMES}},
                           do_constant_folding=True)
         proto = onnx.load(str(tmp))
+        constants_to_initializers(proto)
         integer_weights = integerize_weights(proto)
         for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
