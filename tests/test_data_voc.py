@@ -1,0 +1,82 @@
+"""Pascal VOC to COCO conversion on a tiny VOCdevkit tree."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantdet.data.coco import validate_coco
+from quantdet.data.voc import VOC_CLASSES, voc_to_coco
+from quantdet.errors import DataError
+
+
+def voc_xml(width, height, objects):
+    body = "".join(
+        f"<object><name>{name}</name><difficult>{difficult}</difficult>"
+        f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for name, difficult, (x1, y1, x2, y2) in objects
+    )
+    return f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>{body}</annotation>"
+
+
+@pytest.fixture
+def devkit(tmp_path):
+    """VOC2007 with trainval = [000001 (2 objects, one difficult), 000002 (1 object)]."""
+    root = tmp_path / "VOCdevkit"
+    year = root / "VOC2007"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (year / folder).mkdir(parents=True)
+    samples = {
+        "000001": (60, 40, [("dog", 0, (1, 1, 10, 20)), ("person", 1, (30, 5, 60, 40))]),
+        "000002": (50, 50, [("tvmonitor", 0, (11, 21, 30, 50))]),
+    }
+    for stem, (width, height, objects) in samples.items():
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(year / "JPEGImages" / f"{stem}.jpg")
+        (year / "Annotations" / f"{stem}.xml").write_text(voc_xml(width, height, objects))
+    (year / "ImageSets/Main/trainval.txt").write_text("000001\n000002\n")
+    return root
+
+
+def test_conversion_to_coco(devkit):
+    coco, paths = voc_to_coco(devkit, [["VOC2007", "trainval"]])
+    validate_coco(coco, "voc")
+    assert [c["name"] for c in coco["categories"]] == list(VOC_CLASSES)
+    assert [c["id"] for c in coco["categories"]] == list(range(1, 21))
+    assert [i["file_name"] for i in coco["images"]] == ["VOC2007_000001.jpg", "VOC2007_000002.jpg"]
+    dog, person, tv = coco["annotations"]
+    assert dog["bbox"] == [0.0, 0.0, 10.0, 20.0] and dog["category_id"] == 12 and dog["iscrowd"] == 0
+    assert person["iscrowd"] == 1  # difficult: ignored by COCO evaluation
+    assert tv["bbox"] == [10.0, 20.0, 20.0, 30.0] and tv["category_id"] == 20
+    assert all(path.is_absolute() and path.is_file() for path in paths.values())
+    assert set(paths) == {1, 2}
+
+
+def replace_xml(devkit, stem, text):
+    (devkit / "VOC2007" / "Annotations" / f"{stem}.xml").write_text(text)
+
+
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        ("<annotation><size>", r"000002\.xml: malformed XML at line 1"),
+        (voc_xml(50, 50, [("tv", 0, (1, 1, 5, 5))]), r"000002\.xml: object\[0\] \(tv\): unknown class 'tv'"),
+        (voc_xml(50, 50, [("cat", 0, (1, 1, 5, 5)), ("dog", 0, (40, 40, 52, 50))]),
+         r"000002\.xml: object\[1\] \(dog\): bndbox \[40.0, 40.0, 52.0, 50.0\] extends outside the 50x50 image"),
+        ("<annotation><size><width>5</width><height>5</height></size><object><name>cat</name></object></annotation>",
+         r"000002\.xml: object\[0\] \(cat\): missing bndbox"),
+    ],
+)
+def test_annotation_errors_name_file_and_object(devkit, xml, message):
+    replace_xml(devkit, "000002", xml)
+    with pytest.raises(DataError, match=message):
+        voc_to_coco(devkit, [["VOC2007", "trainval"]])
+
+
+def test_missing_image_names_image_set_line(devkit):
+    (devkit / "VOC2007" / "JPEGImages" / "000002.jpg").unlink()
+    with pytest.raises(DataError, match=r"trainval\.txt: line 2: image .*000002\.jpg not found"):
+        voc_to_coco(devkit, [["VOC2007", "trainval"]])
+
+
+def test_missing_image_set(devkit):
+    with pytest.raises(DataError, match=r"VOC2012/ImageSets/Main/trainval\.txt: image set file not found"):
+        voc_to_coco(devkit, [["VOC2012", "trainval"]])
