@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log)
     log = logging.getLogger("quantdet")
-    log.info("quantdet %s %s", args.stage, " ".join(argv if argv is not None else sys.argv[1:]))
+    log.info("quantdet %s", " ".join(argv if argv is not None else sys.argv[1:]))
     try:
         run(args)
     except QuantdetError as e:

@@ -1,0 +1,102 @@
+"""The smoke study (tests/smoke/params.yaml) through Snakemake itself: every stage, tiny sizes."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantdet import study
+from quantdet.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMOKE = ROOT / "tests" / "smoke" / "params.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def _snakemake(workdir, *args, check=True):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+                           *args], capture_output=True, text=True, env=env, check=check)
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    shutil.copy(SMOKE, workdir / "params.yaml")
+    run = _snakemake(workdir, "--cores", "2", check=False)
+    assert run.returncode == 0, run.stderr[-5000:]
+    return workdir
+
+
+def test_report_and_metrics_cover_every_model(smoke_study):
+    params = load_params(smoke_study / "params.yaml")
+    robustness = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
+    assert set(robustness) == set(study.evaluated_models(params))
+    for model, values in robustness.items():
+        assert 0.0 <= values["P"] <= 1.0 and "mPC" in values, model
+    report = (smoke_study / "results/report.md").read_text()
+    for model in study.evaluated_models(params):
+        assert model in report
+    for plot in ("ap_vs_severity", "rpc_per_model", "ap_per_corruption"):
+        assert (smoke_study / f"results/plots/{plot}.png").stat().st_size > 1000
+
+
+def test_every_evaluation_has_metrics_and_coco_detections(smoke_study):
+    params = load_params(smoke_study / "params.yaml")
+    for model in study.evaluated_models(params):
+        for condition in study.conditions(params):
+            result = json.loads((smoke_study / study.eval_dir(model, condition) / "metrics.json").read_text())
+            assert [r["severity"] for r in result["results"]] == study.severities_of(condition, params)
+            for r in result["results"]:
+                detections = json.loads((smoke_study / r["detections"]).read_text())
+                assert isinstance(detections, list)
+                assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
+
+
+def test_exports_record_latency_agreement_and_calibration(smoke_study):
+    params = load_params(smoke_study / "params.yaml")
+    for model in study.quantized_models(params):
+        report = json.loads((smoke_study / f"results/models/{model}.export.json").read_text())
+        assert report["speedup_int8_vs_fp32"] > 0
+        assert report["graph"]["integer_weights"] > 10
+        assert report["calibration"]["fingerprint"]
+        assert min(report["agreement"]["within_one_step_fraction"].values()) > 0.9
+
+
+def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{smoke_study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quantdet")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("quantdet.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("quantdet.role") == "job"]
+    assert len(parents) == 1
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    stages = {c.data.tags["quantdet.stage"] for c in children}
+    assert stages == {"prepare", "corrupt", "pretrain", "ptq", "export", "evaluate", "report"}
+    params = load_params(smoke_study / "params.yaml")
+    n_eval = len(study.evaluated_models(params)) * len(study.conditions(params))
+    assert sum(c.data.tags["quantdet.stage"] == "evaluate" for c in children) == n_eval
+
+
+def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study):
+    dry = _snakemake(smoke_study, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    params = yaml.safe_load((smoke_study / "params.yaml").read_text())
+    params["evaluate"]["nms_iou"] = 0.5
+    changed = smoke_study.parent / "changed"
+    shutil.copytree(smoke_study, changed, symlinks=True,
+                    ignore=shutil.ignore_patterns("mlflow.db"), copy_function=shutil.copy2)
+    (changed / "params.yaml").write_text(yaml.safe_dump(params))
+    dry = _snakemake(changed, "-n", "--cores", "1")
+    rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
+    assert rules == {"evaluate", "export", "report"}, dry.stdout[-3000:]
