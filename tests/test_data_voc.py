@@ -15,7 +15,8 @@ def voc_xml(width, height, objects):
         f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
         for name, difficult, (x1, y1, x2, y2) in objects
     )
-    return f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>{body}</annotation>"
+    size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+    return f"<annotation>{size}{body}</annotation>"
 
 
 @pytest.fixture
