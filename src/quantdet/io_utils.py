@@ -1,9 +1,11 @@
-"""Atomic file writes: a stage writes to a temporary name and renames at the end, so a killed
+"""Atomic outputs: a stage writes to a temporary name and renames at the end, so a killed
 job never leaves a complete-looking output."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,16 +27,41 @@ def atomic_path(path: str | Path):
             os.remove(tmp)
 
 
+@contextmanager
+def atomic_directory(out_dir):
+    """Yield an empty temporary sibling of `out_dir`; on success it replaces `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling keeps the final rename on one file system; os.mkdir respects the umask.
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(partial)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        stale = out_dir.with_name(f".{out_dir.name}.stale-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(out_dir, stale)
+        os.rename(partial, out_dir)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.rename(partial, out_dir)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def write_json(path: str | Path, data) -> None:
+def write_json(path: str | Path, data, compact: bool = False) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            if compact:  # large lists (detections): no indentation
+                json.dump(data, f, separators=(",", ":"), default=_json_default)
+            else:
+                json.dump(data, f, indent=2, default=_json_default)
             f.write("\n")
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
 from quantdet import study, tracking
 from quantdet.config import params_hash, select
 from quantdet.errors import QuantdetError
-from quantdet.io_utils import write_json
+from quantdet.io_utils import atomic_directory, read_json, write_json
 
 log = logging.getLogger("quantdet")
 
@@ -248,8 +247,6 @@ def _load_for_evaluation(name: study.ModelName, threads: int):
 
 
 def evaluate(params: dict, model: str, condition: str, out: str | None = None) -> dict:
-    from quantdet.evaluation.evaluate import evaluate_split
-
     name = study.parse_model_name(model)
     if condition != "clean" and condition not in params["corruptions"]["names"]:
         raise QuantdetError(f"condition {condition!r} is neither 'clean' nor in corruptions.names")
@@ -257,9 +254,19 @@ def evaluate(params: dict, model: str, condition: str, out: str | None = None) -
     cfg = params["evaluate"]
     _set_threads(cfg["threads"])
     net, stride = _load_for_evaluation(name, cfg["threads"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_directory(out) as tmp:
+        results = _evaluate_severities(params, name, condition, net, stride, tmp, out)
+    _log_job(params, "evaluate", model=model, tags={"condition": condition},
+             metrics={f"{r['severity']}.{k}": v for r in results
+                      for k, v in r["metrics"].items() if v is not None},
+             artifacts=[out / "metrics.json"])
+    return read_json(out / "metrics.json")
+
+
+def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: Path) -> list:
+    from quantdet.evaluation.evaluate import evaluate_split
+
+    cfg = params["evaluate"]
     results = []
     for severity in study.severities_of(condition, params):
         split = _require(study.split_dir(condition, severity))
@@ -267,20 +274,14 @@ def evaluate(params: dict, model: str, condition: str, out: str | None = None) -
             net, split, input_size=params["models"]["input_size"], stride=stride,
             batch_size=cfg["batch_size"], decode_params=_decode_params(params))
         det_name = f"detections-s{severity}.json"
-        write_json(tmp / det_name, detections)
+        write_json(tmp / det_name, detections, compact=True)
         results.append({"severity": severity, "metrics": metrics,
                         "detections": str(out / det_name), "split": str(split), **timing})
-        log.info("%s %s s%d: AP %.3f AP50 %.3f", model, condition, severity, metrics["AP"],
+        log.info("%s %s s%d: AP %.3f AP50 %.3f", name.name, condition, severity, metrics["AP"],
                  metrics["AP50"])
-    summary = {"model": model, "condition": condition, "runtime": name.runtime, "results": results}
-    write_json(tmp / "metrics.json", summary)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    _log_job(params, "evaluate", model=model, tags={"condition": condition},
-             metrics={f"{r['severity']}.{k}": v for r in results
-                      for k, v in r["metrics"].items() if v is not None},
-             artifacts=[out / "metrics.json"])
-    return summary
+    write_json(tmp / "metrics.json", {"model": name.name, "condition": condition,
+                                      "runtime": name.runtime, "results": results})
+    return results
 
 
 # ---------------------------------------------------------------------------- report

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantdet.data.atomic import atomic_directory
+from quantdet.io_utils import atomic_directory
 from quantdet.data.coco import load_coco
 from quantdet.data.split import ANNOTATIONS, IMAGES, write_annotations
 from quantdet.errors import DataError, ParamsError

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantdet.data.atomic import atomic_directory
+from quantdet.io_utils import atomic_directory
 from quantdet.data.coco import load_coco
 from quantdet.data.embedded import generate_embedded
 from quantdet.data.split import IMAGES, link_image, split_statistics, subset, write_annotations

@@ -1,0 +1,147 @@
+"""The one training loop: FP32 pre-training, QAT and distillation all call ``fit``.
+
+AdamW with linear warm-up then cosine decay per iteration, gradient clipping, a checkpoint at
+the end of every epoch, and resumption from it: a rerun of an interrupted job continues from
+its last finished epoch and ends with the same weights as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from quantdet.data.dataset import collate_detections
+from quantdet.models.loss import detection_loss
+from quantdet.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+
+GRAD_CLIP_NORM = 10.0
+
+
+def warmup_cosine(warmup_iters: int, total_iters: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up from ~0 to 1, then cosine decay to 0 at the last iteration."""
+    warmup_iters = min(warmup_iters, total_iters)
+
+    def factor(iteration: int) -> float:
+        if iteration < warmup_iters:
+            return (iteration + 1) / warmup_iters
+        progress = (iteration - warmup_iters) / max(1, total_iters - warmup_iters)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # No decay on BN affine parameters, biases and per-channel quantiser scales: shrinking
+    # them towards 0 regularises nothing and fights the normalisation.
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+        warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
+        extra_loss=None, collate_fn=None, description: str = "train", log_fn=None) -> dict:
+    """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
+
+    ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
+    ``extra_loss(model, images, targets, outputs) -> (tensor, parts)`` is added to it (QAT,
+    distillation). ``log_fn(epoch, metrics)`` is called after each epoch's checkpoint.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    loss_fn = loss_fn or detection_loss
+    collate_fn = collate_fn or collate_detections
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    # Batches of one break BatchNorm; drop the ragged tail unless it is the whole dataset.
+    drop_last = len(dataset) >= batch_size
+    iters_per_epoch = len(dataset) // batch_size if drop_last else 1
+    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_iters, epochs * iters_per_epoch))
+    # A checkpoint from other settings would continue a different schedule: start afresh instead.
+    run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+           "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset)}
+
+    history = {"epochs": []}
+    start_epoch = 0
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint is not None and checkpoint["run"] == run:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng_states(checkpoint["rng"])
+        history = checkpoint["history"]
+        start_epoch = checkpoint["epoch"]
+    else:
+        if checkpoint is not None:
+            tqdm.write(f"{description}: {checkpoint_path} was written with other settings; starting afresh")
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    for epoch in range(start_epoch, epochs):
+        if hasattr(dataset, "set_epoch"):  # DetectionDataset draws its augmentation from (seed, epoch, index)
+            dataset.set_epoch(epoch)
+        # The shuffle order depends on (seed, epoch) only, so a resumed epoch sees the same batches.
+        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order,
+                            collate_fn=collate_fn, drop_last=drop_last, num_workers=0)
+        metrics = _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
+                               f"{description} {epoch + 1}/{epochs}")
+        history["epochs"].append({"epoch": epoch + 1, **metrics})
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "run": run,
+            "rng": rng_states(), "history": history,
+        })
+        if log_fn is not None:
+            log_fn(epoch + 1, metrics)
+    return history
+
+
+def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device, description) -> dict:
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    images_seen, batches = 0, 0
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
+    for batch in progress:
+        images, targets = batch[0].to(device, non_blocking=True), batch[1]
+        outputs = model(images)
+        # The stride follows from the shapes, so traced or wrapped models need no attribute.
+        stride = images.shape[-1] // outputs[0].shape[-1]
+        loss, parts = loss_fn(outputs, targets, stride)
+        if extra_loss is not None:
+            extra, extra_parts = extra_loss(model, images, targets, outputs)
+            loss = loss + extra
+            parts = {**parts, **extra_parts}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{description}: non-finite loss {loss.item()} at batch {batches} ({parts})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+        optimizer.step()
+        scheduler.step()
+
+        batches += 1
+        images_seen += images.shape[0]
+        sums["loss"] += loss.item()
+        for name, value in parts.items():
+            sums[name] += float(value)
+        images_per_s = images_seen / (time.perf_counter() - start)
+        progress.set_postfix({name: f"{value / batches:.3f}" for name, value in sums.items()}
+                             | {"img/s": f"{images_per_s:.1f}"}, refresh=False)
+    progress.close()
+    seconds = time.perf_counter() - start
+    return {**{name: value / max(1, batches) for name, value in sums.items()},
+            "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_seen / seconds, "seconds": seconds}
