@@ -181,3 +181,65 @@ def test_calibration_stops_after_n_batches():
     gm = quantize_model(tiny_model(), 8, 8, "percentile", {"percentile": 0.999})
     assert calibrate(gm, (torch.rand(2, 3, 32, 32) for _ in range(50)), 20) == 20
     assert activation_quantizers(gm)[0].observer.count == 20
+
+
+def test_ema_minmax_observer_hand_computed():
+    from quantdet.quant.observers import EMAMinMaxObserver
+
+    obs = EMAMinMaxObserver(momentum=0.25)
+    obs.observe(torch.tensor([0.0, 4.0]))
+    obs.observe(torch.tensor([-4.0, 8.0]))
+    lo, hi = obs.range()
+    assert (lo.item(), hi.item()) == (-1.0, 5.0)  # 0.75·0 + 0.25·(−4), 0.75·4 + 0.25·8
+
+
+def test_per_channel_observers_give_one_range_per_channel():
+    x = torch.stack([torch.linspace(-1, 1, 101), torch.linspace(0, 10, 101)])
+    obs = MinMaxObserver(axis=0)
+    obs.observe(x)
+    lo, hi = obs.range()
+    assert lo.tolist() == [-1.0, 0.0] and hi.tolist() == [1.0, 10.0]
+    plo, phi = percentile_range(x, 0.9, axis=0)
+    assert phi.tolist() == pytest.approx([0.8, 9.0])
+
+
+def test_mse_observer_clips_a_lone_outlier_and_keeps_a_uniform_range():
+    from quantdet.quant.observers import MSEObserver
+
+    torch.manual_seed(0)
+    uniform = torch.rand(20000)
+    obs = MSEObserver(bits=4)
+    obs.observe(uniform)
+    assert 0.9 < obs.range()[1].item() <= 1.0  # little to gain from clipping a flat distribution
+    spiky = torch.cat([torch.randn(20000).abs(), torch.tensor([60.0])])
+    obs = MSEObserver(bits=4)
+    obs.observe(spiky)
+    assert obs.range()[1].item() < 10  # far below the outlier: clipping it costs less error
+
+
+def test_kl_observer_on_known_distributions():
+    from quantdet.quant.observers import KLObserver, kl_threshold
+
+    # a histogram that 128 levels represent exactly needs no clipping
+    hist = torch.zeros(2048, dtype=torch.float64)
+    hist[:1024] = 1.0
+    hist[2047] = 1e-3
+    assert kl_threshold(hist, 128) == 1.0
+    # a long sparse tail of a decaying histogram is clipped
+    decaying = torch.exp(-torch.arange(2048, dtype=torch.float64) / 60)
+    assert kl_threshold(decaying, 128) < 0.5
+    torch.manual_seed(0)
+    x = torch.randn(50000).abs()  # half-normal: clips well inside the max, above the bulk
+    obs = KLObserver(bits=8)
+    obs.observe(x)
+    hi = obs.range()[1].item()
+    assert 2.0 < hi < x.max().item()
+
+
+def test_every_registered_observer_calibrates_a_model():
+    from quantdet.quant.observers import OBSERVERS
+
+    for name in OBSERVERS:
+        gm = quantize_model(tiny_model(), 8, 8, name)
+        calibrate(gm, (torch.rand(2, 3, 32, 32) for _ in range(2)), 2)
+        assert all(float(q.scale) > 0 for q in activation_quantizers(gm)), name

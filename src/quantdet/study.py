@@ -17,7 +17,7 @@ ORT_SUFFIX = "-ort"
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
-    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat)-(?P<method>[a-z0-9]+)"
+    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat)-(?P<method>[a-z0-9_]+)"
     r"-w(?P<wbits>\d)a(?P<abits>\d))(?P<ort>-ort)?$"
 )
 

@@ -13,7 +13,7 @@ wildcard_constraints:
     corruption="|".join(CORRUPTIONS) or "^$",
     severity=r"\d",
     condition="|".join(["clean", *CORRUPTIONS]),
-    model=r"(teacher|student)-[a-z0-9-]+",
+    model=r"(teacher|student)-[a-z0-9_-]+",
 
 
 def stage_params(stage, role="student"):

@@ -5,7 +5,7 @@ rule ptq:
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"(teacher|student)-ptq-[a-z0-9]+-w\da\d",
+        model=r"(teacher|student)-ptq-[a-z0-9_]+-w\da\d",
     params:
         read=stage_params("ptq"),
     conda:

@@ -32,7 +32,7 @@ class ActQuantizer(nn.Module):
         self.bits = bits
         self.qmin, self.qmax = integer_range(bits, signed=False)
         self.observer_name = observer
-        self.observer = build_observer(observer, **observer_kwargs)
+        self.observer = build_observer(observer, bits=bits, **observer_kwargs)
         self.mode = CALIBRATE
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))

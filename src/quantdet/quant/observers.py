@@ -1,10 +1,13 @@
-"""Observers: estimate the clipping range [lo, hi] of an activation from calibration batches.
+"""Observers: estimate the clipping range [lo, hi] of a tensor from calibration batches.
 
-Registered by name; `ptq.methods` in params.yaml selects one.
+Per tensor (axis=None) or per channel (axis=k: one range per index along k). Registered by
+name; `quant.ptq.methods` in params.yaml selects one.
 """
 from __future__ import annotations
 
 import torch
+
+from quantdet.quant.quantizer import asymmetric_qparams, fake_quantize, integer_range
 
 OBSERVERS: dict[str, type] = {}
 
@@ -25,14 +28,30 @@ def build_observer(name: str, **kwargs):
     return cls(**kwargs)
 
 
+def rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """x as a 2-D float tensor: one row per channel along axis (a single row if axis is None)."""
+    x = x.detach().float()
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
 class Observer:
-    """Accumulates batches with observe(); range() gives (lo, hi) as 0-d tensors."""
+    """Accumulates batches with observe(); range() gives (lo, hi), 0-d per tensor or 1-d per channel."""
+
+    def __init__(self, axis: int | None = None, **_):
+        self.axis = axis
+        self.count = 0
 
     def observe(self, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        self._observe(rows(x, self.axis))
+        self.count += 1
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        lo, hi = self._range()
+        if self.axis is None:
+            return lo.reshape(()), hi.reshape(())
+        return lo, hi
 
     @property
     def ready(self) -> bool:
@@ -43,28 +62,47 @@ class Observer:
 class MinMaxObserver(Observer):
     """The extreme values over all calibration batches."""
 
-    def __init__(self, **_):
-        self.lo = self.hi = None
-        self.count = 0
+    def _observe(self, r):
+        lo, hi = r.amin(dim=1), r.amax(dim=1)
+        if self.count == 0:
+            self.lo, self.hi = lo, hi
+        else:
+            self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
 
-    def observe(self, x):
-        lo, hi = x.detach().min().float(), x.detach().max().float()
-        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        self.count += 1
-
-    def range(self):
+    def _range(self):
         return self.lo, self.hi
 
 
-def percentile_range(x: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The [1 − γ, γ] quantiles of x (exact order statistics, any tensor size)."""
-    flat = x.detach().flatten().float()
-    n = flat.numel()
-    k_lo = max(1, int(round((1.0 - gamma) * (n - 1))) + 1)
-    k_hi = max(1, min(n, int(round(gamma * (n - 1))) + 1))
-    lo = torch.kthvalue(flat, k_lo).values
-    hi = torch.kthvalue(flat, k_hi).values
+@register_observer("ema_minmax")
+class EMAMinMaxObserver(Observer):
+    """Per-batch extremes tracked by an exponential moving average (momentum = new batch's weight)."""
+
+    def __init__(self, momentum: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+
+    def _observe(self, r):
+        lo, hi = r.amin(dim=1), r.amax(dim=1)
+        if self.count == 0:
+            self.lo, self.hi = lo, hi
+        else:
+            m = self.momentum
+            self.lo, self.hi = (1 - m) * self.lo + m * lo, (1 - m) * self.hi + m * hi
+
+    def _range(self):
+        return self.lo, self.hi
+
+
+def percentile_range(x: torch.Tensor, gamma: float, axis: int | None = None):
+    """The [1 − γ, γ] quantiles of x, per row (exact order statistics, any tensor size)."""
+    r = rows(x, axis)
+    n = r.shape[1]
+    k_lo = min(n, max(1, int(round((1.0 - gamma) * (n - 1))) + 1))
+    k_hi = min(n, max(1, int(round(gamma * (n - 1))) + 1))
+    lo = torch.kthvalue(r, k_lo, dim=1).values
+    hi = torch.kthvalue(r, k_hi, dim=1).values
+    if axis is None:
+        return lo.reshape(()), hi.reshape(())
     return lo, hi
 
 
@@ -73,23 +111,113 @@ class PercentileObserver(Observer):
     """FQN: clip each batch at its [1 − γ, γ] percentiles; average over batches
     (momentum=None) or track with an exponential moving average (momentum in (0, 1))."""
 
-    def __init__(self, percentile: float = 0.999, momentum: float | None = None, **_):
+    def __init__(self, percentile: float = 0.999, momentum: float | None = None, **kwargs):
+        super().__init__(**kwargs)
         self.gamma = percentile
         self.momentum = momentum
-        self.lo = self.hi = None
-        self.count = 0
 
-    def observe(self, x):
-        lo, hi = percentile_range(x, self.gamma)
-        if self.lo is None:
+    def _observe(self, r):
+        lo, hi = percentile_range(r, self.gamma, axis=0)
+        if self.count == 0:
             self.lo, self.hi = lo, hi
         elif self.momentum is None:  # running mean over batches
             self.lo = self.lo + (lo - self.lo) / (self.count + 1)
             self.hi = self.hi + (hi - self.hi) / (self.count + 1)
         else:
-            self.lo = (1 - self.momentum) * self.lo + self.momentum * lo
-            self.hi = (1 - self.momentum) * self.hi + self.momentum * hi
-        self.count += 1
+            m = self.momentum
+            self.lo, self.hi = (1 - m) * self.lo + m * lo, (1 - m) * self.hi + m * hi
 
-    def range(self):
+    def _range(self):
         return self.lo, self.hi
+
+
+class _SampleObserver(Observer):
+    """Keeps a seeded random sample of each row's values (at most max_samples per row) and
+    searches a clipping range on it."""
+
+    def __init__(self, bits: int = 8, max_samples: int = 1 << 16, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = bits
+        self.max_samples = max_samples
+        self.generator = torch.Generator().manual_seed(seed)
+        self.samples = None
+
+    def _observe(self, r):
+        if r.shape[1] > self.max_samples:
+            idx = torch.randperm(r.shape[1], generator=self.generator)[: self.max_samples]
+            r = r[:, idx]
+        self.samples = r if self.samples is None else torch.cat([self.samples, r], dim=1)
+        if self.samples.shape[1] > self.max_samples:
+            idx = torch.randperm(self.samples.shape[1], generator=self.generator)[: self.max_samples]
+            self.samples = self.samples[:, idx]
+
+    def _range(self):
+        ranges = [self._search(row) for row in self.samples]
+        return (torch.stack([lo for lo, _ in ranges]), torch.stack([hi for _, hi in ranges]))
+
+
+@register_observer("mse")
+class MSEObserver(_SampleObserver):
+    """The clipping range, among shrunken min/max ranges, whose quantization error (MSE against
+    the float values) is smallest."""
+
+    def __init__(self, candidates: int = 80, **kwargs):
+        super().__init__(**kwargs)
+        self.candidates = candidates
+
+    def _search(self, x):
+        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        qmin, qmax = integer_range(self.bits, signed=False)
+        best, best_err = (lo, hi), float("inf")
+        for alpha in torch.linspace(1.0, 0.05, self.candidates):
+            scale, zp = asymmetric_qparams(lo * alpha, hi * alpha, self.bits)
+            err = float(((fake_quantize(x, scale, zp, qmin, qmax) - x) ** 2).mean())
+            if err < best_err:
+                best, best_err = (lo * alpha, hi * alpha), err
+        return best
+
+
+@register_observer("kl")
+class KLObserver(_SampleObserver):
+    """The histogram (entropy) method: the clipping threshold whose 2^bits-level quantized
+    histogram is closest in KL divergence to the float histogram. Tensors with negative values
+    use the histogram of |x| and a range symmetric about zero, cut to the observed extremes."""
+
+    def __init__(self, bins: int = 2048, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = bins
+
+    def _search(self, x):
+        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        values = x if lo >= 0 else x.abs()
+        top = float(values.max())
+        if top == 0.0:
+            return lo, hi
+        hist = torch.histc(values, bins=self.bins, min=0.0, max=top).double()
+        threshold = kl_threshold(hist, 2 ** self.bits if lo >= 0 else 2 ** (self.bits - 1)) * top
+        t = torch.tensor(threshold, dtype=x.dtype)
+        return (torch.maximum(lo, -t) if lo < 0 else lo), torch.minimum(hi, t)
+
+
+def kl_threshold(hist: torch.Tensor, levels: int, step: int = 8) -> float:
+    """Fraction of the histogram's range at which to clip (TensorRT's entropy calibration):
+    for each candidate threshold, the clipped histogram P (outliers added to its last bin)
+    against Q, P merged into `levels` levels and spread back over each level's non-empty bins."""
+    bins = hist.numel()
+    best_i, best_kl = bins, float("inf")
+    for i in range(max(levels, step), bins + 1, step):
+        p = hist[:i].clone()
+        p[-1] += hist[i:].sum()
+        if p.sum() == 0:
+            continue
+        level = torch.div(torch.arange(i) * levels, i, rounding_mode="floor")
+        nonzero = (hist[:i] > 0).double()
+        mass = torch.zeros(levels, dtype=hist.dtype).scatter_add_(0, level, hist[:i])
+        count = torch.zeros(levels, dtype=hist.dtype).scatter_add_(0, level, nonzero)
+        q = nonzero * mass[level] / torch.clamp(count[level], min=1)
+        p, q = p / p.sum(), q / torch.clamp(q.sum(), min=1e-12)
+        mask = p > 0
+        kl = float((p[mask] * torch.log(p[mask] / torch.clamp(q[mask], min=1e-12))).sum())
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return best_i / bins

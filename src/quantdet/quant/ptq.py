@@ -10,7 +10,10 @@ from quantdet.quant.modules import CALIBRATE
 # ptq method name -> (observer, observer kwargs read from params["quant"]["ptq"])
 PTQ_METHODS = {
     "minmax": ("minmax", ()),
+    "ema_minmax": ("ema_minmax", ()),
     "percentile": ("percentile", ("percentile",)),
+    "mse": ("mse", ()),
+    "kl": ("kl", ()),
 }
 
 
