@@ -101,3 +101,12 @@ def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study
     dry = _snakemake(changed, "-n", "--cores", "1")
     rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
     assert rules == {"evaluate", "export", "report"}, dry.stdout[-3000:]
+
+
+def test_snakemake_html_report_embeds_the_plots(smoke_study):
+    html = smoke_study / "results" / "report.html"
+    _snakemake(smoke_study, "--report", str(html))
+    text = html.read_text(errors="ignore")
+    assert html.stat().st_size > 10000
+    for plot in ("ap_vs_severity.png", "rpc_per_model.png", "ap_per_corruption.png"):
+        assert plot in text
