@@ -243,3 +243,16 @@ def test_every_registered_observer_calibrates_a_model():
         gm = quantize_model(tiny_model(), 8, 8, name)
         calibrate(gm, (torch.rand(2, 3, 32, 32) for _ in range(2)), 2)
         assert all(float(q.scale) > 0 for q in activation_quantizers(gm)), name
+
+
+def test_inference_path_equals_training_path():
+    torch.manual_seed(0)
+    q = ActQuantizer(8, "minmax")
+    x = torch.randn(4096) * 3
+    q(x)
+    q.freeze()
+    with torch.no_grad():
+        fused = q(x)
+    trained = q(x.clone().requires_grad_())
+    assert (fused == trained.detach()).float().mean() > 0.999
+    assert (fused - trained.detach()).abs().max() <= float(q.scale) + 1e-6

@@ -96,11 +96,13 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert not _same_weights(first, other)
 
 
-def test_changed_settings_start_afresh(tmp_path):
+def test_changed_settings_or_architecture_start_afresh(tmp_path):
     _train(tmp_path / "model.ckpt", epochs=1)
     logged = []
     _train(tmp_path / "model.ckpt", epochs=2, log_fn=lambda epoch, _: logged.append(epoch))
-    assert logged == [1, 2]
+    wider = build_detector("resnet10t", 2, fpn_channels=16, head_channels=16)
+    _train(tmp_path / "model.ckpt", epochs=2, model=wider, log_fn=lambda epoch, _: logged.append(epoch))
+    assert logged == [1, 2, 1, 2]
 
 
 def test_extra_loss_is_added_and_logged(tmp_path):
@@ -115,6 +117,12 @@ def test_extra_loss_is_added_and_logged(tmp_path):
     assert calls == [4, 4]
     epoch = history["epochs"][0]
     assert epoch["penalty"] > 0 and epoch["loss"] > epoch["heatmap"]
+
+
+def test_mixed_precision_trains_fp32_weights_in_the_default_layout(tmp_path):
+    model, history = _train(tmp_path / "model.ckpt", epochs=1, mixed_precision=True)
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert torch.isfinite(torch.tensor(history["epochs"][0]["loss"]))
 
 
 def test_warmup_then_cosine_schedule():

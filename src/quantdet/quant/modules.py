@@ -46,6 +46,10 @@ class ActQuantizer(nn.Module):
             return x
         if _exporting():
             return self._export_forward(x)
+        if not torch.is_grad_enabled():
+            # inference: torch's fused kernel, the same arithmetic as the exported QDQ pair
+            return torch.fake_quantize_per_tensor_affine(
+                x, self.scale.float(), self.zero_point.to(torch.int32), self.qmin, self.qmax)
         return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def _export_forward(self, x):
@@ -85,12 +89,22 @@ class _WeightQuantMixin:
     def quantized_weight(self) -> torch.Tensor:
         if not self.quantize_weight:
             return self.weight
+        if not torch.is_grad_enabled() and not _exporting():
+            # inference: quantize the weights once, until they change
+            key = (self.weight._version, self.weight.data_ptr())
+            if getattr(self, "_cached_key", None) != key:
+                self._cached_weight = self._fake_quantized_weight(self.weight_scale())
+                self._cached_key = key
+            return self._cached_weight
         scale = self.weight_scale()
         if _exporting():
             # a traced constant, so the exported QuantizeLinear reads an initializer
             scale = torch.tensor(scale.tolist(), dtype=torch.float32)
             zp = torch.zeros_like(scale, dtype=torch.int32)
             return torch.fake_quantize_per_channel_affine(self.weight, scale, zp, 0, -128, 127)
+        return self._fake_quantized_weight(scale)
+
+    def _fake_quantized_weight(self, scale):
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         return fake_quantize(self.weight, scale.view(shape), 0.0, self.wqmin, self.wqmax)
 

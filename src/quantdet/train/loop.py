@@ -49,28 +49,38 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
 
 def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
-        extra_loss=None, collate_fn=None, description: str = "train", log_fn=None) -> dict:
+        extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
+        mixed_precision: bool = False) -> dict:
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
 
     ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
     ``extra_loss(model, images, targets, outputs) -> (tensor, parts)`` is added to it (QAT,
     distillation). ``log_fn(epoch, metrics)`` is called after each epoch's checkpoint.
+
+    ``mixed_precision`` runs the forward pass under bfloat16 autocast (weights and loss stay
+    FP32): about 2x faster on CPUs with AVX512-BF16 or AMX, very slow on CPUs without them, and
+    wrong for QAT, whose fake-quantizers must round FP32 values onto the integer grid.
     """
     if threads:
         torch.set_num_threads(threads)
     loss_fn = loss_fn or detection_loss
     collate_fn = collate_fn or collate_detections
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    # channels_last: oneDNN's convolutions run ~1.4x faster in NHWC on CPU; the model goes
+    # back to the default layout at the end, so what callers save or export looks as usual.
+    model.to(device, memory_format=torch.channels_last)
 
     # Batches of one break BatchNorm; drop the ragged tail unless it is the whole dataset.
     drop_last = len(dataset) >= batch_size
     iters_per_epoch = len(dataset) // batch_size if drop_last else 1
     optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_iters, epochs * iters_per_epoch))
-    # A checkpoint from other settings would continue a different schedule: start afresh instead.
+    # A checkpoint from other settings or another architecture would continue a different
+    # run: start afresh instead.
     run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-           "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset)}
+           "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
+           "mixed_precision": mixed_precision,
+           "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
 
     history = {"epochs": []}
     start_epoch = 0
@@ -97,7 +107,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order,
                             collate_fn=collate_fn, drop_last=drop_last, num_workers=0)
         metrics = _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
-                               f"{description} {epoch + 1}/{epochs}")
+                               mixed_precision, f"{description} {epoch + 1}/{epochs}")
         history["epochs"].append({"epoch": epoch + 1, **metrics})
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -106,18 +116,23 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         })
         if log_fn is not None:
             log_fn(epoch + 1, metrics)
+    model.to(memory_format=torch.contiguous_format)
     return history
 
 
-def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device, description) -> dict:
+def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
+                 description) -> dict:
     model.train()
     sums: dict[str, float] = defaultdict(float)
     images_seen, batches = 0, 0
     start = time.perf_counter()
-    progress = tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
+    progress = tqdm(loader, desc=description, dynamic_ncols=True)
     for batch in progress:
-        images, targets = batch[0].to(device, non_blocking=True), batch[1]
-        outputs = model(images)
+        images = batch[0].to(device, memory_format=torch.channels_last, non_blocking=True)
+        targets = batch[1]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+            outputs = model(images)
+        outputs = tuple(output.float() for output in outputs)
         # The stride follows from the shapes, so traced or wrapped models need no attribute.
         stride = images.shape[-1] // outputs[0].shape[-1]
         loss, parts = loss_fn(outputs, targets, stride)
