@@ -256,3 +256,47 @@ def test_inference_path_equals_training_path():
     trained = q(x.clone().requires_grad_())
     assert (fused == trained.detach()).float().mean() > 0.999
     assert (fused - trained.detach()).abs().max() <= float(q.scale) + 1e-6
+
+
+def test_lsq_step_size_gradient_matches_the_lsq_formula():
+    from quantdet.quant.modules import lsq_gradient_scale
+
+    x = torch.tensor([-2.0, -0.26, 0.0, 0.37, 0.5, 3.0])
+    s = torch.tensor(0.1, requires_grad=True)
+    qmin, qmax = -8, 7
+    fake_quantize(x, lsq_gradient_scale(s, x.numel(), qmax), torch.tensor(0.0), qmin, qmax).sum().backward()
+    v = x / 0.1
+    inside = (v > qmin) & (v < qmax)
+    per_element = torch.where(inside, torch.round(v) - v, torch.where(v <= qmin, torch.tensor(float(qmin)),
+                                                                        torch.tensor(float(qmax))))
+    expected = per_element.sum() / (x.numel() * qmax) ** 0.5
+    assert s.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_learnable_quantizers_train_their_step_sizes():
+    torch.manual_seed(0)
+    gm = quantize_model(tiny_model(), 4, 4, "minmax")
+    calibrate(gm, [torch.rand(4, 3, 32, 32)], 1)
+    for q in activation_quantizers(gm):
+        q.make_learnable()
+    convs = [m for m in gm.modules() if isinstance(m, QuantConv2d)]
+    for c in convs:
+        c.make_learnable()
+    gm.train()
+    sum(o.sum() for o in gm(torch.rand(2, 3, 32, 32))).backward()
+    assert all(q.scale.grad is not None for q in activation_quantizers(gm))
+    assert all(c.learned_scale.grad is not None and c.learned_scale.grad.abs().sum() > 0 for c in convs)
+
+
+def test_range_tracking_follows_training_batches_with_ema():
+    q = ActQuantizer(8, "minmax")
+    q(torch.tensor([0.0, 1.0]))
+    q.freeze()
+    q.track_ranges("ema_minmax", momentum=0.5)
+    q.train()
+    q(torch.tensor([0.0, 1.0]).requires_grad_())
+    q(torch.tensor([0.0, 3.0]).requires_grad_())
+    assert float(q.scale) == pytest.approx(2.0 / 255)  # EMA of maxima: 0.5·1 + 0.5·3
+    q.eval()
+    q(torch.tensor([0.0, 100.0]))
+    assert float(q.scale) == pytest.approx(2.0 / 255)  # evaluation does not move the range

@@ -71,6 +71,18 @@ def detector_config(params: dict, role: str, num_classes: int) -> dict:
             "pretrained": cfg["pretrained"]}
 
 
+def use_mixed_precision(setting) -> bool:
+    import torch
+
+    if setting != "auto":
+        return bool(setting)
+    if torch.cuda.is_available():
+        return True
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def pretrain(params: dict, role: str, out: str | None = None) -> dict:
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.models import build_detector
@@ -91,7 +103,8 @@ def pretrain(params: dict, role: str, out: str | None = None) -> dict:
                   weight_decay=train_cfg["weight_decay"], warmup_iters=train_cfg["warmup_iters"],
                   seed=params["study"]["seed"], checkpoint_path=checkpoint,
                   threads=train_cfg["threads"], collate_fn=collate_detections,
-                  description=f"pretrain {role}")
+                  description=f"pretrain {role}",
+                  mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]))
     seconds = time.perf_counter() - start
     classes = {"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}
     save_model(out, model, kind="fp32", detector=detector, classes=classes,

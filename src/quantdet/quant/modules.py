@@ -3,6 +3,8 @@ fake-quantized weights. In ONNX export mode they emit QuantizeLinear/DequantizeL
 (via torch's fake-quantize ops) carrying exactly these scales and zero points."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +27,10 @@ class ActQuantizer(nn.Module):
     A quantizer can be applied to a second tensor with observe=False: ops such as max-pool
     and nearest upsampling keep values on the input's grid, so their output reuses the
     input's quantizer (and onnxruntime keeps them in int8).
+
+    For quantization-aware training, `track_ranges()` keeps observing training batches (the
+    observer's EMA) and re-derives scale and zero point from them; `make_learnable()` turns
+    the scale into a parameter trained by LSQ instead.
     """
 
     def __init__(self, bits: int = 8, observer: str = "minmax", **observer_kwargs):
@@ -36,6 +42,20 @@ class ActQuantizer(nn.Module):
         self.mode = CALIBRATE
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
+        self.tracking = False
+
+    def track_ranges(self, observer: str | None = None, **observer_kwargs) -> None:
+        if observer is not None:
+            self.observer_name = observer
+            self.observer = build_observer(observer, bits=self.bits, **observer_kwargs)
+        self.tracking = True
+
+    def make_learnable(self) -> None:
+        """LSQ: the step size becomes a trained parameter, initialised at its calibrated value."""
+        scale = self.scale.detach().clone()
+        del self.scale
+        self.scale = nn.Parameter(scale)
+        self.tracking = False
 
     def forward(self, x, observe: bool = True):
         if self.mode == FLOAT:
@@ -46,11 +66,17 @@ class ActQuantizer(nn.Module):
             return x
         if _exporting():
             return self._export_forward(x)
+        if self.tracking and self.training and observe:
+            self.observer.observe(x)
+            self._set_qparams()
         if not torch.is_grad_enabled():
             # inference: torch's fused kernel, the same arithmetic as the exported QDQ pair
             return torch.fake_quantize_per_tensor_affine(
-                x, self.scale.float(), self.zero_point.to(torch.int32), self.qmin, self.qmax)
-        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+                x, self.scale.detach().float(), self.zero_point.to(torch.int32), self.qmin, self.qmax)
+        scale = self.scale
+        if isinstance(scale, nn.Parameter):
+            scale = lsq_gradient_scale(scale, x.numel(), self.qmax)
+        return fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax)
 
     def _export_forward(self, x):
         # ONNX carries uint8; a narrower grid is kept by clipping to its float range first.
@@ -64,14 +90,25 @@ class ActQuantizer(nn.Module):
         """Set scale and zero point from the observed range and start quantizing."""
         if not self.observer.ready:
             raise RuntimeError("activation quantizer was never calibrated")
+        self._set_qparams()
+        self.mode = QUANTIZE
+
+    @torch.no_grad()
+    def _set_qparams(self):
         lo, hi = self.observer.range()
         scale, zp = asymmetric_qparams(lo, hi, self.bits)
         self.scale.copy_(scale)
         self.zero_point.copy_(zp)
-        self.mode = QUANTIZE
 
     def extra_repr(self):
         return f"bits={self.bits}, observer={self.observer_name}, mode={self.mode}"
+
+
+def lsq_gradient_scale(scale: torch.Tensor, numel: int, qmax: int) -> torch.Tensor:
+    """The step size with its gradient multiplied by 1/sqrt(numel · qmax) (LSQ, Esser et al.
+    2020), which keeps step-size updates in proportion to weight updates."""
+    g = 1.0 / math.sqrt(max(numel, 1) * qmax)
+    return (scale - scale * g).detach() + scale * g
 
 
 class _WeightQuantMixin:
@@ -83,15 +120,23 @@ class _WeightQuantMixin:
         self.quantize_weight = True
 
     def weight_scale(self) -> torch.Tensor:
+        if getattr(self, "learned_scale", None) is not None:
+            return self.learned_scale
         absmax = self.weight.detach().abs().flatten(1).amax(dim=1)
         return symmetric_scale(absmax, self.weight_bits)
+
+    def make_learnable(self) -> None:
+        """LSQ for the weights: one trained step size per output channel."""
+        self.learned_scale = nn.Parameter(self.weight_scale().detach().clone())
 
     def quantized_weight(self) -> torch.Tensor:
         if not self.quantize_weight:
             return self.weight
         if not torch.is_grad_enabled() and not _exporting():
             # inference: quantize the weights once, until they change
-            key = (self.weight._version, self.weight.data_ptr())
+            learned = getattr(self, "learned_scale", None)
+            key = (self.weight._version, self.weight.data_ptr(),
+                   None if learned is None else learned._version)
             if getattr(self, "_cached_key", None) != key:
                 self._cached_weight = self._fake_quantized_weight(self.weight_scale())
                 self._cached_key = key
@@ -102,6 +147,8 @@ class _WeightQuantMixin:
             scale = torch.tensor(scale.tolist(), dtype=torch.float32)
             zp = torch.zeros_like(scale, dtype=torch.int32)
             return torch.fake_quantize_per_channel_affine(self.weight, scale, zp, 0, -128, 127)
+        if isinstance(scale, nn.Parameter):
+            scale = lsq_gradient_scale(scale, self.weight[0].numel(), self.wqmax)
         return self._fake_quantized_weight(scale)
 
     def _fake_quantized_weight(self, scale):
@@ -111,7 +158,7 @@ class _WeightQuantMixin:
     def integer_weight(self) -> torch.Tensor:
         """The weights as the integers an integer kernel uses (for inspection and tests)."""
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        q = torch.round(self.weight.detach() / self.weight_scale().view(shape))
+        q = torch.round(self.weight.detach() / self.weight_scale().detach().view(shape))
         return torch.clamp(q, self.wqmin, self.wqmax).to(torch.int8)
 
 
