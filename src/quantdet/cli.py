@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=["teacher", "student"])
     p.add_argument("--out")
     for name, text in (("ptq", "post-training quantization of an FP32 model"),
+                       ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
                        ("export", "export a model to ONNX (QDQ for quantized models), "
                                   "measure latency and simulated-vs-deployed agreement")):
         p = stage(name, text)
@@ -77,6 +78,8 @@ def run(args) -> object:
         return stages.pretrain(params, args.role, args.out)
     if args.stage == "ptq":
         return stages.ptq(params, args.model, args.out)
+    if args.stage == "qat":
+        return stages.qat(params, args.model, args.out)
     if args.stage == "export":
         return stages.export(params, args.model, args.out)
     if args.stage == "evaluate":

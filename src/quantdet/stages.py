@@ -174,6 +174,59 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
     return quant
 
 
+def qat(params: dict, model: str, out: str | None = None) -> dict:
+    from quantdet.data.dataset import DetectionDataset, collate_detections
+    from quantdet.data.degraded import DegradedDataset
+    from quantdet.models.io import load_model, save_model
+    from quantdet.quant.ptq import activation_ranges
+    from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
+    from quantdet.train.loop import fit
+
+    name = study.parse_model_name(model)
+    recipe = get_recipe(name.method)
+    out = Path(out or study.model_file(name.model))
+    qat_cfg, ptq_cfg, seed = params["quant"]["qat"], params["quant"]["ptq"], params["study"]["seed"]
+    _set_threads(params["train"]["threads"])
+    fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
+    calib = f"{study.PREPARED}/calib"
+    batches = _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
+    qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, batches,
+                                 ptq_cfg["calib_batches"], ptq_cfg["percentile"],
+                                 qat_cfg["ema_momentum"])
+    dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
+                               augment=True, seed=seed)
+    degradations = None
+    if recipe.degraded_batches:
+        d = qat_cfg["degradations"]
+        dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
+        degradations = dataset.identity()
+    start = time.perf_counter()
+    history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
+                  lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
+                  warmup_iters=qat_cfg["warmup_iters"], seed=seed,
+                  checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                  threads=params["train"]["threads"], collate_fn=collate_detections,
+                  description=f"qat {name.model}", mixed_precision=False)
+    stop_tracking(qmodel)
+    qmodel.eval()
+    quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
+             "calibration": {"split": calib, "fingerprint": split_fingerprint(calib),
+                             "batches": config["calibration_batches"],
+                             "batch_size": ptq_cfg["calib_batch_size"]},
+             "training_degradations": degradations, "source": study.model_file(name.fp32_source)}
+    save_model(out, qmodel, kind="quantized", detector=payload["detector"],
+               classes=payload["classes"], quant=quant,
+               extra={"stride": payload["stride"], "input_size": payload["input_size"],
+                      "history": history, "activation_ranges": activation_ranges(qmodel)})
+    last = history["epochs"][-1] if history.get("epochs") else {}
+    _log_job(params, "qat", model=name.model,
+             metrics={"train_seconds": time.perf_counter() - start,
+                      **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
+             tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
+                   "bits": name.bits_label, "recipe": recipe.name})
+    return quant
+
+
 # ---------------------------------------------------------------------------- export
 def _onnx_metadata(name, payload, params) -> dict:
     quant = payload.get("quant") or {}

@@ -76,8 +76,14 @@ def ptq_models(params: dict) -> list[str]:
             for method in q["ptq"]["methods"] for b in q["bits"]]
 
 
+def qat_models(params: dict) -> list[str]:
+    q = params["quant"]
+    return [quantized_model_name("student", "qat", recipe, b, b)
+            for recipe in q["qat"]["recipes"] for b in q["bits"]]
+
+
 def quantized_models(params: dict) -> list[str]:
-    return ptq_models(params)
+    return ptq_models(params) + qat_models(params)
 
 
 def evaluated_models(params: dict) -> list[str]:
@@ -104,6 +110,8 @@ STAGE_PARAMS = {
     "corrupt": ["corruptions.seed"],
     "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
     "ptq": ["study.seed", "models.input_size", "quant.ptq"],
+    "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "train.weight_decay",
+            "train.threads"],
     "export": ["models.input_size", "export", "evaluate"],
     "evaluate": ["models.input_size", "evaluate"],
     "report": ["study", "data", "corruptions", "models", "quant"],

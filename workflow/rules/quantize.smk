@@ -17,3 +17,26 @@ rule ptq:
     threads: config["train"]["threads"]
     shell:
         "quantdet ptq --params params.yaml --model {wildcards.model} --out {output} --log {log}"
+
+
+rule qat:
+    input:
+        model=quantized_source,
+        data="data/prepared",
+    output:
+        "results/models/{model}.pt",
+    wildcard_constraints:
+        model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d",
+    params:
+        read=stage_params("qat"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/qat/{model}.log",
+    benchmark:
+        "benchmarks/qat/{model}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=0,
+    shell:
+        "quantdet qat --params params.yaml --model {wildcards.model} --out {output} --log {log}"

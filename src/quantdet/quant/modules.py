@@ -45,9 +45,15 @@ class ActQuantizer(nn.Module):
         self.tracking = False
 
     def track_ranges(self, observer: str | None = None, **observer_kwargs) -> None:
+        """Keep updating the range from training batches, with `observer` (an EMA observer)
+        starting from the range calibrated so far."""
         if observer is not None:
+            previous = self.observer
             self.observer_name = observer
             self.observer = build_observer(observer, bits=self.bits, **observer_kwargs)
+            if previous.ready:
+                self.observer.lo, self.observer.hi = (t.reshape(1) for t in previous.range())
+                self.observer.count = 1
         self.tracking = True
 
     def make_learnable(self) -> None:

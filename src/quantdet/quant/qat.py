@@ -1,0 +1,76 @@
+"""Quantization-aware training recipes. Each is a named way to turn a calibrated fake-quantized
+model into a trainable one; the `qat` stage then fine-tunes it with the one training loop.
+
+BatchNorm is folded before training starts, i.e. frozen at its trained statistics and then
+folded, as FQN prescribes; training updates the folded convolutions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantdet.quant.graph import activation_quantizers, quantize_model
+from quantdet.quant.modules import QuantConv2d, QuantLinear
+from quantdet.quant.ptq import calibrate
+
+
+@dataclass(frozen=True)
+class QATRecipe:
+    name: str
+    calibration_observer: str   # initial activation ranges
+    tracking_observer: str | None  # keeps updating ranges from training batches (EMA)
+    learnable_steps: bool       # LSQ: step sizes are trained parameters
+    degraded_batches: bool      # DA-QAT: on-line degradations in the training batches
+    description: str
+
+
+QAT_RECIPES = {r.name: r for r in (
+    QATRecipe("qat", "minmax", "ema_minmax", False, False,
+              "STE fake quantization; activation ranges from min/max, tracked by EMA"),
+    QATRecipe("lsq", "percentile", None, True, False,
+              "learned step sizes (LSQ) for activations and per-channel weights"),
+    QATRecipe("fqn", "percentile", "percentile", False, False,
+              "FQN: BN frozen and folded, percentile ranges (n batches, γ) tracked by EMA, "
+              "per-channel weights, every layer quantized"),
+    QATRecipe("daqat", "percentile", "percentile", False, True,
+              "FQN with on-line degraded training batches (DA-QAT)"),
+)}
+
+
+def get_recipe(name: str) -> QATRecipe:
+    try:
+        return QAT_RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown QAT recipe {name!r}; known: {sorted(QAT_RECIPES)}") from None
+
+
+def prepare_qat(model, recipe: QATRecipe, weight_bits: int, act_bits: int, calib_batches,
+                num_batches: int, percentile: float, ema_momentum: float):
+    """Quantize, calibrate and make trainable; returns the model and its quantization config."""
+    calib_kwargs = {"percentile": percentile} if recipe.calibration_observer == "percentile" else {}
+    qmodel = quantize_model(model, weight_bits, act_bits, recipe.calibration_observer, calib_kwargs)
+    used = calibrate(qmodel, calib_batches, num_batches)
+    if recipe.tracking_observer:
+        track_kwargs = {"momentum": ema_momentum}
+        if recipe.tracking_observer == "percentile":
+            track_kwargs["percentile"] = percentile
+        for q in activation_quantizers(qmodel):
+            q.track_ranges(recipe.tracking_observer, **track_kwargs)
+    if recipe.learnable_steps:
+        make_learnable(qmodel)
+    config = {"weight_bits": weight_bits, "act_bits": act_bits,
+              "observer": recipe.calibration_observer, "observer_kwargs": calib_kwargs,
+              "learnable_steps": recipe.learnable_steps, "calibration_batches": used}
+    return qmodel, config
+
+
+def make_learnable(qmodel) -> None:
+    for q in activation_quantizers(qmodel):
+        q.make_learnable()
+    for m in qmodel.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            m.make_learnable()
+
+
+def stop_tracking(qmodel) -> None:
+    for q in activation_quantizers(qmodel):
+        q.tracking = False
