@@ -86,7 +86,7 @@ class ActQuantizer(nn.Module):
 
     def _export_forward(self, x):
         # ONNX carries uint8; a narrower grid is kept by clipping to its float range first.
-        scale, zp = float(self.scale), int(self.zero_point)
+        scale, zp = float(self.scale.detach()), int(self.zero_point)
         if self.bits < 8:
             x = torch.clamp(x, (self.qmin - zp) * scale, (self.qmax - zp) * scale)
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)

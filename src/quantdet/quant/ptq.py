@@ -49,5 +49,5 @@ def post_training_quantize(model, batches, method: str, weight_bits: int, act_bi
 
 def activation_ranges(model) -> list[dict]:
     """Scale and zero point of every activation quantizer (for metadata and reports)."""
-    return [{"scale": float(q.scale), "zero_point": int(q.zero_point), "bits": q.bits}
+    return [{"scale": float(q.scale.detach()), "zero_point": int(q.zero_point), "bits": q.bits}
             for q in activation_quantizers(model)]
