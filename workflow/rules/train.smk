@@ -12,6 +12,8 @@ rule pretrain:
     benchmark:
         "benchmarks/pretrain/{role}-fp32.tsv"
     threads: config["train"]["threads"]
+    # training is the long chain of the DAG: start it before the many short jobs
+    priority: 10
     resources:
         gpu=0,
     shell:

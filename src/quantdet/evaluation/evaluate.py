@@ -31,9 +31,13 @@ def predict(model, dataset: DetectionDataset, *, stride: int, batch_size: int,
             decode_params: dict) -> list[dict]:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=collate_detections)
+    # NHWC: oneDNN's CPU convolutions run about 1.5x faster in it (PyTorch models only)
+    layout = torch.channels_last if isinstance(model, torch.nn.Module) else torch.contiguous_format
+    if isinstance(model, torch.nn.Module):
+        model.to(memory_format=layout)
     detections = []
     for images, _, metas in loader:
-        outputs = model(images)
+        outputs = model(images.contiguous(memory_format=layout))
         decoded = decode_detections(outputs, stride, **decode_params)
         detections += to_coco_detections(decoded, metas, dataset.category_ids)
     return detections
