@@ -54,7 +54,5 @@ def test_second_repro_does_nothing_and_a_key_reruns_only_its_readers(dvc_study):
     stale = set(json.loads(status))
     assert stale, status
     prefixes = {s.split("@")[0] for s in stale}
-    assert prefixes <= {"export", "export-fp32", "evaluate-fp32", "evaluate-fp32-clean",
-                        "evaluate-quantized", "evaluate-quantized-clean", "evaluate-quantized-ort",
-                        "evaluate-quantized-ort-clean"}, stale
-    assert not any(s.startswith(("prepare", "corrupt", "pretrain", "ptq")) for s in stale)
+    # evaluate.* is read by the export and evaluation stages only
+    assert all(p.startswith(("export", "evaluate")) for p in prefixes), stale

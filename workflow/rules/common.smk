@@ -1,4 +1,6 @@
 # Target lists and per-stage params, all derived from params.yaml by quantdet.study.
+import json
+
 from quantdet import study
 from quantdet.config import select
 
@@ -17,8 +19,9 @@ wildcard_constraints:
 
 
 def stage_params(stage, role="student"):
-    """The params keys a stage reads, as a rule's `params:` (a change reruns the rule)."""
-    return select(config, study.stage_params(stage, role))
+    """The params keys a stage reads, as a rule's `params:` (a change reruns the rule).
+    Canonical JSON, so reordering keys in params.yaml reruns nothing."""
+    return json.dumps(select(config, study.stage_params(stage, role)), sort_keys=True)
 
 
 def role_params(stage):
