@@ -99,7 +99,7 @@ def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study
                     ignore=shutil.ignore_patterns("mlflow.db"), copy_function=shutil.copy2)
     (changed / "params.yaml").write_text(yaml.safe_dump(params))
     dry = _snakemake(changed, "-n", "--cores", "1")
-    rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
+    rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M)) - {"all"}
     assert rules == {"evaluate", "export", "report"}, dry.stdout[-3000:]
 
 
