@@ -258,6 +258,23 @@ def test_inference_path_equals_training_path():
     assert (fused - trained.detach()).abs().max() <= float(q.scale) + 1e-6
 
 
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fast_inference_quantizer_equals_torch_fake_quantize(bits):
+    """The inference path (quint8 quantize/dequantize, clamped for narrower grids) gives the
+    values of torch's fake-quantize kernel, which is what the exported QDQ pair computes."""
+    torch.manual_seed(bits)
+    q = ActQuantizer(bits, "minmax")
+    x = torch.randn(8, 16, 24, 24) * 2 + 0.5
+    q(x[:4])                        # calibrate on half: the other half has clipped values
+    q.freeze()
+    with torch.no_grad():
+        fast = q(x.contiguous(memory_format=torch.channels_last))
+    reference = torch.fake_quantize_per_tensor_affine(
+        x, float(q.scale), int(q.zero_point), q.qmin, q.qmax)
+    assert torch.equal(fast, reference)
+    assert fast.unique().numel() <= 2 ** bits
+
+
 def test_lsq_step_size_gradient_matches_the_lsq_formula():
     from quantdet.quant.modules import lsq_gradient_scale
 

@@ -1,14 +1,16 @@
-"""Box AP of COCO results against a COCO ground-truth dict, computed by pycocotools.
+"""Box AP of COCO results against a COCO ground-truth dict.
 
 Every evaluated model, PyTorch or onnxruntime, is scored here, so numbers are comparable.
+The arithmetic is pycocotools' COCOeval, run by faster-coco-eval's C++ implementation
+(about 7x faster, which matters at 100 evaluations per model); tests check that both give
+the same numbers.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 
 # Order of COCOeval.stats for iouType "bbox" (first six entries).
 BOX_METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -25,13 +27,13 @@ def coco_box_metrics(coco_gt: dict, detections: list[dict]) -> dict:
     _check_image_ids(gt, detections)
     if not detections:
         return _zero_metrics(gt)
-    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress
+    with contextlib.redirect_stdout(io.StringIO()):   # COCOeval prints progress
         coco = COCO()
         coco.dataset = gt
         coco.createIndex()
         # loadRes adds id/area to each result in place: hand it copies
         results = coco.loadRes([dict(d) for d in detections])
-        evaluator = COCOeval(coco, results, iouType="bbox")
+        evaluator = COCOeval_faster(coco, results, iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

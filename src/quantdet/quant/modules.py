@@ -4,6 +4,7 @@ fake-quantized weights. In ONNX export mode they emit QuantizeLinear/DequantizeL
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -76,13 +77,28 @@ class ActQuantizer(nn.Module):
             self.observer.observe(x)
             self._set_qparams()
         if not torch.is_grad_enabled():
-            # inference: torch's fused kernel, the same arithmetic as the exported QDQ pair
-            return torch.fake_quantize_per_tensor_affine(
-                x, self.scale.detach().float(), self.zero_point.to(torch.int32), self.qmin, self.qmax)
+            return self._inference_forward(x)
         scale = self.scale
         if isinstance(scale, nn.Parameter):
             scale = lsq_gradient_scale(scale, x.numel(), self.qmax)
         return fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax)
+
+    def _inference_forward(self, x):
+        """Fake quantization without autograd: the same arithmetic as the exported QDQ pair.
+
+        Quantize-then-dequantize through a quint8 tensor is about 5x faster on CPU than the
+        fused fake-quantize kernel (which also computes a gradient mask); a grid narrower than
+        8 bits is the 8-bit result clamped to its float range, which is the same values.
+        """
+        scale, zp = float(self.scale.detach()), int(self.zero_point)
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not 0 <= zp <= 255:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zp, self.qmin, self.qmax)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # quint8 tensors are deprecated API
+            y = torch.quantize_per_tensor(x, scale, zp, torch.quint8).dequantize()
+        if self.bits < 8:
+            y = y.clamp((self.qmin - zp) * scale, (self.qmax - zp) * scale)
+        return y
 
     def _export_forward(self, x):
         # ONNX carries uint8; a narrower grid is kept by clipping to its float range first.
