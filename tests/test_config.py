@@ -45,6 +45,13 @@ def test_coco_source_needs_its_paths():
         validate_params(params)
 
 
+def test_a_heldout_corruption_cannot_also_be_a_benchmark_one():
+    params = load_params("params.yaml")
+    params["corruptions"]["heldout"] = ["gaussian_noise", "spatter"]
+    with pytest.raises(ParamsError, match="corruptions.heldout: gaussian_noise"):
+        validate_params(params)
+
+
 def test_cli_reports_bad_params_without_a_traceback(tmp_path, capsys):
     params = yaml.safe_load(open("params.yaml"))
     params["evaluate"]["nms_iou"] = 2

@@ -59,3 +59,48 @@ def test_apply_degradation_keeps_shape_and_dtype():
     plan = plan_degradation(0, names=["gaussian_noise"], p=1.0, severities=[5], seed=0)
     out = apply_degradation(pixels, plan)
     assert out.shape == pixels.shape and out.dtype == np.uint8 and not np.array_equal(out, pixels)
+
+
+@pytest.fixture(scope="module")
+def calib_study(tmp_path_factory):
+    """A prepared smoke dataset (data/prepared/{train,val,calib}) in a scratch study folder."""
+    from quantdet.config import load_params
+    from quantdet.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("calib")
+    params = load_params("tests/smoke/params.yaml")
+    prepare_dataset(params, root / "data" / "prepared")
+    return root, params
+
+
+def _fingerprint(params, degraded, num_batches=2):
+    from quantdet.quant.ptq import calibrate
+    from quantdet.stages import CalibrationSet
+    from tests.quant_models import tiny_model
+    from quantdet.quant.graph import quantize_model
+
+    calib = CalibrationSet(params, degraded=degraded)
+    model = quantize_model(tiny_model(), 8, 8, "percentile", {"percentile": 0.999})
+    calibrate(model, calib, num_batches)
+    return calib.info()
+
+
+def test_degradation_aware_calibration_set_identity(calib_study, monkeypatch):
+    import copy
+
+    root, params = calib_study
+    monkeypatch.chdir(root)
+    clean = _fingerprint(params, degraded=False)
+    assert clean["degradations"] is None and clean["degraded_images"] == 0
+    assert clean["batches"] == 2                      # exactly the batches used, no extra draw
+    degraded = _fingerprint(params, degraded=True)
+    assert degraded == _fingerprint(params, degraded=True)        # seeded: same set, same identity
+    assert 0 < degraded["degraded_images"] < 16 and degraded["fingerprint"] != clean["fingerprint"]
+    assert degraded["split_fingerprint"] == clean["split_fingerprint"]
+    never = copy.deepcopy(params)
+    never["quant"]["degradations"]["p"] = 0.0         # no image degraded: the clean set itself
+    assert _fingerprint(never, degraded=True)["fingerprint"] == clean["fingerprint"]
+    other = copy.deepcopy(params)
+    other["study"]["seed"] = 1
+    assert _fingerprint(other, degraded=True)["fingerprint"] != degraded["fingerprint"]
+    assert _fingerprint(params, degraded=False, num_batches=1)["fingerprint"] != clean["fingerprint"]

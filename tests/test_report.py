@@ -116,8 +116,11 @@ def test_report_names_each_model_and_the_drop(report):
     assert f"{100 * (quantized['P'] - fp32['P']):+.1f}" in text
     assert f"{100 * (quantized['mPC'] - fp32['mPC']):+.1f}" in text
     assert f"{100 * (quantized['rPC'] - fp32['rPC']):+.1f}" in text
-    assert "quantization lowered rPC" in text
-    assert "Deployed (onnxruntime) matches simulated" in text      # 0.2 points apart
+    assert "Does W8A8 quantization amplify the loss under corruption?" in text
+    assert "rPC is lower for 1, higher for 0 and mixed across seeds for 0 of 1 methods" in text
+    assert "## Methods ranked per bit width" in text
+    assert ("Deployed (onnxruntime) matches simulated (PyTorch) within 0.5 AP points on P and mPC for 1 of 1"
+            in text)                                                  # 0.2 points apart
     assert "Highest rPC: **teacher-fp32**" in text
     assert "](plots/ap_vs_severity.png)" in text
 
@@ -162,3 +165,40 @@ def test_missing_and_malformed_inputs_name_the_file(tmp_path):
     eval_files[0].write_text("{not json")
     with pytest.raises(QuantdetError, match="not valid JSON"):
         write_study_report(eval_files, export_files, study_params(), out_root=tmp_path / "r")
+
+
+def test_paired_comparisons_pair_seeds_and_claim_only_consistent_effects():
+    import pandas as pd
+
+    from quantdet.report import tables as t
+    from quantdet.report.findings import _qrid_answers
+    from quantdet.study import parse_model_name
+
+    params = {"study": {"seed": 0}, "quant": {"degradations": {"names": ["gaussian_noise"]}},
+              "corruptions": {"names": ["gaussian_noise", "fog"], "heldout": ["spatter"], "severities": [1]}}
+    values = {  # model: (P, mPC)
+        "student-fp32": (0.50, 0.30), "student-fp32-s1": (0.52, 0.30),
+        "student-ptq-percentile-w8a8": (0.45, 0.25), "student-ptq-percentile-w8a8-s1": (0.47, 0.26),
+        "student-ptq-dacal-w8a8": (0.44, 0.27), "student-ptq-dacal-w8a8-s1": (0.47, 0.25),
+    }
+    rows = []
+    for model, (p, mpc) in values.items():
+        name = parse_model_name(model)
+        rows.append({"model": model, "bits": name.bits_label, "runtime": "torch", "role": "student",
+                     "family": "fp32" if not name.quantized else name.stage, "method": name.method or "fp32",
+                     "base": name.base, "seed": name.run_seed(params), "P": p, "mPC": mpc, "rPC": mpc / p,
+                     "mPC_seen": mpc, "mPC_unseen": mpc, "mPC_heldout": mpc - 0.05})
+    robustness = pd.DataFrame(rows)
+    pairs = t.paired_comparisons(robustness)
+    dacal = pairs[pairs["comparison"].str.startswith("degradation-aware")].sort_values("seed")
+    assert dacal["seed"].tolist() == [0, 1]
+    assert dacal["dmPC_points"].tolist() == pytest.approx([2.0, -1.0])   # dacal − percentile per seed
+    summary = t.comparison_summary(pairs)
+    row = summary[summary["comparison"].str.startswith("degradation-aware")].iloc[0]
+    assert (row["dmPC_mean"], row["dmPC_min"], row["dmPC_max"]) == pytest.approx((0.5, -1.0, 2.0))
+    text = " ".join(_qrid_answers(summary))
+    assert "ΔmPC +0.5 points, no consistent direction (seeds: +2.0, -1.0)" in text
+    # percentile lowers rPC against its own seed's FP32 student under both seeds; dacal only under one
+    assert "rPC is lower for 1, higher for 0 and mixed across seeds for 1 of 2 methods" in text
+    spread = t.seed_spread(robustness).set_index("model")
+    assert spread.loc["student-fp32", "P_min"] == 0.50 and spread.loc["student-fp32", "P_max"] == 0.52

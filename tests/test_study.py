@@ -28,5 +28,7 @@ def test_default_study_matrix():
     assert models[:2] == ["teacher-fp32", "student-fp32"]
     for q in study.quantized_models(params):
         assert q in models and q + "-ort" in models
-    assert study.conditions(params)[0] == "clean" and len(study.conditions(params)) == 16
+    assert study.conditions(params)[0] == "clean" and len(study.conditions(params)) == 20
+    assert study.heldout_corruptions(params) == ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
+    assert not set(study.heldout_corruptions(params)) & set(study.benchmark_corruptions(params))
     assert study.severities_of("clean", params) == [0]

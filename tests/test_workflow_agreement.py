@@ -64,7 +64,7 @@ def test_same_commands(both):
     snake, dvc = both
     assert set(snake) == set(dvc), {"only snakemake": sorted(set(snake) - set(dvc))[:5],
                                     "only dvc": sorted(set(dvc) - set(snake))[:5]}
-    assert len(snake) > 100  # the default study: 75 corruptions, 96 evaluations, ...
+    assert len(snake) > 100  # the default study: 100 corruptions, one evaluation per model, ...
 
 
 def test_same_inputs_and_outputs(both):

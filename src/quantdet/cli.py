@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p = stage("pretrain", "train an FP32 detector from scratch")
     p.add_argument("--role", required=True, choices=["teacher", "student"])
+    p.add_argument("--seed", type=int, help="a repeat seed (study.repeat.seeds) instead of study.seed")
     p.add_argument("--out")
     for name, text in (("ptq", "post-training quantization of an FP32 model"),
                        ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
@@ -38,10 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         p = stage(name, text)
         p.add_argument("--model", required=True)
         p.add_argument("--out")
-    p = stage("evaluate", "COCO box metrics of one model on one condition (all severities)")
+    p = stage("evaluate", "COCO box metrics of one model on clean data and on every corruption "
+                          "and severity of the study")
     p.add_argument("--model", required=True)
-    p.add_argument("--condition", required=True, help="'clean' or a corruption name")
-    p.add_argument("--out")
+    p.add_argument("--out", help="folder for the model's results (one subfolder per condition)")
     p = stage("report", "P/mPC/rPC tables, plots and results/report.md")
     p.add_argument("--out", default="results", help="results root")
     return parser
@@ -75,7 +76,7 @@ def run(args) -> object:
     if args.stage == "corrupt":
         return stages.corrupt(params, args.corruption, args.severity, args.out)
     if args.stage == "pretrain":
-        return stages.pretrain(params, args.role, args.out)
+        return stages.pretrain(params, args.role, args.out, seed=args.seed)
     if args.stage == "ptq":
         return stages.ptq(params, args.model, args.out)
     if args.stage == "qat":
@@ -83,7 +84,7 @@ def run(args) -> object:
     if args.stage == "export":
         return stages.export(params, args.model, args.out)
     if args.stage == "evaluate":
-        return stages.evaluate(params, args.model, args.condition, args.out)
+        return stages.evaluate(params, args.model, args.out)
     if args.stage == "report":
         return stages.report(params, args.out)
     raise AssertionError(args.stage)

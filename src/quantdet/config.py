@@ -71,6 +71,18 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    repeat, quant = params["study"]["repeat"], params["quant"]
+    for family, runs in (("ptq", quant["ptq"]["methods"]), ("qat", quant["qat"]["recipes"])):
+        extra = [m for m in repeat[family] if m not in runs] if repeat["seeds"] else []
+        if extra:
+            key = "ptq.methods" if family == "ptq" else "qat.recipes"
+            raise ParamsError(f"{source}: study.repeat.{family}: {', '.join(extra)} not in quant.{key} "
+                              "(a repeat re-runs methods the study runs)")
+    corr = params["corruptions"]
+    both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
+    if both:
+        raise ParamsError(f"{source}: corruptions.heldout: {', '.join(both)} also in corruptions.names "
+                          "(a held-out corruption is one mPC does not average over)")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -83,32 +83,35 @@ def use_mixed_precision(setting) -> bool:
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def pretrain(params: dict, role: str, out: str | None = None) -> dict:
+def pretrain(params: dict, role: str, out: str | None = None, seed: int | None = None) -> dict:
+    """Train an FP32 detector; `seed` (a repeat seed) overrides study.seed for training only."""
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.models import build_detector
     from quantdet.models.io import save_model
     from quantdet.train.loop import fit
 
-    out = Path(out or study.model_file(f"{role}-fp32"))
+    name = study.ModelName(role, "pretrain", None, None, None, "torch", seed)
+    seed = name.run_seed(params)
+    out = Path(out or study.model_file(name.model))
     train_cfg, model_cfg = params["train"], params["models"][role]
     _set_threads(train_cfg["threads"])
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
-                               augment=True, seed=params["study"]["seed"])
+                               augment=True, seed=seed)
     detector = detector_config(params, role, len(dataset.category_ids))
     model = build_detector(**detector)
-    checkpoint = Path("results/checkpoints") / f"{role}-fp32.ckpt"
+    checkpoint = Path("results/checkpoints") / f"{name.model}.ckpt"
     start = time.perf_counter()
     history = fit(model, dataset, epochs=model_cfg.get("epochs", train_cfg["epochs"]),
                   batch_size=train_cfg["batch_size"], lr=model_cfg.get("lr", train_cfg["lr"]),
                   weight_decay=train_cfg["weight_decay"], warmup_iters=train_cfg["warmup_iters"],
-                  seed=params["study"]["seed"], checkpoint_path=checkpoint,
+                  seed=seed, checkpoint_path=checkpoint,
                   threads=train_cfg["threads"], collate_fn=collate_detections,
-                  description=f"pretrain {role}",
+                  description=f"pretrain {name.model}",
                   mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]))
     seconds = time.perf_counter() - start
     classes = {"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}
     save_model(out, model, kind="fp32", detector=detector, classes=classes,
-               extra={"history": history, "stride": model.stride,
+               extra={"history": history, "stride": model.stride, "seed": seed,
                       "input_size": params["models"]["input_size"]})
     summary = {"model": out.stem, "seconds": round(seconds, 1), "history": history}
     write_json(out.with_suffix(".train.json"), summary)
@@ -141,23 +144,68 @@ def _image_batches(split: str | Path, input_size: int, batch_size: int):
     return (images for images, _, _ in loader)
 
 
+class CalibrationSet:
+    """The calibration images a quantizer sees, and their identity.
+
+    Clean: the calib split as is. Degradation-aware (QRID): each image is degraded, with
+    probability p, by one transform of `quant.degradations` at a random severity, seeded per
+    image. The fingerprint hashes the exact input tensors consumed (so it changes with the
+    images, the preprocessing, the degradation plan and the number of batches), and is
+    recorded in the model file, its MLflow run and the exported ONNX metadata.
+    """
+
+    def __init__(self, params: dict, degraded: bool = False, seed: int | None = None):
+        from torch.utils.data import DataLoader
+
+        from quantdet.data.dataset import DetectionDataset, collate_detections
+        from quantdet.data.degraded import DegradedDataset
+
+        self.split = f"{study.PREPARED}/calib"
+        self.batch_size = params["quant"]["ptq"]["calib_batch_size"]
+        dataset = DetectionDataset(_require(self.split), params["models"]["input_size"], augment=False)
+        self.degradations = None
+        if degraded:
+            d = params["quant"]["degradations"]
+            seed = params["study"]["seed"] if seed is None else seed
+            dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
+            self.degradations = dataset.identity()
+        self.loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                                 collate_fn=collate_detections)
+        self._hash = hashlib.sha256()
+        self.batches = self.degraded_images = 0
+
+    def __iter__(self):
+        for images, _, metas in self.loader:
+            self._hash.update(images.numpy().tobytes())
+            self.batches += 1
+            self.degraded_images += sum(m.get("degradation") is not None for m in metas)
+            yield images
+
+    def info(self) -> dict:
+        if not self.batches:
+            raise QuantdetError(f"{self.split}: no calibration batch was read")
+        return {"split": self.split, "fingerprint": self._hash.hexdigest()[:16],
+                "split_fingerprint": split_fingerprint(self.split), "batches": self.batches,
+                "batch_size": self.batch_size, "degradations": self.degradations,
+                "degraded_images": self.degraded_images}
+
+
 def ptq(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.models.io import load_model, save_model
-    from quantdet.quant.ptq import PTQ_METHODS, activation_ranges, post_training_quantize
+    from quantdet.quant.ptq import (DEGRADED_CALIBRATION, PTQ_METHODS, activation_ranges,
+                                    post_training_quantize)
 
     name = study.parse_model_name(model)
     out = Path(out or study.model_file(name.model))
     ptq_cfg = params["quant"]["ptq"]
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
-    calib = f"{study.PREPARED}/calib"
-    batches = _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
-    qmodel = post_training_quantize(fp32, batches, name.method, name.weight_bits, name.act_bits,
+    calib = CalibrationSet(params, degraded=name.method in DEGRADED_CALIBRATION,
+                           seed=name.run_seed(params))
+    qmodel = post_training_quantize(fp32, calib, name.method, name.weight_bits, name.act_bits,
                                     ptq_cfg)
     observer, keys = PTQ_METHODS[name.method]
-    calibration = {"split": calib, "fingerprint": split_fingerprint(calib),
-                   "batches": qmodel.quant_info["calibration_batches"],
-                   "batch_size": ptq_cfg["calib_batch_size"]}
+    calibration = calib.info()
     quant = {"weight_bits": name.weight_bits, "act_bits": name.act_bits, "observer": observer,
              "observer_kwargs": {k: ptq_cfg[k] for k in keys}, "method": name.method,
              "stage": "ptq", "calibration": calibration, "source": study.model_file(name.fp32_source),
@@ -185,19 +233,18 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     name = study.parse_model_name(model)
     recipe = get_recipe(name.method)
     out = Path(out or study.model_file(name.model))
-    qat_cfg, ptq_cfg, seed = params["quant"]["qat"], params["quant"]["ptq"], params["study"]["seed"]
+    qat_cfg, ptq_cfg, seed = params["quant"]["qat"], params["quant"]["ptq"], name.run_seed(params)
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
-    calib = f"{study.PREPARED}/calib"
-    batches = _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
-    qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, batches,
+    calib = CalibrationSet(params, seed=seed)
+    qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, calib,
                                  ptq_cfg["calib_batches"], ptq_cfg["percentile"],
                                  qat_cfg["ema_momentum"])
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
     degradations = None
     if recipe.degraded_batches:
-        d = qat_cfg["degradations"]
+        d = params["quant"]["degradations"]
         dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
         degradations = dataset.identity()
     start = time.perf_counter()
@@ -210,9 +257,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     stop_tracking(qmodel)
     qmodel.eval()
     quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
-             "calibration": {"split": calib, "fingerprint": split_fingerprint(calib),
-                             "batches": config["calibration_batches"],
-                             "batch_size": ptq_cfg["calib_batch_size"]},
+             "calibration": calib.info(),
              "training_degradations": degradations, "source": study.model_file(name.fp32_source)}
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
@@ -312,27 +357,37 @@ def _load_for_evaluation(name: study.ModelName, threads: int):
     return model, payload["stride"]
 
 
-def evaluate(params: dict, model: str, condition: str, out: str | None = None) -> dict:
+def evaluate(params: dict, model: str, out: str | None = None) -> dict:
+    """Every condition (clean, each corruption at each severity) for one model, in one process:
+    the model loads once, and the many small evaluations pay no start-up cost."""
     name = study.parse_model_name(model)
-    if condition != "clean" and condition not in params["corruptions"]["names"]:
-        raise QuantdetError(f"condition {condition!r} is neither 'clean' nor in corruptions.names")
-    out = Path(out or study.eval_dir(model, condition))
+    out = Path(out or study.eval_dir(model))
     cfg = params["evaluate"]
     _set_threads(cfg["threads"])
+    splits = {c: [_require(study.split_dir(c, s)) for s in study.severities_of(c, params)]
+              for c in study.conditions(params)}
     net, stride = _load_for_evaluation(name, cfg["threads"])
+    start = time.perf_counter()
+    summary = {}
     with atomic_directory(out) as tmp:
-        results = _evaluate_severities(params, name, condition, net, stride, tmp, out)
-    _log_job(params, "evaluate", model=model, tags={"condition": condition},
-             metrics={f"{r['severity']}.{k}": v for r in results
-                      for k, v in r["metrics"].items() if v is not None},
-             artifacts=[out / "metrics.json"])
-    return read_json(out / "metrics.json")
+        for condition in splits:
+            results = _evaluate_severities(params, name, condition, net, stride,
+                                           tmp / condition, out / condition)
+            summary[condition] = {r["severity"]: r["metrics"] for r in results}
+    _log_job(params, "evaluate", model=model,
+             metrics={f"{c}.{s}.{k}": v for c, by_severity in summary.items()
+                      for s, metrics in by_severity.items()
+                      for k, v in metrics.items() if v is not None and k in ("AP", "AP50")}
+             | {"evaluate_seconds": time.perf_counter() - start},
+             artifacts=[out / c / "metrics.json" for c in splits])
+    return summary
 
 
 def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: Path) -> list:
     from quantdet.evaluation.evaluate import evaluate_split
 
     cfg = params["evaluate"]
+    tmp.mkdir(parents=True, exist_ok=True)
     results = []
     for severity in study.severities_of(condition, params):
         split = _require(study.split_dir(condition, severity))
@@ -352,7 +407,7 @@ def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: P
 
 # ---------------------------------------------------------------------------- report
 def report_inputs(params: dict) -> tuple[list[str], list[str]]:
-    evals = [f"{study.eval_dir(m, c)}/metrics.json"
+    evals = [study.eval_metrics_file(m, c)
              for m in study.evaluated_models(params) for c in study.conditions(params)]
     exports = [f"{study.MODELS}/{q}.export.json" for q in study.quantized_models(params)]
     return evals, exports

@@ -5,8 +5,11 @@ Model names are built here and parsed back here, nowhere else:
     teacher-fp32, student-fp32                       FP32 detectors from `pretrain`
     student-ptq-percentile-w8a8                      a quantized model, fake-quantized in PyTorch
     student-ptq-percentile-w8a8-ort                  the same model, exported and run in onnxruntime
+    student-fp32-s1, student-qat-daqat-w4a4-s1       a repeat of the headline chain with seed 1
+                                                     (FP32 training and quantization re-seeded)
 
-A *condition* is ``clean`` or the name of a corruption (evaluated at every severity).
+A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
+benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ ROLES = ("teacher", "student")
 
 _NAME = re.compile(
     r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat)-(?P<method>[a-z0-9_]+)"
-    r"-w(?P<wbits>\d)a(?P<abits>\d))(?P<ort>-ort)?$"
+    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-s(?P<seed>\d+))?(?P<ort>-ort)?$"
 )
 
 
@@ -30,17 +33,23 @@ class ModelName:
     weight_bits: int | None
     act_bits: int | None
     runtime: str              # torch | onnxruntime
+    seed: int | None = None   # a repeat seed; None: the study's seed
 
     @property
     def quantized(self) -> bool:
         return self.weight_bits is not None
 
     @property
+    def _seed_suffix(self) -> str:
+        return "" if self.seed is None else f"-s{self.seed}"
+
+    @property
     def model(self) -> str:
         """Name of the trained/quantized model file (without the runtime suffix)."""
         if not self.quantized:
-            return f"{self.role}-fp32"
-        return f"{self.role}-{self.stage}-{self.method}-w{self.weight_bits}a{self.act_bits}"
+            return f"{self.role}-fp32{self._seed_suffix}"
+        return (f"{self.role}-{self.stage}-{self.method}-w{self.weight_bits}a{self.act_bits}"
+                f"{self._seed_suffix}")
 
     @property
     def name(self) -> str:
@@ -48,12 +57,22 @@ class ModelName:
 
     @property
     def fp32_source(self) -> str:
-        """The FP32 model this one was made from."""
-        return f"{self.role}-fp32"
+        """The FP32 model this one was made from (of the same seed)."""
+        return f"{self.role}-fp32{self._seed_suffix}"
 
     @property
     def bits_label(self) -> str:
         return "fp32" if not self.quantized else f"W{self.weight_bits}A{self.act_bits}"
+
+    @property
+    def base(self) -> str:
+        """The name without seed and runtime: the method at its bit width."""
+        return ModelName(self.role, self.stage, self.method, self.weight_bits, self.act_bits,
+                         "torch").model
+
+    def run_seed(self, params: dict) -> int:
+        """The seed this model's training and calibration use."""
+        return params.get("study", {}).get("seed", 0) if self.seed is None else self.seed
 
 
 def parse_model_name(name: str) -> ModelName:
@@ -61,13 +80,16 @@ def parse_model_name(name: str) -> ModelName:
     if m is None:
         raise ValueError(f"not a quantdet model name: {name!r}")
     runtime = "onnxruntime" if m["ort"] else "torch"
+    seed = None if m["seed"] is None else int(m["seed"])
     if m["fp32"]:
-        return ModelName(m["role"], "pretrain", None, None, None, runtime)
-    return ModelName(m["role"], m["stage"], m["method"], int(m["wbits"]), int(m["abits"]), runtime)
+        return ModelName(m["role"], "pretrain", None, None, None, runtime, seed)
+    return ModelName(m["role"], m["stage"], m["method"], int(m["wbits"]), int(m["abits"]), runtime,
+                     seed)
 
 
-def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, act_bits: int) -> str:
-    return ModelName(role, stage, method, weight_bits, act_bits, "torch").model
+def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, act_bits: int,
+                         seed: int | None = None) -> str:
+    return ModelName(role, stage, method, weight_bits, act_bits, "torch", seed).model
 
 
 def ptq_models(params: dict) -> list[str]:
@@ -83,20 +105,51 @@ def qat_models(params: dict) -> list[str]:
 
 
 def quantized_models(params: dict) -> list[str]:
+    """The study's quantized models (study seed); each is exported and evaluated deployed too."""
     return ptq_models(params) + qat_models(params)
+
+
+def repeat_models(params: dict) -> list[str]:
+    """The headline chain again for each repeat seed: the FP32 student retrained, and the
+    headline PTQ methods and QAT recipes (those the study runs) re-run from it at every bit
+    width. Evaluated in PyTorch only: they measure run-to-run spread, not deployment."""
+    repeat, q = params.get("study", {}).get("repeat", {}), params["quant"]
+    names = []
+    for seed in repeat.get("seeds", []):
+        names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
+        names += [quantized_model_name("student", "ptq", m, b, b, seed)
+                  for m in repeat["ptq"] if m in q["ptq"]["methods"] for b in q["bits"]]
+        names += [quantized_model_name("student", "qat", r, b, b, seed)
+                  for r in repeat["qat"] if r in q["qat"]["recipes"] for b in q["bits"]]
+    return names
 
 
 def evaluated_models(params: dict) -> list[str]:
     """Every model the study evaluates: FP32 teacher and student, each quantized model
-    fake-quantized in PyTorch, and its exported ONNX model in onnxruntime."""
+    fake-quantized in PyTorch, and its exported ONNX model in onnxruntime, then the repeats."""
     names = ["teacher-fp32", "student-fp32"]
     for q in quantized_models(params):
         names += [q, q + ORT_SUFFIX]
-    return names
+    return names + repeat_models(params)
+
+
+def benchmark_corruptions(params: dict) -> list[str]:
+    """The corruptions mPC averages over (Michaelis et al.: the 15 benchmark ones)."""
+    return list(params["corruptions"]["names"])
+
+
+def heldout_corruptions(params: dict) -> list[str]:
+    """Corruptions evaluated and reported apart from mPC (the benchmark's 4 held-out ones)."""
+    return list(params["corruptions"].get("heldout", []))
+
+
+def corruptions(params: dict) -> list[str]:
+    """Every corruption the study writes and evaluates."""
+    return benchmark_corruptions(params) + heldout_corruptions(params)
 
 
 def conditions(params: dict) -> list[str]:
-    return ["clean", *params["corruptions"]["names"]]
+    return ["clean", *corruptions(params)]
 
 
 def severities_of(condition: str, params: dict) -> list[int]:
@@ -109,9 +162,9 @@ STAGE_PARAMS = {
     "prepare": ["study.seed", "data"],
     "corrupt": ["corruptions.seed"],
     "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
-    "ptq": ["study.seed", "models.input_size", "quant.ptq"],
-    "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "train.weight_decay",
-            "train.threads"],
+    "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations"],
+    "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "quant.degradations",
+            "train.weight_decay", "train.threads"],
     "export": ["models.input_size", "export", "evaluate"],
     "evaluate": ["models.input_size", "evaluate"],
     "report": ["study", "data", "corruptions", "models", "quant"],
@@ -143,5 +196,10 @@ def onnx_file(model: str) -> str:
     return f"{MODELS}/{model}.onnx"
 
 
-def eval_dir(model: str, condition: str) -> str:
-    return f"{EVAL}/{model}/{condition}"
+def eval_dir(model: str) -> str:
+    """One evaluation job per model writes every condition under this folder."""
+    return f"{EVAL}/{model}"
+
+
+def eval_metrics_file(model: str, condition: str) -> str:
+    return f"{EVAL}/{model}/{condition}/metrics.json"

@@ -4,7 +4,7 @@ import json
 from quantdet import study
 from quantdet.config import select
 
-CORRUPTIONS = config["corruptions"]["names"]
+CORRUPTIONS = study.corruptions(config)   # benchmark + held-out
 SEVERITIES = config["corruptions"]["severities"]
 EVALUATED = study.evaluated_models(config)
 QUANTIZED = study.quantized_models(config)
@@ -14,8 +14,8 @@ wildcard_constraints:
     role="teacher|student",
     corruption="|".join(CORRUPTIONS) or "^$",
     severity=r"\d",
-    condition="|".join(["clean", *CORRUPTIONS]),
     model=r"(teacher|student)-[a-z0-9_-]+",
+    seed=r"\d+",
 
 
 def stage_params(stage, role="student"):
@@ -43,11 +43,8 @@ def export_inputs(wildcards):
 def evaluate_inputs(wildcards):
     name = study.parse_model_name(wildcards.model)
     model = study.onnx_file(name.model) if name.runtime == "onnxruntime" else study.model_file(name.model)
-    if wildcards.condition == "clean":
-        splits = [study.PREPARED]
-    else:
-        splits = [study.split_dir(wildcards.condition, s) for s in SEVERITIES]
-    return {"model": model, "splits": splits}
+    splits = [study.split_dir(c, s) for c in CORRUPTIONS for s in SEVERITIES]
+    return {"model": model, "val": study.PREPARED, "splits": splits}
 
 
 def get_final_output():

@@ -5,7 +5,7 @@ rule ptq:
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"(teacher|student)-ptq-[a-z0-9_]+-w\da\d",
+        model=r"(teacher|student)-ptq-[a-z0-9_]+-w\da\d(-s\d+)?",
     params:
         read=stage_params("ptq"),
     conda:
@@ -26,7 +26,7 @@ rule qat:
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d",
+        model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d(-s\d+)?",
     params:
         read=stage_params("qat"),
     conda:

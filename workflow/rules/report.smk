@@ -1,6 +1,6 @@
 rule report:
     input:
-        evals=expand("results/eval/{model}/{condition}", model=EVALUATED, condition=["clean", *CORRUPTIONS]),
+        evals=expand("results/eval/{model}", model=EVALUATED),
         exports=expand("results/models/{model}.export.json", model=QUANTIZED),
     output:
         report(

@@ -18,3 +18,25 @@ rule pretrain:
         gpu=0,
     shell:
         "quantdet pretrain --params params.yaml --role {wildcards.role} --out {output} --log {log}"
+
+
+rule pretrain_repeat:
+    input:
+        "data/prepared",
+    output:
+        "results/models/{role}-fp32-s{seed}.pt",
+    params:
+        read=role_params("pretrain"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/pretrain/{role}-fp32-s{seed}.log",
+    benchmark:
+        "benchmarks/pretrain/{role}-fp32-s{seed}.tsv"
+    threads: config["train"]["threads"]
+    priority: 10
+    resources:
+        gpu=0,
+    shell:
+        "quantdet pretrain --params params.yaml --role {wildcards.role} --seed {wildcards.seed}"
+        " --out {output} --log {log}"

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 
 from faster_coco_eval import COCO, COCOeval_faster
+
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)   # it logs every summary line
 
 # Order of COCOeval.stats for iouType "bbox" (first six entries).
 BOX_METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")

@@ -1,6 +1,8 @@
 """Post-training quantization: calibrate activation ranges on a few batches, then freeze."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from quantdet.quant.graph import (activation_quantizers, freeze_quantizers, quantize_model,
@@ -14,7 +16,11 @@ PTQ_METHODS = {
     "percentile": ("percentile", ("percentile",)),
     "mse": ("mse", ()),
     "kl": ("kl", ()),
+    # QRID's degradation-aware calibration: percentile ranges on a calibration set where
+    # each image is degraded with probability p (quant.degradations)
+    "dacal": ("percentile", ("percentile",)),
 }
+DEGRADED_CALIBRATION = {"dacal"}
 
 
 @torch.no_grad()
@@ -23,9 +29,7 @@ def calibrate(model, batches, num_batches: int) -> int:
     set_quant_mode(model, CALIBRATE)
     model.eval()
     seen = 0
-    for images in batches:
-        if seen >= num_batches:
-            break
+    for images in itertools.islice(batches, num_batches):   # never draws a batch it won't use
         model(images)
         seen += 1
     if seen == 0:

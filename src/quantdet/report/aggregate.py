@@ -34,13 +34,18 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         "simulated_vs_deployed": t.simulated_vs_deployed(robustness),
         "ap_vs_severity": t.ap_vs_severity(ap, params),
         "export": t.export_table(exports, order),
+        "method_ranking": t.method_ranking(robustness),
+        "seed_spread": t.seed_spread(robustness),
     }
+    tables["paired_comparisons"] = t.paired_comparisons(robustness)
+    tables["comparison_summary"] = t.comparison_summary(tables["paired_comparisons"])
 
     written = {
         "robustness_metrics": atomic_write_json(out / "metrics" / "robustness.json", _robustness_metrics(robustness)),
         "export_metrics": atomic_write_json(out / "metrics" / "export.json", _export_metrics(tables["export"], exports)),
     }
-    for name in ("ap_by_condition", "robustness", "quantization_drop", "ap_vs_severity"):
+    for name in ("ap_by_condition", "robustness", "quantization_drop", "ap_vs_severity", "method_ranking",
+                 "paired_comparisons", "seed_spread"):
         written[f"{name}_table"] = _write_csv(tables[name], out / "tables" / f"{name}.csv")
     written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
                                                        _wide_curves(tables["ap_vs_severity"], order))

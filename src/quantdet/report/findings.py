@@ -11,15 +11,74 @@ DEPLOYMENT_TOLERANCE_POINTS = 0.5
 
 
 def study_findings(ap: pd.DataFrame, robustness: pd.DataFrame, drop: pd.DataFrame,
-                   sim_dep: pd.DataFrame, export: pd.DataFrame, corruptions: list[str]) -> list[str]:
+                   sim_dep: pd.DataFrame, export: pd.DataFrame, corruptions: list[str],
+                   comparisons: pd.DataFrame | None = None) -> list[str]:
     return [line for line in (
         _robustness_ranking(robustness),
         _quantization_overview(drop),
-        *_quantization_effects(drop),
-        *_deployment_fidelity(sim_dep),
+        *_qrid_answers(comparisons if comparisons is not None else pd.DataFrame()),
+        _deployment_summary(sim_dep),
         _hardest_corruption(ap, corruptions),
         _export_speed(export),
     ) if line]
+
+
+def _effect(values: pd.Series, unit: str = "points") -> str:
+    """A difference over seeds: its mean and range, and a sign only every seed agrees on."""
+    values = values.dropna()
+    if values.empty:
+        return "not measured"
+    mean = values.mean()
+    span = (f" (seeds: {', '.join(signed_points(v) for v in values)})" if len(values) > 1 else
+            " (one seed: no run-to-run spread measured)")
+    if (values > 0).all():
+        verdict = "higher"
+    elif (values < 0).all():
+        verdict = "lower"
+    else:
+        verdict = "no consistent direction"
+    return f"{signed_points(mean)} {unit}, {verdict}{span}"
+
+
+def _qrid_answers(summary: pd.DataFrame) -> list[str]:
+    """QRID's questions, answered from the paired per-seed differences (quantdet.report.tables
+    .paired_comparisons): does quantization lower rPC, and do degradation-aware calibration
+    and DA-QAT raise mPC/rPC against their clean-data baselines?"""
+    if summary.empty:
+        return []
+    lines = []
+    vs_fp32 = summary[summary["comparison"].str.endswith("vs FP32")]
+    for bits, group in vs_fp32.groupby("bits", sort=False):
+        lowered = (group["drPC_max"] < 0).sum()
+        raised = (group["drPC_min"] > 0).sum()
+        lines.append(
+            f"**Does {bits} quantization amplify the loss under corruption?** Against the FP32 student of the "
+            f"same seed, rPC is lower for {lowered}, higher for {raised} and mixed across seeds for "
+            f"{len(group) - lowered - raised} of {len(group)} methods (ΔrPC from "
+            f"{signed_points(group['drPC_mean'].min())} to {signed_points(group['drPC_mean'].max())} points).")
+    for (label, bits), group in summary[~summary["comparison"].str.endswith("vs FP32")].groupby(
+            ["comparison", "bits"], sort=False):
+        row = group.iloc[0]
+        lines.append(
+            f"**{label[0].upper() + label[1:]} at {bits}**: ΔmPC {_effect(_seed_values(row, 'mPC'))}; "
+            f"ΔrPC {_effect(_seed_values(row, 'rPC'))}; ΔP {_effect(_seed_values(row, 'P'))}.")
+    return lines
+
+
+def _seed_values(row, metric: str) -> pd.Series:
+    return pd.Series(row[f"d{metric}_seeds"])
+
+
+def _deployment_summary(sim_dep: pd.DataFrame) -> str:
+    if sim_dep.empty:
+        return ""
+    gaps = sim_dep[["dP_points", "dmPC_points"]].abs().max(axis=1)
+    within = int((gaps <= DEPLOYMENT_TOLERANCE_POINTS).sum())
+    worst = sim_dep.loc[gaps.idxmax()]
+    return (f"Deployed (onnxruntime) matches simulated (PyTorch) within {DEPLOYMENT_TOLERANCE_POINTS} AP points "
+            f"on P and mPC for {within} of {len(sim_dep)} quantized models; the largest gap is "
+            f"{worst['model']} (P {signed_points(worst['dP_points'])}, mPC {signed_points(worst['dmPC_points'])}, "
+            "deployed − simulated).")
 
 
 def _robustness_ranking(robustness: pd.DataFrame) -> str:
@@ -44,36 +103,6 @@ def _quantization_overview(drop: pd.DataFrame) -> str:
     if len(lowered):
         line += f" (by {abs(lowered.max()):.1f} to {abs(lowered.min()):.1f} points)"
     return line + f"; the mean change is {signed_points(changes.mean())} rPC points against the FP32 source."
-
-
-def _quantization_effects(drop: pd.DataFrame) -> list[str]:
-    lines = []
-    for _, row in drop.iterrows():
-        if pd.isna(row["drPC_points"]):
-            effect = "rPC is undefined for one of the two"
-        elif abs(row["drPC_points"]) < 0.05:
-            effect = "quantization left rPC unchanged"
-        else:
-            direction = "lowered" if row["drPC_points"] < 0 else "raised"
-            effect = f"quantization {direction} rPC by {abs(row['drPC_points']):.1f} points"
-        lines.append(
-            f"{row['model']} ({row['runtime']}) against {row['fp32_source']}: P {ap_points(row['P'])} vs "
-            f"{ap_points(row['P_fp32'])} ({signed_points(row['dP_points'])}), mPC {ap_points(row['mPC'])} vs "
-            f"{ap_points(row['mPC_fp32'])} ({signed_points(row['dmPC_points'])}); {effect} "
-            f"({percent(row['rPC'])} vs {percent(row['rPC_fp32'])}).")
-    return lines
-
-
-def _deployment_fidelity(sim_dep: pd.DataFrame) -> list[str]:
-    lines = []
-    for _, row in sim_dep.iterrows():
-        gap = max(abs(row["dP_points"]), abs(row["dmPC_points"]))
-        verdict = ("matches" if gap <= DEPLOYMENT_TOLERANCE_POINTS else "does not match")
-        lines.append(
-            f"Deployed (onnxruntime) {verdict} simulated (PyTorch) for {row['model']} within "
-            f"{DEPLOYMENT_TOLERANCE_POINTS} AP points: P {signed_points(row['dP_points'])}, "
-            f"mPC {signed_points(row['dmPC_points'])} points (deployed − simulated).")
-    return lines
 
 
 def _hardest_corruption(ap: pd.DataFrame, corruptions: list[str]) -> str:

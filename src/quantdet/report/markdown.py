@@ -6,7 +6,7 @@ import pandas as pd
 from quantdet.report.findings import study_findings
 from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
                                         signed_points)
-from quantdet.report.tables import corruption_severity_grid
+from quantdet.report.tables import corruption_groups, corruption_severity_grid
 
 
 def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
@@ -14,14 +14,18 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report."""
     corruptions = params["corruptions"]["names"]
+    summary = tables.get("comparison_summary", pd.DataFrame())
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
         _study_description(params, tables["robustness"], num_images),
-        "## Headline\n\n" + _headline(tables["robustness"]),
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
                                                    tables["quantization_drop"], tables["simulated_vs_deployed"],
-                                                   tables["export"], corruptions)),
+                                                   tables["export"], corruptions, summary)),
+        _ranking(tables.get("method_ranking", pd.DataFrame())),
+        _comparisons(summary, params),
+        _seed_spread(tables.get("seed_spread", pd.DataFrame())),
+        "## Every model\n\n" + _headline(tables["robustness"]),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         _export(tables["export"], exports),
@@ -29,6 +33,61 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _per_model_grids(tables["ap_by_condition"]),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _ranking(ranking: pd.DataFrame) -> str:
+    if ranking.empty:
+        return ""
+    rows = [[r.bits, str(int(r.rank)), f"`{r.model}`", ap_points(r.P), ap_points(r.mPC), percent(r.rPC),
+             ap_points(r.mPC_heldout), signed_points(r.dP_points), signed_points(r.dmPC_points),
+             signed_points(r.drPC_points)] for r in ranking.itertuples()]
+    return ("## Methods ranked per bit width\n\n"
+            "Quantized students of the study seed, simulated in PyTorch, ranked by mPC within each bit width. "
+            "Δ columns are against the FP32 student, in AP points (rPC in percentage points). "
+            "mPC held-out averages the held-out corruptions, which are not part of mPC.\n\n"
+            + markdown_table(["bits", "rank", "model", "P", "mPC", "rPC", "mPC held-out", "ΔP", "ΔmPC", "ΔrPC"],
+                             rows, align_right_from=3))
+
+
+def _comparisons(summary: pd.DataFrame, params: dict) -> str:
+    if summary.empty:
+        return ""
+    groups = corruption_groups(params)
+    rows = []
+    for r in summary.itertuples():
+        rows.append([r.comparison, r.bits, str(r.seeds),
+                     *[_mean_range(getattr(r, f"d{m}_mean"), getattr(r, f"d{m}_min"), getattr(r, f"d{m}_max"))
+                       for m in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout")]])
+    names = lambda key: ", ".join(groups[key]) or "none"   # noqa: E731
+    return ("## Paired comparisons (QRID): quantization, degradation-aware calibration, DA-QAT\n\n"
+            "Treatment − baseline for each seed, then the mean and, with more than one seed, the range "
+            "[min, max] over seeds, in AP points (rPC in percentage points). Each quantized model is compared "
+            "with the FP32 student of its own seed. Corruption groups: *seen* = benchmark corruptions that the "
+            f"training-time degradations also apply ({names('seen')}); *unseen* = the other benchmark "
+            f"corruptions ({names('unseen')}); *held-out* = outside mPC ({names('heldout')}).\n\n"
+            + markdown_table(["comparison", "bits", "seeds", "ΔP", "ΔmPC", "ΔrPC", "ΔmPC seen", "ΔmPC unseen",
+                              "ΔmPC held-out"], rows, align_right_from=2))
+
+
+def _mean_range(mean, low, high) -> str:
+    if pd.isna(mean):
+        return "–"
+    if pd.isna(low) or abs(high - low) < 1e-12:
+        return signed_points(mean)
+    return f"{signed_points(mean)} [{signed_points(low)}, {signed_points(high)}]"
+
+
+def _seed_spread(spread: pd.DataFrame) -> str:
+    if spread.empty:
+        return ""
+    rows = [[f"`{r.model}`", r.bits, ", ".join(map(str, r.seeds)),
+             f"{ap_points(r.P_mean)} [{ap_points(r.P_min)}, {ap_points(r.P_max)}]",
+             f"{ap_points(r.mPC_mean)} [{ap_points(r.mPC_min)}, {ap_points(r.mPC_max)}]",
+             f"{percent(r.rPC_mean)} [{percent(r.rPC_min)}, {percent(r.rPC_max)}]"] for r in spread.itertuples()]
+    return ("## Run-to-run spread\n\n"
+            "Models run with more than one seed (the FP32 student retrained, then quantized again): mean "
+            "[min, max] over seeds.\n\n"
+            + markdown_table(["model", "bits", "seeds", "P", "mPC", "rPC"], rows, align_right_from=3))
 
 
 def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int]) -> str:
@@ -55,14 +114,38 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
         "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "
         "is the exported QDQ ONNX model (deployed).",
-        f"- **Corruptions**: {len(corr['names'])} ({', '.join(corr['names'])}) at severities "
-        f"{', '.join(map(str, corr['severities']))}; corruption seed {corr.get('seed', '?')}, "
-        f"study seed {params.get('study', {}).get('seed', '?')}.",
+        *_qat_description(quant),
+        f"- **Corruptions**: {len(corr['names'])} benchmark ones in mPC ({', '.join(corr['names'])}) and "
+        f"{len(corr.get('heldout', []))} held-out ones reported apart ({', '.join(corr.get('heldout', [])) or 'none'}), "
+        f"at severities {', '.join(map(str, corr['severities']))}; corruption seed {corr.get('seed', '?')}, "
+        f"study seed {params.get('study', {}).get('seed', '?')}"
+        + _repeat_description(params.get("study", {}).get("repeat", {})) + ".",
         f"- **Evaluated models**: {len(robustness)} ({', '.join(robustness['model'])}).",
         "- **Metrics** (Michaelis et al. 2019): P = box AP@[.5:.95] on clean images; mPC = mean AP over "
         "every corruption × severity; rPC = mPC / P. AP is given in points (AP × 100), rPC in percent.",
     ]
     return "\n".join(lines)
+
+
+def _qat_description(quant: dict) -> list[str]:
+    lines = []
+    qat = quant.get("qat", {})
+    if qat.get("recipes"):
+        lines.append(f"- **Quantization-aware training**: recipes {', '.join(f'`{r}`' for r in qat['recipes'])}, "
+                     f"{qat.get('epochs', '?')} epochs from the FP32 student.")
+    d = quant.get("degradations")
+    if d:
+        lines.append(f"- **Training-time degradations** (DA-QAT batches, `dacal` calibration images): each image "
+                     f"degraded with probability {d.get('p', '?')} by one of {', '.join(d.get('names', []))} at "
+                     f"severity {', '.join(map(str, d.get('severities', [])))}.")
+    return lines
+
+
+def _repeat_description(repeat: dict) -> str:
+    if not repeat.get("seeds"):
+        return ""
+    return (f"; repeated with seeds {', '.join(map(str, repeat['seeds']))} for the FP32 student and "
+            f"{', '.join(f'`{m}`' for m in [*repeat.get('ptq', []), *repeat.get('qat', [])])}")
 
 
 def _headline(robustness: pd.DataFrame) -> str:

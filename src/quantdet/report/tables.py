@@ -45,7 +45,10 @@ def robustness_table(ap: pd.DataFrame, params: dict) -> pd.DataFrame:
         if clean.empty:
             raise QuantdetError(f"model {model}: no clean evaluation (eval/{model}/clean.json) among the report inputs")
         name = parse_model_name(model)
-        record = {"model": model, "bits": name.bits_label, "runtime": name.runtime}
+        record = {"model": model, "bits": name.bits_label, "runtime": name.runtime, "role": name.role,
+                  "family": "fp32" if not name.quantized else name.stage,
+                  "method": name.method or "fp32", "base": name.base,
+                  "seed": name.run_seed(params)}
         for metric, suffix in (("AP", ""), ("AP50", "_AP50")):
             table = {(c, s): v for c, s, v in zip(group["condition"], group["severity"], group[metric])}
             try:
@@ -55,6 +58,120 @@ def robustness_table(ap: pd.DataFrame, params: dict) -> pd.DataFrame:
                                     f"among the report inputs, with {metric}?)") from err
             record.update({f"P{suffix}": summary["P"], f"mPC{suffix}": summary["mPC"],
                            f"rPC{suffix}": summary["rPC"]})
+        record.update(_corruption_groups(group, params))
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def corruption_groups(params: dict) -> dict[str, list[str]]:
+    """The corruptions behind each partial mean: `seen` are benchmark corruptions that the
+    study's training-time degradations (DA-QAT, degradation-aware calibration) also apply,
+    `unseen` the other benchmark ones, `heldout` the corruptions outside mPC."""
+    benchmark = list(params["corruptions"]["names"])
+    trained = set(params.get("quant", {}).get("degradations", {}).get("names", []))
+    return {"seen": [c for c in benchmark if c in trained],
+            "unseen": [c for c in benchmark if c not in trained],
+            "heldout": list(params["corruptions"].get("heldout", []))}
+
+
+def _corruption_groups(group: pd.DataFrame, params: dict) -> dict:
+    """mPC restricted to each corruption group (NaN where the group is empty or not evaluated)."""
+    severities = params["corruptions"]["severities"]
+    out = {}
+    for label, names in corruption_groups(params).items():
+        cells = group[group["condition"].isin(names) & group["severity"].isin(severities)]
+        complete = len(cells) == len(names) * len(severities) and len(names) > 0
+        out[f"mPC_{label}"] = float(cells["AP"].mean()) if complete else math.nan
+    return out
+
+
+def method_ranking(robustness: pd.DataFrame) -> pd.DataFrame:
+    """The study-seed models run in PyTorch, grouped by bit width and ranked by mPC, with each
+    one's change against the FP32 student in AP points."""
+    main = robustness[(robustness["runtime"] == "torch") & (robustness["base"] == robustness["model"])
+                      & (robustness["role"] == "student")]
+    fp32 = main[main["model"] == "student-fp32"]
+    if fp32.empty:
+        return pd.DataFrame()
+    ref = fp32.iloc[0]
+    frame = main[main["family"] != "fp32"].copy()
+    for metric in ("P", "mPC", "mPC_heldout"):
+        frame[f"d{metric}_points"] = 100 * (frame[metric] - ref[metric])
+    frame["drPC_points"] = 100 * (frame["rPC"] - ref["rPC"])
+    frame["rank"] = frame.groupby("bits")["mPC"].rank(ascending=False, method="min")
+    bits_order = sorted(frame["bits"].unique(), key=lambda b: -int(b[1:].split("A")[0]))
+    frame["bits"] = pd.Categorical(frame["bits"], bits_order, ordered=True)
+    frame = frame.sort_values(["bits", "rank"]).reset_index(drop=True)
+    frame["bits"] = frame["bits"].astype(str)
+    return frame[["bits", "rank", "model", "family", "method", "P", "mPC", "rPC", "mPC_heldout",
+                  "dP_points", "dmPC_points", "drPC_points", "dmPC_heldout_points"]]
+
+
+def seed_spread(robustness: pd.DataFrame) -> pd.DataFrame:
+    """Each PyTorch model evaluated under more than one seed: values per seed, mean and range."""
+    torch_models = robustness[robustness["runtime"] == "torch"]
+    records = []
+    for base, group in torch_models.groupby("base", sort=False):  # base: the name without seed
+        if len(group) < 2:
+            continue
+        record = {"model": base, "bits": group["bits"].iloc[0], "seeds": sorted(group["seed"].tolist())}
+        for metric in ("P", "mPC", "rPC"):
+            values = group.sort_values("seed")[metric]
+            record.update({f"{metric}_mean": values.mean(), f"{metric}_min": values.min(),
+                           f"{metric}_max": values.max()})
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+# The comparisons the study answers (QRID): (label, treatment method, baseline method).
+COMPARISONS = (
+    ("degradation-aware calibration vs clean calibration", ("ptq", "dacal"), ("ptq", "percentile")),
+    ("DA-QAT vs the same QAT on clean batches (FQN)", ("qat", "daqat"), ("qat", "fqn")),
+)
+
+
+def paired_comparisons(robustness: pd.DataFrame) -> pd.DataFrame:
+    """Treatment − baseline per (comparison, bit width, seed), on P, mPC, rPC and the corruption
+    groups; also every quantized model against the FP32 student of the same seed
+    ("quantization vs FP32"). Only PyTorch (simulated) students, so that seeds pair up."""
+    torch_models = robustness[(robustness["runtime"] == "torch") & (robustness["role"] == "student")]
+    by_key = {(r.family, r.method, r.bits, r.seed): r for r in torch_models.itertuples()}
+    pairs = []
+    for (family, method, bits, seed), row in by_key.items():
+        if family == "fp32":
+            continue
+        ref = by_key.get(("fp32", "fp32", "fp32", seed))
+        if ref is not None:
+            pairs.append((f"{family} {method} vs FP32", bits, seed, row, ref))
+    for label, (tf, tm), (bf, bm) in COMPARISONS:
+        for (family, method, bits, seed), row in by_key.items():
+            base = by_key.get((bf, bm, bits, seed))
+            if (family, method) == (tf, tm) and base is not None:
+                pairs.append((label, bits, seed, row, base))
+    records = []
+    for label, bits, seed, row, base in pairs:
+        record = {"comparison": label, "bits": bits, "seed": seed, "treatment": row.model,
+                  "baseline": base.model}
+        for metric in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout"):
+            record[f"d{metric}_points"] = 100 * (getattr(row, metric) - getattr(base, metric))
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def comparison_summary(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per (comparison, bits): mean difference over seeds, its range, and a verdict that only
+    claims an effect when every seed agrees on its sign."""
+    if pairs.empty:
+        return pd.DataFrame()
+    records = []
+    for (label, bits), group in pairs.groupby(["comparison", "bits"], sort=False):
+        record = {"comparison": label, "bits": bits, "seeds": len(group)}
+        for metric in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout"):
+            values = group.sort_values("seed")[f"d{metric}_points"].dropna()
+            record[f"d{metric}_seeds"] = values.tolist()
+            record[f"d{metric}_mean"] = values.mean() if len(values) else math.nan
+            record[f"d{metric}_min"] = values.min() if len(values) else math.nan
+            record[f"d{metric}_max"] = values.max() if len(values) else math.nan
         records.append(record)
     return pd.DataFrame(records)
 
