@@ -38,8 +38,12 @@ def dvc_study(tmp_path_factory):
 
 
 def test_dvc_repro_completes_the_study(dvc_study):
+    from quantdet import study
+    from quantdet.config import load_params
+
     robustness = json.loads((dvc_study / "results/metrics/robustness.json").read_text())
-    assert "student-ptq-percentile-w8a8-ort" in robustness
+    # every model of the study, deployed twins and repeat seeds included, as with Snakemake
+    assert set(robustness) == set(study.evaluated_models(load_params(dvc_study / "params.yaml")))
     assert (dvc_study / "results/report.md").exists()
     shown = _run(dvc_study, str(BIN / "dvc"), "metrics", "show")
     assert "student-fp32" in shown
