@@ -22,33 +22,40 @@ from quantdet.quant.ptq import post_training_quantize
 from tests.quant_models import tiny_model
 
 
-def _random_case(rng: random.Random, layers: int):
+def _random_case(rng: random.Random, layers: int, ties: bool = False):
     sizes = {f"l{i}": rng.randint(1, 60) for i in range(layers)}
     choices = sorted(rng.sample(range(2, 9), rng.randint(1, 4)))
-    sens = {n: {b: rng.uniform(-0.2, 1.0) for b in choices} for n in sizes}
+    draw = (lambda: float(rng.randint(0, 2))) if ties else (lambda: rng.uniform(-0.2, 1.0))
+    sens = {n: {b: draw() for b in choices} for n in sizes}
     budget = rng.choice([rng.uniform(choices[0], choices[-1] + 0.5), rng.randint(choices[0], 8)])
     return sizes, sens, budget
 
 
 def _brute_force(sizes, sens, budget):
+    """(least summed sensitivity, most total bits among those) over every feasible choice."""
     names = list(sizes)
     best = None
     for combo in itertools.product(*(sorted(sens[n]) for n in names)):
         bits = dict(zip(names, combo))
         if within_budget(sizes, bits, budget):
-            cost = sum(sens[n][bits[n]] for n in names)
-            best = cost if best is None else min(best, cost)
+            key = (round(sum(sens[n][bits[n]] for n in names), 9),
+                   -sum(sizes[n] * bits[n] for n in names))
+            best = key if best is None else min(best, key)
     return best
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_allocation_is_optimal_against_brute_force(seed):
+@pytest.mark.parametrize("ties", [False, True])
+def test_allocation_is_optimal_against_brute_force(seed, ties):
     rng = random.Random(seed)
-    sizes, sens, budget = _random_case(rng, rng.randint(1, 6))
+    sizes, sens, budget = _random_case(rng, rng.randint(1, 6), ties)
     allocation = allocate_bits(sizes, sens, budget)
     assert within_budget(sizes, allocation.bits, budget)
-    assert allocation.sensitivity == pytest.approx(_brute_force(sizes, sens, budget), abs=1e-9)
+    cost, neg_total = _brute_force(sizes, sens, budget)
+    assert allocation.sensitivity == pytest.approx(cost, abs=1e-9)
     assert allocation.sensitivity == pytest.approx(sum(sens[n][b] for n, b in allocation.bits.items()))
+    if ties:  # integer sensitivities: equal sums are exact, so the most bits win
+        assert sum(sizes[n] * b for n, b in allocation.bits.items()) == -neg_total
 
 
 def test_budget_is_respected_on_detector_sized_cases():
@@ -162,3 +169,37 @@ def test_mixed_bits_reach_the_onnx_model_and_it_agrees_with_the_simulated_one(tm
         np.testing.assert_array_equal(ints, quant_layers(q)[name].integer_weight().numpy())
     agreement = output_agreement(q, OrtDetector(path, threads=1), torch.cat(images), 8)
     assert min(agreement["within_one_step_fraction"].values()) > 0.98
+
+
+@pytest.mark.slow
+def test_ptq_stage_writes_the_mixed_model_its_bits_and_an_onnx_model_with_them(tmp_path, monkeypatch):
+    from quantdet import stages, study
+    from quantdet.config import load_params
+    from tests.test_smoke_study import SMOKE
+
+    params = load_params(SMOKE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUANTDET_TRACKING", "off")
+    stages.prepare(params)
+    from quantdet.data.dataset import DetectionDataset
+
+    train = DetectionDataset(f"{study.PREPARED}/train", params["models"]["input_size"])
+    torch.manual_seed(0)  # an untrained detector is enough to exercise the stage
+    detector = stages.detector_config(params, "student", len(train.category_ids))
+    model = build_detector(**detector)
+    save_model(study.model_file("student-fp32"), model, kind="fp32", detector=detector,
+               classes={"category_ids": train.category_ids, "names": train.class_names},
+               extra={"stride": 4, "input_size": params["models"]["input_size"]})
+    name = study.mixed_models(params)[0]
+    quant = stages.ptq(params, name)
+    report = json.loads((tmp_path / study.bits_file(name)).read_text())
+    assert report["model"] == name and report["budget_average_weight_bits"] == 5
+    assert report["average_weight_bits"] <= 5
+    assert {r["layer"]: r["bits"] for r in report["layers"]} == quant["layer_bits"]
+    loaded, payload = load_model(study.model_file(name))
+    assert layer_weight_bits(loaded) == quant["layer_bits"]
+    stages.export(params, "student-fp32")
+    exported = stages.export(params, name)
+    meta = {p.key: p.value for p in onnx.load(study.onnx_file(name)).metadata_props}
+    assert json.loads(meta["quantdet.layer_weight_bits"]) == quant["layer_bits"]
+    assert min(exported["agreement"]["within_one_step_fraction"].values()) > 0.9

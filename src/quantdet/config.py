@@ -71,6 +71,11 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    mixed = params["quant"]["mixed"]
+    low = [b for b in mixed["budgets"] if b < min(mixed["bit_choices"])]
+    if low:
+        raise ParamsError(f"{source}: quant.mixed.budgets: an average of {low[0]} bits is below "
+                          f"the lowest of quant.mixed.bit_choices {mixed['bit_choices']}")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

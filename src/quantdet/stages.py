@@ -151,10 +151,18 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
     calib = f"{study.PREPARED}/calib"
-    batches = _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
-    qmodel = post_training_quantize(fp32, batches, name.method, name.weight_bits, name.act_bits,
-                                    ptq_cfg)
-    observer, keys = PTQ_METHODS[name.method]
+
+    def batches():
+        return _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
+
+    method, mixed, metrics, artifacts = name.method, None, {}, []
+    if name.mixed_precision:
+        qmodel, mixed = _mixed_precision(params, name, fp32, batches)
+        method = params["quant"]["mixed"]["observer"]
+    else:
+        qmodel = post_training_quantize(fp32, batches(), name.method, name.weight_bits,
+                                        name.act_bits, ptq_cfg)
+    observer, keys = PTQ_METHODS[method]
     calibration = {"split": calib, "fingerprint": split_fingerprint(calib),
                    "batches": qmodel.quant_info["calibration_batches"],
                    "batch_size": ptq_cfg["calib_batch_size"]}
@@ -163,15 +171,53 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
              "stage": "ptq", "calibration": calibration, "source": study.model_file(name.fp32_source),
              **{k: qmodel.quant_info[k] for k in ("folded_batchnorms", "quantized_layers",
                                                    "activation_quantizers")}}
+    if mixed is not None:
+        # every layer's bits; weight_bits (the default for unnamed layers) is the highest choice
+        quant.update(weight_bits=max(mixed["bit_choices"]),
+                     layer_bits={r["layer"]: r["bits"] for r in mixed["layers"]},
+                     weight_bits_budget=name.weight_bits,
+                     average_weight_bits=mixed["average_weight_bits"])
+        bits_path = out.with_suffix(".bits.json")  # study.bits_file beside the model
+        write_json(bits_path, {"model": name.model, **mixed})
+        metrics = {"average_weight_bits": mixed["average_weight_bits"],
+                   "sensitivity_seconds": mixed["sensitivity_seconds"]}
+        artifacts = [bits_path]
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
                extra={"stride": payload["stride"], "input_size": payload["input_size"],
                       "activation_ranges": activation_ranges(qmodel)})
     _log_job(params, "ptq", model=name.model,
              metrics={"calibration_batches": calibration["batches"],
-                      "quantized_layers": quant["quantized_layers"]},
-             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label})
+                      "quantized_layers": quant["quantized_layers"], **metrics},
+             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label},
+             artifacts=artifacts)
     return quant
+
+
+def _mixed_precision(params: dict, name: study.ModelName, fp32, batches):
+    """Mixed-precision PTQ of `fp32`: returns the model and the per-layer allocation report."""
+    from torch.utils.data import DataLoader
+
+    from quantdet.data.dataset import DetectionDataset, collate_detections
+    from quantdet.quant.mixed import mixed_precision_quantize
+
+    cfg, ptq_cfg = params["quant"]["mixed"], params["quant"]["ptq"]
+    dataset = DetectionDataset(f"{study.PREPARED}/calib", params["models"]["input_size"],
+                               augment=False)
+    loader = DataLoader(dataset, batch_size=ptq_cfg["calib_batch_size"], shuffle=False,
+                        collate_fn=collate_detections)
+    labelled = []
+    for images, targets, _ in loader:
+        if len(labelled) == cfg["sensitivity_batches"]:
+            break
+        labelled.append((images, targets))
+    qmodel, report = mixed_precision_quantize(
+        fp32, batches, labelled, budget=name.weight_bits, bit_choices=cfg["bit_choices"],
+        act_bits=name.act_bits, method=cfg["observer"], ptq_params=ptq_cfg,
+        metric=cfg["sensitivity"])
+    log.info("%s: %.3f average weight bits (budget %d), sensitivity pass %.1f s", name.model,
+             report["average_weight_bits"], name.weight_bits, report["sensitivity_seconds"])
+    return qmodel, report
 
 
 def qat(params: dict, model: str, out: str | None = None) -> dict:

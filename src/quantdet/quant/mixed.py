@@ -15,11 +15,14 @@ sensitivity exactly 0). Two measures:
 Allocation treats sensitivities as additive (the usual first-order assumption of HAWQ-style
 methods) and solves the resulting multiple-choice knapsack exactly: minimise the summed
 sensitivity subject to Σ params·bits ≤ budget · Σ params, i.e. the parameter-weighted average
-weight width stays within the budget.
+weight width stays within the budget. A loss that falls when a layer loses bits is noise of
+the few batches measured, so the allocation clips sensitivities at 0; among equally sensitive
+choices it takes the one with the most bits, so an unneeded budget is not left unused.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -97,11 +100,14 @@ def _capacity(sizes: dict[str, int], budget: float) -> int:
 
 def allocate_bits(sizes: dict[str, int], sensitivity: dict[str, dict[int, float]],
                   budget: float) -> Allocation:
-    """Bits per layer minimising Σ sensitivity[l][b_l] s.t. Σ sizes[l]·b_l ≤ budget·Σ sizes.
+    """Bits per layer minimising Σ sensitivity[l][b_l] s.t. Σ sizes[l]·b_l ≤ budget·Σ sizes;
+    among equally sensitive choices, the one with the most bits (ties are common where
+    sensitivities are clipped at 0: the budget then goes to more bits, not to nothing).
 
     Exact dynamic programming over Pareto fronts: after each layer, keep every partial choice
-    that no other beats in both total bits and summed sensitivity. A front never holds more
-    points than there are distinct totals within the budget, and is usually far smaller.
+    that no choice with fewer or as many total bits beats in summed sensitivity. A front never
+    holds more points than there are distinct totals within the budget, and is usually far
+    smaller.
     """
     names = list(sizes)
     if not names:
@@ -129,11 +135,13 @@ def allocate_bits(sizes: dict[str, int], sensitivity: dict[str, dict[int, float]
         order = np.lexsort((c, t))  # by total, then by sensitivity
         t, c, parent, pick = t[order], c[order], parent[order], pick[order]
         best_before = np.concatenate([[np.inf], np.minimum.accumulate(c)[:-1]])
-        keep = c < best_before  # strictly better than every smaller-or-equal total
+        first_of_total = np.concatenate([[True], t[1:] != t[:-1]])
+        # no worse than every smaller total (equal: more bits for the same sensitivity)
+        keep = (c <= best_before) & first_of_total
         totals, costs = t[keep], c[keep]
         parents.append(parent[keep])
         picks.append(pick[keep])
-    index = int(np.argmin(costs))  # costs fall along the front: the last point
+    index = len(costs) - 1  # sensitivity never rises along the front: the last point is best
     chosen: dict[str, int] = {}
     for i in range(len(names) - 1, -1, -1):
         chosen[names[i]] = choices[names[i]][int(picks[i][index])]
@@ -169,7 +177,9 @@ def allocation_report(sizes, sensitivity, allocation: Allocation, *, budget, bit
         "baseline_" + metric: baseline,
         "sensitivity_batches": batches,
         "sensitivity_seconds": round(seconds, 2),
-        "summed_sensitivity_of_choice": allocation.sensitivity,
+        "allocation": "least sum of max(0, sensitivity) with the average weight bits within "
+                      "the budget; among equal sums, the most bits",
+        "summed_sensitivity_of_choice": sum(sensitivity[n][b] for n, b in allocation.bits.items()),
         "layers": [{"layer": n, "params": sizes[n],
                     "sensitivity": {str(b): s for b, s in sorted(sensitivity[n].items())},
                     "bits": allocation.bits[n]} for n in sizes],
@@ -193,8 +203,6 @@ def mixed_precision_quantize(model, calib_batches, sensitivity_batches: list, *,
     widths, so activation ranges see the weights the final model has, as in uniform PTQ).
     Returns (the quantized model, `allocation_report`).
     """
-    import time
-
     from quantdet.quant.ptq import post_training_quantize
 
     check_budget(budget, bit_choices)
@@ -204,7 +212,8 @@ def mixed_precision_quantize(model, calib_batches, sensitivity_batches: list, *,
     sensitivity, baseline = layer_sensitivities(probe, sensitivity_batches, bit_choices, metric)
     seconds = time.perf_counter() - start
     sizes = layer_sizes(probe)
-    allocation = allocate_bits(sizes, sensitivity, budget)
+    clipped = {n: {b: max(0.0, s) for b, s in by_bits.items()} for n, by_bits in sensitivity.items()}
+    allocation = allocate_bits(sizes, clipped, budget)
     qmodel = post_training_quantize(model, calib_batches(), method, high, act_bits, ptq_params,
                                     layer_bits=allocation.bits)
     report = allocation_report(sizes, sensitivity, allocation, budget=budget,
