@@ -7,10 +7,13 @@ alone is set to b bits and the damage is measured on a few calibration batches, 
 same model with layer l back at the highest width (so a layer at the highest width has
 sensitivity exactly 0). Two measures:
 
-- ``loss`` (default): the increase of the detection loss on the batches' annotations. It is
-  what training minimises and weighs the heatmap and box errors as the task does.
-- ``output``: the relative squared error of the raw outputs (heatmap logits and boxes, each
-  normalised by its own energy), label-free and never negative.
+- ``output`` (default): the relative squared error of the raw outputs (heatmap logits and
+  boxes, each normalised by its own energy) against that reference. Label-free, never
+  negative, and it ranks layers consistently from a few batches.
+- ``loss``: the increase of the detection loss on the batches' annotations: what training
+  minimises, but a difference of two noisy numbers. On the default study's student (4 batches
+  of 8, 4-bit weights) 17 of 27 layers moved the loss by less than 0.002 (of 1.31) and 13
+  lowered it, so its ranking is mostly noise; mixed W5A8 reached the same AP either way.
 
 Allocation treats sensitivities as additive (the usual first-order assumption of HAWQ-style
 methods) and solves the resulting multiple-choice knapsack exactly: minimise the summed
@@ -64,7 +67,7 @@ def _measure(model, batches, metric: str, reference: list | None) -> float:
 
 
 @torch.no_grad()
-def layer_sensitivities(qmodel, batches: list, bit_choices: list[int], metric: str = "loss"
+def layer_sensitivities(qmodel, batches: list, bit_choices: list[int], metric: str = "output"
                         ) -> tuple[dict[str, dict[int, float]], float]:
     """Sensitivity of each quantized layer at each allowed bit width.
 
@@ -174,7 +177,7 @@ def allocation_report(sizes, sensitivity, allocation: Allocation, *, budget, bit
             if metric == "loss" else
             "mean relative squared error of the raw outputs (heatmap, boxes) against the model "
             "with every layer at the highest choice, when this layer alone has the given bits"),
-        "baseline_" + metric: baseline,
+        **({"baseline_loss": baseline} if metric == "loss" else {}),
         "sensitivity_batches": batches,
         "sensitivity_seconds": round(seconds, 2),
         "allocation": "least sum of max(0, sensitivity) with the average weight bits within "
@@ -195,7 +198,7 @@ def check_budget(budget: float, bit_choices: list[int]) -> None:
 
 def mixed_precision_quantize(model, calib_batches, sensitivity_batches: list, *, budget: float,
                              bit_choices: list[int], act_bits: int, method: str, ptq_params: dict,
-                             metric: str = "loss"):
+                             metric: str = "output"):
     """PTQ with per-layer weight bits: sensitivities, allocation, then the final calibration.
 
     calib_batches: a callable giving a fresh iterable of image batches (calibration runs twice:
