@@ -177,15 +177,15 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
                      layer_bits={r["layer"]: r["bits"] for r in mixed["layers"]},
                      weight_bits_budget=name.weight_bits,
                      average_weight_bits=mixed["average_weight_bits"])
-        bits_path = out.with_suffix(".bits.json")  # study.bits_file beside the model
-        write_json(bits_path, {"model": name.model, **mixed})
         metrics = {"average_weight_bits": mixed["average_weight_bits"],
                    "sensitivity_seconds": mixed["sensitivity_seconds"]}
-        artifacts = [bits_path]
+        artifacts = [out.with_suffix(".bits.json")]  # study.bits_file beside the model
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
                extra={"stride": payload["stride"], "input_size": payload["input_size"],
                       "activation_ranges": activation_ranges(qmodel)})
+    if mixed is not None:
+        write_json(artifacts[0], {"model": name.model, **mixed})
     _log_job(params, "ptq", model=name.model,
              metrics={"calibration_batches": calibration["batches"],
                       "quantized_layers": quant["quantized_layers"], **metrics},
