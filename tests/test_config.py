@@ -29,6 +29,8 @@ def test_default_params_validate_and_defaults_fill_gaps(tmp_path):
     (lambda p: p["models"].update(input_size=100), "models.input_size"),
     (lambda p: p["data"].update(source="imagenet"), "data.source"),
     (lambda p: p.update(unknown_section={}), "(top level)"),
+    (lambda p: p["quant"]["mixed"].update(sensitivity="hessian"), "quant.mixed.sensitivity"),
+    (lambda p: p["quant"]["mixed"].update(budgets=[3], bit_choices=[4, 8]), "quant.mixed.budgets"),
 ])
 def test_invalid_values_name_the_key(mutate, key):
     params = load_params("params.yaml")

@@ -5,7 +5,8 @@ from quantdet.config import load_params
 
 
 @pytest.mark.parametrize("name", ["teacher-fp32", "student-fp32", "student-ptq-percentile-w8a8",
-                                  "student-ptq-ema_minmax-w4a4-ort", "student-qat-lsq-w4a8"])
+                                  "student-ptq-ema_minmax-w4a4-ort", "student-qat-lsq-w4a8",
+                                  "student-ptq-mixed-w5a8-ort"])
 def test_model_names_round_trip(name):
     assert study.parse_model_name(name).name == name
 
@@ -32,3 +33,15 @@ def test_default_study_matrix():
     assert study.heldout_corruptions(params) == ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
     assert not set(study.heldout_corruptions(params)) & set(study.benchmark_corruptions(params))
     assert study.severities_of("clean", params) == [0]
+
+
+def test_mixed_precision_models_come_from_their_budgets():
+    params = load_params("params.yaml")
+    params["quant"]["mixed"].update(budgets=[5, 6], act_bits=8)
+    assert study.mixed_models(params) == ["student-ptq-mixed-w5a8", "student-ptq-mixed-w6a8"]
+    assert set(study.mixed_models(params)) <= set(study.ptq_models(params))
+    name = study.parse_model_name("student-ptq-mixed-w5a8")
+    assert name.mixed_precision and name.stage == "ptq" and name.weight_bits == 5
+    assert not study.parse_model_name("student-ptq-percentile-w4a8").mixed_precision
+    params["quant"]["mixed"]["budgets"] = []
+    assert not study.mixed_models(params)

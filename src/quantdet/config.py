@@ -83,6 +83,11 @@ def _check_consistency(params: dict, source: str) -> None:
     if both:
         raise ParamsError(f"{source}: corruptions.heldout: {', '.join(both)} also in corruptions.names "
                           "(a held-out corruption is one mPC does not average over)")
+    mixed = params["quant"]["mixed"]
+    low = [b for b in mixed["budgets"] if b < min(mixed["bit_choices"])]
+    if low:
+        raise ParamsError(f"{source}: quant.mixed.budgets: an average of {low[0]} bits is below "
+                          f"the lowest of quant.mixed.bit_choices {mixed['bit_choices']}")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

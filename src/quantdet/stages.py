@@ -200,26 +200,76 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
     ptq_cfg = params["quant"]["ptq"]
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
-    calib = CalibrationSet(params, degraded=name.method in DEGRADED_CALIBRATION,
-                           seed=name.run_seed(params))
-    qmodel = post_training_quantize(fp32, calib, name.method, name.weight_bits, name.act_bits,
-                                    ptq_cfg)
-    observer, keys = PTQ_METHODS[name.method]
-    calibration = calib.info()
+    sets = []
+
+    def batches():
+        """A fresh pass over the calibration set (mixed precision calibrates twice); the
+        model's calibration identity is that of the last pass."""
+        sets.append(CalibrationSet(params, degraded=name.method in DEGRADED_CALIBRATION,
+                                   seed=name.run_seed(params)))
+        return sets[-1]
+
+    method, mixed, metrics, artifacts = name.method, None, {}, []
+    if name.mixed_precision:
+        qmodel, mixed = _mixed_precision(params, name, fp32, batches)
+        method = params["quant"]["mixed"]["observer"]
+    else:
+        qmodel = post_training_quantize(fp32, batches(), name.method, name.weight_bits,
+                                        name.act_bits, ptq_cfg)
+    observer, keys = PTQ_METHODS[method]
+    calibration = sets[-1].info()
     quant = {"weight_bits": name.weight_bits, "act_bits": name.act_bits, "observer": observer,
              "observer_kwargs": {k: ptq_cfg[k] for k in keys}, "method": name.method,
              "stage": "ptq", "calibration": calibration, "source": study.model_file(name.fp32_source),
              **{k: qmodel.quant_info[k] for k in ("folded_batchnorms", "quantized_layers",
                                                    "activation_quantizers")}}
+    if mixed is not None:
+        # every layer's bits; weight_bits (the default for unnamed layers) is the highest choice
+        quant.update(weight_bits=max(mixed["bit_choices"]),
+                     layer_bits={r["layer"]: r["bits"] for r in mixed["layers"]},
+                     weight_bits_budget=name.weight_bits,
+                     average_weight_bits=mixed["average_weight_bits"])
+        metrics = {"average_weight_bits": mixed["average_weight_bits"],
+                   "sensitivity_seconds": mixed["sensitivity_seconds"]}
+        artifacts = [out.with_suffix(".bits.json")]  # study.bits_file beside the model
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
                extra={"stride": payload["stride"], "input_size": payload["input_size"],
                       "activation_ranges": activation_ranges(qmodel)})
+    if mixed is not None:
+        write_json(artifacts[0], {"model": name.model, **mixed})
     _log_job(params, "ptq", model=name.model,
              metrics={"calibration_batches": calibration["batches"],
-                      "quantized_layers": quant["quantized_layers"]},
-             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label})
+                      "quantized_layers": quant["quantized_layers"], **metrics},
+             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label},
+             artifacts=artifacts)
     return quant
+
+
+def _mixed_precision(params: dict, name: study.ModelName, fp32, batches):
+    """Mixed-precision PTQ of `fp32`: returns the model and the per-layer allocation report."""
+    from torch.utils.data import DataLoader
+
+    from quantdet.data.dataset import DetectionDataset, collate_detections
+    from quantdet.quant.mixed import mixed_precision_quantize
+
+    cfg, ptq_cfg = params["quant"]["mixed"], params["quant"]["ptq"]
+    dataset = DetectionDataset(f"{study.PREPARED}/calib", params["models"]["input_size"],
+                               augment=False)
+    loader = DataLoader(dataset, batch_size=ptq_cfg["calib_batch_size"], shuffle=False,
+                        collate_fn=collate_detections)
+    labelled = []
+    for images, targets, _ in loader:
+        if len(labelled) == cfg["sensitivity_batches"]:
+            break
+        labelled.append((images, targets))
+    qmodel, report = mixed_precision_quantize(
+        fp32, batches, labelled, budget=name.weight_bits, bit_choices=cfg["bit_choices"],
+        act_bits=name.act_bits, method=cfg["observer"], ptq_params=ptq_cfg,
+        metric=cfg["sensitivity"])
+    log.info("%s: %.3f average weight bits (budget %d), sensitivity pass %.1f s", name.model,
+             report["average_weight_bits"], name.weight_bits, report["sensitivity_seconds"])
+    return qmodel, report
 
 
 def qat(params: dict, model: str, out: str | None = None) -> dict:

@@ -7,6 +7,8 @@ Model names are built here and parsed back here, nowhere else:
     student-ptq-percentile-w8a8-ort                  the same model, exported and run in onnxruntime
     student-fp32-s1, student-qat-daqat-w4a4-s1       a repeat of the headline chain with seed 1
                                                      (FP32 training and quantization re-seeded)
+    student-ptq-mixed-w5a8                           mixed-precision weights: w{b} is the budget,
+                                                     the average weight bits (per parameter)
 
 A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
 benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
@@ -17,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 ORT_SUFFIX = "-ort"
+MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
@@ -74,6 +77,11 @@ class ModelName:
         """The seed this model's training and calibration use."""
         return params.get("study", {}).get("seed", 0) if self.seed is None else self.seed
 
+    @property
+    def mixed_precision(self) -> bool:
+        """Per-layer weight bits; weight_bits is then the budget, an average."""
+        return self.method == MIXED
+
 
 def parse_model_name(name: str) -> ModelName:
     m = _NAME.match(name)
@@ -95,7 +103,13 @@ def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, a
 def ptq_models(params: dict) -> list[str]:
     q = params["quant"]
     return [quantized_model_name("student", "ptq", method, b, b)
-            for method in q["ptq"]["methods"] for b in q["bits"]]
+            for method in q["ptq"]["methods"] for b in q["bits"]] + mixed_models(params)
+
+
+def mixed_models(params: dict) -> list[str]:
+    """One mixed-precision PTQ model per average-bits budget."""
+    m = params["quant"]["mixed"]
+    return [quantized_model_name("student", "ptq", MIXED, b, m["act_bits"]) for b in m["budgets"]]
 
 
 def qat_models(params: dict) -> list[str]:
@@ -162,7 +176,7 @@ STAGE_PARAMS = {
     "prepare": ["study.seed", "data"],
     "corrupt": ["corruptions.seed"],
     "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
-    "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations"],
+    "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations", "quant.mixed"],
     "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "quant.degradations",
             "train.weight_decay", "train.threads"],
     "export": ["models.input_size", "export", "evaluate"],
@@ -190,6 +204,11 @@ def split_dir(condition: str, severity: int) -> str:
 
 def model_file(model: str) -> str:
     return f"{MODELS}/{model}.pt"
+
+
+def bits_file(model: str) -> str:
+    """A mixed-precision model's per-layer sensitivities and chosen bits."""
+    return f"{MODELS}/{model}.bits.json"
 
 
 def onnx_file(model: str) -> str:

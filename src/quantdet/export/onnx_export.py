@@ -7,6 +7,7 @@ by DequantizeLinear — what onnxruntime and TensorRT expect of a QDQ model.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
             graph.node.remove(node)
 
 
-def integerize_weights(model: onnx.ModelProto) -> int:
-    """Replace QuantizeLinear(float weight) by the integer weight it produces. Returns the count."""
+def integerize_weights(model: onnx.ModelProto, layer_bits: dict[str, int] | None = None) -> int:
+    """Replace QuantizeLinear(float weight) by the integer weight it produces. Returns the count.
+
+    ONNX stores weights as int8 whatever their bit width; `layer_bits` (layer name → bits, the
+    weight initializer being `{layer}.weight`) clamps each layer's integers to its own narrower
+    signed range, as the fake-quantized layer does.
+    """
+    layer_bits = layer_bits or {}
     graph = model.graph
     consts = _constant_values(graph)
     initializers = {init.name for init in graph.initializer}
@@ -63,7 +70,11 @@ def integerize_weights(model: onnx.ModelProto) -> int:
         else:
             zp_b = zp
         info = np.iinfo(zp.dtype)
-        q = np.clip(np.rint(w / scale) + zp_b.astype(np.int32), info.min, info.max).astype(zp.dtype)
+        lo, hi = info.min, info.max
+        bits = layer_bits.get(node.input[0].removesuffix(".weight"))
+        if bits is not None and info.min < 0:
+            lo, hi = max(lo, -(2 ** (bits - 1))), min(hi, 2 ** (bits - 1) - 1)
+        q = np.clip(np.rint(w / scale) + zp_b.astype(np.int32), lo, hi).astype(zp.dtype)
         name = node.input[0] + "_quantized"
         graph.initializer.append(numpy_helper.from_array(q, name))
         for user in graph.node:
@@ -81,8 +92,17 @@ def integerize_weights(model: onnx.ModelProto) -> int:
 
 def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset: int,
                 metadata: dict | None = None) -> dict:
-    """Export a detector (FP32 or fake-quantized) to ONNX with a dynamic batch axis."""
+    """Export a detector (FP32 or fake-quantized) to ONNX with a dynamic batch axis.
+
+    A quantized model's weight bit width per layer goes into metadata_props as JSON
+    (`quantdet.layer_weight_bits`), since the int8 initializers do not show it.
+    """
     model = model.eval()
+    layer_bits = {name: int(m.weight_bits) for name, m in model.named_modules()
+                  if hasattr(m, "weight_bits")}
+    metadata = dict(metadata or {})
+    if layer_bits:
+        metadata["quantdet.layer_weight_bits"] = json.dumps(layer_bits, sort_keys=True)
     dummy = torch.zeros(1, 3, input_size, input_size)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,8 +113,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
                           do_constant_folding=True)
         proto = onnx.load(str(tmp))
         constants_to_initializers(proto)
-        integer_weights = integerize_weights(proto)
-        for key, value in (metadata or {}).items():
+        integer_weights = integerize_weights(proto, layer_bits)
+        for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         onnx.checker.check_model(proto)

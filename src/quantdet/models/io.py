@@ -2,6 +2,7 @@
 
 FP32:       {"kind": "fp32", "detector": build_detector kwargs, "classes": ..., "state_dict": ...}
 quantized:  the same plus {"kind": "quantized", "quant": quantize_model kwargs + metadata}
+            (mixed precision: quant["layer_bits"], layer name → weight bits)
 A quantized model is rebuilt by quantizing a fresh detector of the same config (same graph,
 same quantizer placement) and loading the saved state (folded weights, scales, zero points).
 """
@@ -44,7 +45,7 @@ def build_from_config(detector: dict, quant: dict | None = None):
     from quantdet.quant.modules import QUANTIZE
 
     qmodel = quantize_model(model, quant["weight_bits"], quant["act_bits"], quant["observer"],
-                            quant.get("observer_kwargs") or {})
+                            quant.get("observer_kwargs") or {}, quant.get("layer_bits"))
     set_quant_mode(qmodel, QUANTIZE)
     if quant.get("learnable_steps"):
         from quantdet.quant.qat import make_learnable

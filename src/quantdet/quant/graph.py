@@ -141,23 +141,50 @@ def swap_quant_layers(gm: fx.GraphModule, weight_bits: int) -> int:
     return swapped
 
 
+def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers with quantized weights, by qualified name in the quantized graph (after
+    BatchNorm folding, e.g. `backbone_conv1_bnfolded_0`): the keys of per-layer bit widths."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def layer_weight_bits(model: nn.Module) -> dict[str, int]:
+    return {name: m.weight_bits for name, m in quant_layers(model).items()}
+
+
+def set_layer_weight_bits(model: nn.Module, bits: dict[str, int]) -> None:
+    """Give the named layers their own weight bit width (mixed precision); others keep theirs."""
+    layers = quant_layers(model)
+    unknown = sorted(set(bits) - set(layers))
+    if unknown:
+        raise ValueError(f"no quantized layer named {unknown[0]!r} "
+                         f"({len(unknown)} unknown; known e.g. {sorted(layers)[:3]})")
+    for name, b in bits.items():
+        layers[name].set_weight_bits(int(b))
+
+
 def quantize_model(model: nn.Module, weight_bits: int, act_bits: int, observer: str,
-                   observer_kwargs: dict | None = None) -> fx.GraphModule:
+                   observer_kwargs: dict | None = None,
+                   layer_bits: dict[str, int] | None = None) -> fx.GraphModule:
     """FX-trace a copy of model, fold BatchNorm, quantize weights and activations.
 
-    The result starts in calibration mode: run calibration batches through it, then call
-    `freeze_quantizers`.
+    weight_bits applies to every layer that `layer_bits` (layer name → bits, names as in
+    `quant_layers`) does not name. The result starts in calibration mode: run calibration
+    batches through it, then call `freeze_quantizers`.
     """
     model = copy.deepcopy(model).eval()
     gm = fx.symbolic_trace(model)
     remove_identities(gm)
     folded = fold_batchnorm(gm)
     layers = swap_quant_layers(gm, weight_bits)
+    if layer_bits:
+        set_layer_weight_bits(gm, layer_bits)
     kwargs = observer_kwargs or {}
     n_act = insert_quantizers(gm, lambda: ActQuantizer(act_bits, observer, **kwargs))
     gm.quant_info = {"folded_batchnorms": folded, "quantized_layers": layers,
                      "activation_quantizers": n_act, "weight_bits": weight_bits,
                      "act_bits": act_bits, "observer": observer}
+    if layer_bits:
+        gm.quant_info["layer_bits"] = dict(layer_bits)
     # keep attributes callers read from detectors (stride, num_classes, ...)
     for attr in ("stride", "num_classes"):
         if hasattr(model, attr):

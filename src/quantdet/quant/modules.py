@@ -141,6 +141,11 @@ class _WeightQuantMixin:
         self.wqmin, self.wqmax = integer_range(bits, signed=True)
         self.quantize_weight = True
 
+    def set_weight_bits(self, bits: int) -> None:
+        """Change the weight bit width in place (mixed precision); drops the cached weights."""
+        self._init_weight_quant(bits)
+        self._cached_key = None
+
     def weight_scale(self) -> torch.Tensor:
         if getattr(self, "learned_scale", None) is not None:
             return self.learned_scale

@@ -39,13 +39,14 @@ def calibrate(model, batches, num_batches: int) -> int:
 
 
 def post_training_quantize(model, batches, method: str, weight_bits: int, act_bits: int,
-                           ptq_params: dict):
-    """Quantize an FP32 model with the named PTQ method; returns the fake-quantized model."""
+                           ptq_params: dict, layer_bits: dict[str, int] | None = None):
+    """Quantize an FP32 model with the named PTQ method; returns the fake-quantized model.
+    layer_bits (layer → weight bits) overrides weight_bits for the layers it names."""
     if method not in PTQ_METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; known: {sorted(PTQ_METHODS)}")
     observer, keys = PTQ_METHODS[method]
     qmodel = quantize_model(model, weight_bits, act_bits, observer,
-                            {k: ptq_params[k] for k in keys})
+                            {k: ptq_params[k] for k in keys}, layer_bits)
     used = calibrate(qmodel, batches, ptq_params["calib_batches"])
     qmodel.quant_info.update(method=method, calibration_batches=used)
     return qmodel
