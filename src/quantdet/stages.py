@@ -469,7 +469,9 @@ def report(params: dict, out_root: str = "results") -> dict:
     evals, exports = report_inputs(params)
     for path in evals + exports:
         _require(path)
-    summary = write_study_report(evals, exports, params, out_root=out_root)
+    mixed = {m: read_json(_require(study.bits_file(m))) for m in study.quantized_models(params)
+             if study.parse_model_name(m).mixed_precision}
+    summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed)
     metrics = {m: {k: v for k, v in r.items() if isinstance(v, (int, float))}
                for m, r in summary.get("robustness", {}).items()}
     _log_job(params, "report", metrics=metrics,

@@ -2,6 +2,7 @@ rule report:
     input:
         evals=expand("results/eval/{model}", model=EVALUATED),
         exports=expand("results/models/{model}.export.json", model=QUANTIZED),
+        bits=[study.bits_file(m) for m in QUANTIZED if study.parse_model_name(m).mixed_precision],
     output:
         report(
             "results/report.md",

@@ -17,7 +17,8 @@ ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
                       "P_AP50": "AP50_clean", "mPC_AP50": "mPC_AP50", "rPC_AP50": "rPC_AP50"}
 
 
-def write_study_report(eval_files, export_files, params: dict, out_root="results") -> dict:
+def write_study_report(eval_files, export_files, params: dict, out_root="results",
+                       mixed_bits: dict[str, dict] | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log."""
     out = Path(out_root)
@@ -62,7 +63,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     report = out / "report.md"
     relative = {title: Path(os.path.relpath(p, report.parent)).as_posix() for title, p in plots.items()}
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
-    written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images))
+    written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
+                                                                      mixed_bits or {}))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},

@@ -10,7 +10,8 @@ from quantdet.report.tables import corruption_groups, corruption_severity_grid
 
 
 def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
-                        plots: dict[str, str], num_images: list[int]) -> str:
+                        plots: dict[str, str], num_images: list[int],
+                        mixed_bits: dict[str, dict] | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report."""
     corruptions = params["corruptions"]["names"]
@@ -29,6 +30,8 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         _export(tables["export"], exports),
+        _outlier_side_paths(exports),
+        _mixed_precision(mixed_bits or {}),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path})" for title, path in plots.items()),
         _per_model_grids(tables["ap_by_condition"]),
     ]
@@ -201,6 +204,43 @@ def _export(export: pd.DataFrame, exports: dict[str, dict]) -> str:
                 parts.append(f"**{field.capitalize()} of `{model}`**\n\n"
                              + "\n".join(f"- {key}: {plain(value)}" for key, value in details.items()))
     return "\n\n".join(parts)
+
+
+def _outlier_side_paths(exports: dict[str, dict]) -> str:
+    """Outlier-aware models keep a few weights in FP16 beside the integer convolutions: what
+    that costs in file size and latency, measured by the export stage."""
+    rows = []
+    for model, export in exports.items():
+        side = export.get("outlier_side_paths")
+        if not side:
+            continue
+        rows.append([f"`{model}`", str(side.get("weights_kept_fp16", "–")),
+                     _megabytes(side.get("size_bytes_without")), _megabytes(export["size_bytes"].get("int8_onnx")),
+                     f"{side.get('extra_bytes', 0) / 1e3:.1f} kB",
+                     _milliseconds(side.get("latency_ms_without")), _milliseconds(side.get("latency_ms_with"))])
+    if not rows:
+        return ""
+    return ("## Outlier-aware models: the cost of the FP16 side paths\n\n"
+            "The ONNX file with its FP16 outlier side paths against the same model exported without them "
+            "(outliers dropped), both in onnxruntime on the latency setting of the export table.\n\n"
+            + markdown_table(["model", "FP16 weights", "MB without", "MB with", "extra", "ms without", "ms with"], rows))
+
+
+def _mixed_precision(mixed: dict[str, dict]) -> str:
+    parts = []
+    for model, info in mixed.items():
+        layers = info.get("layers", [])
+        rows = [[f"`{layer['layer']}`", str(layer["params"]),
+                 ", ".join(f"{b}b: {float(v):.3g}" for b, v in layer.get("sensitivity", {}).items()),
+                 str(layer["bits"])] for layer in layers]
+        parts.append(
+            f"### `{model}`\n\nBudget {plain(info.get('budget_average_weight_bits'))} bits per weight on average; "
+            f"achieved {plain(info.get('average_weight_bits'))} over {plain(info.get('total_weight_params'))} "
+            f"weights. Sensitivity: {info.get('sensitivity_definition', info.get('sensitivity_metric', '?'))}\n\n"
+            + markdown_table(["layer", "weights", "sensitivity per bit width", "bits"], rows))
+    if not parts:
+        return ""
+    return "## Mixed precision: bits per layer\n\n" + "\n\n".join(parts)
 
 
 def _milliseconds(ms) -> str:
