@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from quantdet import study, tracking
@@ -178,6 +179,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.data.degraded import DegradedDataset
     from quantdet.models.io import load_model, save_model
+    from quantdet.quant.outlier import QuantErrorLoss
     from quantdet.quant.ptq import activation_ranges
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
@@ -192,7 +194,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     batches = _image_batches(calib, params["models"]["input_size"], ptq_cfg["calib_batch_size"])
     qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, batches,
                                  ptq_cfg["calib_batches"], ptq_cfg["percentile"],
-                                 qat_cfg["ema_momentum"])
+                                 qat_cfg["ema_momentum"], outlier=qat_cfg["outlier"])
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
     degradations = None
@@ -201,12 +203,16 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
         dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
         degradations = dataset.identity()
     start = time.perf_counter()
-    history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
-                  lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
-                  warmup_iters=qat_cfg["warmup_iters"], seed=seed,
-                  checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
-                  threads=params["train"]["threads"], collate_fn=collate_detections,
-                  description=f"qat {name.model}", mixed_precision=False)
+    error_loss = (QuantErrorLoss(qmodel, qat_cfg["outlier"]["loss_weight"])
+                  if recipe.outlier_aware else nullcontext())
+    with error_loss as extra_loss:
+        history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
+                      lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
+                      warmup_iters=qat_cfg["warmup_iters"], seed=seed,
+                      checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                      threads=params["train"]["threads"], collate_fn=collate_detections,
+                      description=f"qat {name.model}", mixed_precision=False,
+                      extra_loss=extra_loss)
     stop_tracking(qmodel)
     qmodel.eval()
     quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
@@ -267,8 +273,20 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
         int8 = OrtDetector(out, threads=exp_cfg["threads"])
         fp32 = OrtDetector(fp32_onnx, threads=exp_cfg["threads"])
         latency_input = images[: exp_cfg["latency_batch"]].numpy().astype(np.float32)
-        latency = compare_latency({"fp32_onnx": fp32, "int8_onnx": int8}, latency_input,
-                                  exp_cfg["latency_runs"])
+        sessions = {"fp32_onnx": fp32, "int8_onnx": int8}
+        with _without_side_paths(torch_model, out, payload, exp_cfg) as dense:
+            if dense is not None:  # outlier-aware model: the cost of its FP16 side paths
+                sessions["int8_onnx_without_side_paths"] = dense["session"]
+            latency = compare_latency(sessions, latency_input, exp_cfg["latency_runs"])
+        if dense is not None:
+            report["outlier_side_paths"] = {
+                **graph.get("side_paths", {}), "weights_kept_fp16": dense["outliers"],
+                "extra_bytes": out.stat().st_size - dense["size_bytes"],
+                "size_bytes_without": dense["size_bytes"],
+                "latency_ms_with": latency["int8_onnx"],
+                "latency_ms_without": latency["int8_onnx_without_side_paths"],
+                "note": "without = the same model exported with its outlier weights dropped "
+                        "(no side paths, no 8-bit output requantization)"}
         decode = _decode_params(params)
         agreement = output_agreement(torch_model, int8, images, name.act_bits)
         agreement["detections_match_iou50"] = detection_agreement(
@@ -291,6 +309,29 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     _log_job(params, "export", model=name.model, metrics=metrics, artifacts=[report_path],
              onnx_models=onnx_models)
     return report
+
+
+@contextmanager
+def _without_side_paths(torch_model, out: Path, payload: dict, exp_cfg: dict):
+    """For an outlier-aware model: its ONNX export with the outliers dropped, in a temporary
+    folder, as an onnxruntime session with its file size; None for other models."""
+    import tempfile
+
+    from quantdet.export.onnx_export import export_onnx
+    from quantdet.export.runner import OrtDetector
+    from quantdet.quant.outlier import outlier_layers, side_paths_disabled
+
+    layers = [m for m in outlier_layers(torch_model) if m.has_outliers]
+    if not layers:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / out.name
+        with side_paths_disabled(torch_model):
+            export_onnx(torch_model, path, payload["input_size"], exp_cfg["opset"])
+        yield {"session": OrtDetector(path, threads=exp_cfg["threads"]),
+               "size_bytes": path.stat().st_size,
+               "outliers": sum(int(m.outlier_mask.sum()) for m in layers)}
 
 
 # ---------------------------------------------------------------------------- evaluation
