@@ -207,6 +207,13 @@ def test_export_keeps_integer_convs_and_agrees_with_the_simulated_model(bits, tm
     assert (tmp_path / "dense.onnx").stat().st_size < path.stat().st_size
     dense_out = OrtDetector(tmp_path / "dense.onnx")(images)
     assert not np.allclose(dense_out[0].numpy(), OrtDetector(path)(images)[0].numpy())
+    # keeping the 8-bit output requantization keeps the integer convolutions
+    with side_paths_disabled(qmodel, keep_output_quant=True):
+        export_onnx(qmodel, tmp_path / "requant.onnx", 32, 17)
+    opts.optimized_model_filepath = str(tmp_path / "optimized-requant.onnx")
+    ort.InferenceSession(str(tmp_path / "requant.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == quantized_outputs and "Gather" not in ops
 
 
 def test_plain_quant_layers_are_unchanged():

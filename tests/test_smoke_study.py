@@ -70,6 +70,10 @@ def test_exports_record_latency_agreement_and_calibration(smoke_study):
         assert report["calibration"]["fingerprint"]
         # barely trained models have tiny output ranges, so one step is tiny: a loose bound
         assert min(report["agreement"]["within_one_step_fraction"].values()) > 0.8
+        if "-oaqat-" in model:  # outlier-aware: the FP16 side paths' size and latency
+            side = report["outlier_side_paths"]
+            assert side["extra_bytes"] > 0 and side["weights_kept_fp16"] > 0
+            assert side["latency_ms_with"] > 0 and side["latency_ms_without"] > 0
 
 
 def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):

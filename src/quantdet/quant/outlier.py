@@ -85,6 +85,7 @@ class OutlierQuantConv2d(QuantConv2d):
         conv.register_buffer("outlier_mask", torch.zeros_like(conv.weight, dtype=torch.bool))
         conv.out_quant = ActQuantizer(OUT_BITS, observer) if quantize_output else None
         conv.side_path_enabled = True
+        conv.keep_output_quant = False  # when the side path is disabled
         conv._index_key = None
         return conv
 
@@ -103,15 +104,15 @@ class OutlierQuantConv2d(QuantConv2d):
 
     @property
     def has_outliers(self) -> bool:
-        return self.side_path_enabled and bool(self.outlier_mask.any())
+        return len(self._indices()["o"]) > 0
 
     def forward(self, x):
         y = self._conv_forward(x, self.quantized_weight(), self.bias)
         if not self.has_outliers:
             return y
-        if self.out_quant is not None:
+        if self.out_quant is not None and (self.side_path_enabled or self.keep_output_quant):
             y = self.out_quant(y)
-        return y + self._side_path(x)
+        return y + self._side_path(x) if self.side_path_enabled else y
 
     def _indices(self):
         """Where the outliers sit, sorted by output channel (recomputed when the mask changes)."""
@@ -190,17 +191,18 @@ def select_outliers(model: nn.Module, fraction: float) -> dict:
 
 
 @contextmanager
-def side_paths_disabled(model: nn.Module):
-    """The same model without its outliers and their side paths (for size and latency
-    comparisons of the export)."""
+def side_paths_disabled(model: nn.Module, keep_output_quant: bool = False):
+    """The same model with its outlier weights dropped (for size and latency comparisons of
+    the export): without the side paths, and without the 8-bit output requantization too
+    unless `keep_output_quant`."""
     layers = outlier_layers(model)
     for m in layers:
-        m.side_path_enabled = False
+        m.side_path_enabled, m.keep_output_quant = False, keep_output_quant
     try:
         yield model
     finally:
         for m in layers:
-            m.side_path_enabled = True
+            m.side_path_enabled, m.keep_output_quant = True, False
 
 
 # ------------------------------------------------------------------------- activations
