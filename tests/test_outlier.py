@@ -191,8 +191,16 @@ def test_export_keeps_integer_convs_and_agrees_with_the_simulated_model(bits, tm
     for name, frac in report["within_one_step_fraction"].items():
         assert frac >= (0.99 if bits == 8 else 0.95), (name, report)
         assert report["max_abs_diff"][name] <= 3 * report["quant_step"][name]
-    # onnxruntime still runs the main convolutions in integers (QLinearConv)
     import onnxruntime as ort
+
+    # without onnxruntime's integer fusions the graph computes exactly the simulated arithmetic
+    exact = OrtDetector(path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for a, b in zip(qmodel(images), exact(images)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    # onnxruntime still runs the main convolutions in integers (QLinearConv)
 
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
