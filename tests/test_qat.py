@@ -25,13 +25,20 @@ def test_each_recipe_prepares_a_trainable_quantized_model(recipe, tmp_path):
     torch.manual_seed(0)
     model = tiny_model()
     calib = [torch.rand(4, 3, 64, 64) for _ in range(2)]
-    qmodel, config = prepare_qat(model, QAT_RECIPES[recipe], 4, 4, calib, 2, 0.999, 0.1)
+    outlier = {"weight_fraction": 0.01, "channel_fraction": 0.1, "loss_weight": 1.0}
+    qmodel, config = prepare_qat(model, QAT_RECIPES[recipe], 4, 4, calib, 2, 0.999, 0.1, outlier)
     assert config["calibration_batches"] == 2
     before = [float(q.scale.detach()) for q in activation_quantizers(qmodel)]
+    weights = [m.weight.detach().clone() for m in qmodel.modules() if isinstance(m, QuantConv2d)]
     fit(qmodel, _Boxes(), epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_iters=1, seed=0,
         checkpoint_path=tmp_path / "qat.ckpt", collate_fn=lambda b: (
             torch.stack([x[0] for x in b]), [x[1] for x in b], [x[2] for x in b]))
     after = [float(q.scale.detach()) for q in activation_quantizers(qmodel)]
-    assert before != after  # ranges move: tracked by EMA, or learned by LSQ
+    if QAT_RECIPES[recipe].tracking_observer or QAT_RECIPES[recipe].learnable_steps:
+        assert before != after  # ranges move: tracked by EMA, or learned by LSQ
+    else:  # fixed (error-minimizing) ranges: the weights adapt to them
+        assert before == after
+    assert any(not torch.equal(w, m.weight) for w, m in zip(
+        weights, (m for m in qmodel.modules() if isinstance(m, QuantConv2d))))
     if QAT_RECIPES[recipe].learnable_steps:
         assert all(m.learned_scale.requires_grad for m in qmodel.modules() if isinstance(m, QuantConv2d))

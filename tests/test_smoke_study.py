@@ -68,8 +68,17 @@ def test_exports_record_latency_agreement_and_calibration(smoke_study):
         assert report["speedup_int8_vs_fp32"] > 0
         assert report["graph"]["integer_weights"] > 10
         assert report["calibration"]["fingerprint"]
-        # barely trained models have tiny output ranges, so one step is tiny: a loose bound
-        assert min(report["agreement"]["within_one_step_fraction"].values()) > 0.8
+        # barely trained models have tiny output ranges, so one step is tiny: a loose bound.
+        # oaqat requantizes each convolution to 8 bits ahead of its side path, then to the
+        # layer's grid: values already on one grid hit near-ties of the next, which
+        # onnxruntime's integer requantization breaks differently (tests/test_outlier.py
+        # checks the graph is exact with onnxruntime's fusions off)
+        bound = 0.7 if "-oaqat-" in model else 0.8
+        assert min(report["agreement"]["within_one_step_fraction"].values()) > bound
+        if "-oaqat-" in model:  # outlier-aware: the FP16 side paths' size and latency
+            side = report["outlier_side_paths"]
+            assert side["extra_bytes"] > 0 and side["weights_kept_fp16"] > 0
+            assert side["latency_ms_with"] > 0 and side["latency_ms_without"] > 0
 
 
 def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):

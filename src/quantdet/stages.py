@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from quantdet import study, tracking
@@ -276,6 +277,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.data.degraded import DegradedDataset
     from quantdet.models.io import load_model, save_model
+    from quantdet.quant.outlier import QuantErrorLoss
     from quantdet.quant.ptq import activation_ranges
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
@@ -289,7 +291,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     calib = CalibrationSet(params, seed=seed)
     qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, calib,
                                  ptq_cfg["calib_batches"], ptq_cfg["percentile"],
-                                 qat_cfg["ema_momentum"])
+                                 qat_cfg["ema_momentum"], outlier=qat_cfg["outlier"])
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
     degradations = None
@@ -298,12 +300,16 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
         dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
         degradations = dataset.identity()
     start = time.perf_counter()
-    history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
-                  lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
-                  warmup_iters=qat_cfg["warmup_iters"], seed=seed,
-                  checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
-                  threads=params["train"]["threads"], collate_fn=collate_detections,
-                  description=f"qat {name.model}", mixed_precision=False)
+    error_loss = (QuantErrorLoss(qmodel, qat_cfg["outlier"]["loss_weight"])
+                  if recipe.outlier_aware else nullcontext())
+    with error_loss as extra_loss:
+        history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
+                      lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
+                      warmup_iters=qat_cfg["warmup_iters"], seed=seed,
+                      checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                      threads=params["train"]["threads"], collate_fn=collate_detections,
+                      description=f"qat {name.model}", mixed_precision=False,
+                      extra_loss=extra_loss)
     stop_tracking(qmodel)
     qmodel.eval()
     quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
@@ -362,8 +368,22 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
         int8 = OrtDetector(out, threads=exp_cfg["threads"])
         fp32 = OrtDetector(fp32_onnx, threads=exp_cfg["threads"])
         latency_input = images[: exp_cfg["latency_batch"]].numpy().astype(np.float32)
-        latency = compare_latency({"fp32_onnx": fp32, "int8_onnx": int8}, latency_input,
-                                  exp_cfg["latency_runs"])
+        sessions = {"fp32_onnx": fp32, "int8_onnx": int8}
+        with _without_side_paths(torch_model, out, payload, exp_cfg) as variants:
+            for key, variant in (variants or {}).items():  # outlier-aware: side-path cost
+                sessions[f"int8_onnx_{key}"] = variant["session"]
+            latency = compare_latency(sessions, latency_input, exp_cfg["latency_runs"])
+        if variants:
+            report["outlier_side_paths"] = {
+                **graph.get("side_paths", {}), "weights_kept_fp16": variants["plain"]["outliers"],
+                "extra_bytes": out.stat().st_size - variants["plain"]["size_bytes"],
+                "size_bytes_without": variants["plain"]["size_bytes"],
+                "latency_ms_with": latency["int8_onnx"],
+                "latency_ms_without": latency["int8_onnx_plain"],
+                "latency_ms_without_side_paths_only": latency["int8_onnx_no_side_paths"],
+                "note": "without = the same model with its outlier weights dropped: no side "
+                        "paths and no 8-bit output requantization (plain QDQ export); "
+                        "without_side_paths_only keeps the 8-bit requantization"}
         decode = _decode_params(params)
         agreement = output_agreement(torch_model, int8, images, name.act_bits)
         agreement["detections_match_iou50"] = detection_agreement(
@@ -386,6 +406,33 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     _log_job(params, "export", model=name.model, metrics=metrics, artifacts=[report_path],
              onnx_models=onnx_models)
     return report
+
+
+@contextmanager
+def _without_side_paths(torch_model, out: Path, payload: dict, exp_cfg: dict):
+    """For an outlier-aware model: its ONNX exports with the outliers dropped ("plain": also
+    without the 8-bit output requantization; "no_side_paths": with it), in a temporary folder,
+    as onnxruntime sessions with their file sizes; None for other models."""
+    import tempfile
+
+    from quantdet.export.onnx_export import export_onnx
+    from quantdet.export.runner import OrtDetector
+    from quantdet.quant.outlier import outlier_layers, side_paths_disabled
+
+    layers = [m for m in outlier_layers(torch_model) if m.has_outliers]
+    if not layers:
+        yield None
+        return
+    outliers = sum(int(m.outlier_mask.sum()) for m in layers)
+    variants = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, keep in (("plain", False), ("no_side_paths", True)):
+            path = Path(tmp) / f"{key}-{out.name}"
+            with side_paths_disabled(torch_model, keep_output_quant=keep):
+                export_onnx(torch_model, path, payload["input_size"], exp_cfg["opset"])
+            variants[key] = {"session": OrtDetector(path, threads=exp_cfg["threads"]),
+                             "size_bytes": path.stat().st_size, "outliers": outliers}
+        yield variants
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -90,6 +90,82 @@ def integerize_weights(model: onnx.ModelProto, layer_bits: dict[str, int] | None
     return replaced
 
 
+def sparsify_side_paths(model: onnx.ModelProto) -> dict:
+    """Store the outlier side paths (quant/outlier.py) compactly, losslessly.
+
+    In a quantized export every main convolution weight is an int8 initializer, so the float
+    Conv weights left are the side paths' kernels: one nonzero per outlier, each an FP16 value
+    (or a 0/1). When every value is exactly an FP16 number, the kernel is stored in FP16 and
+    followed by a Cast to float: as a sparse initializer (COO, flat int64 indices; onnxruntime
+    makes it dense when it loads the model) when that is smaller, else dense. Their Gather
+    indices become int32. Returns counts and the bytes of what was rewritten.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    kernel_bytes, kernels, sparse_kernels = 0, 0, 0
+    for name in sorted(conv_weights & set(inits)):
+        init = inits[name]
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        dense = numpy_helper.to_array(init)
+        flat = dense.ravel()
+        nz = np.flatnonzero(flat)
+        half = flat[nz].astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), flat[nz]):
+            continue
+        graph.initializer.remove(init)
+        if nz.size * 10 < flat.size * 2:
+            values = numpy_helper.from_array(half, name + "_fp16")
+            indices = numpy_helper.from_array(nz.astype(np.int64), name + "_fp16_indices")
+            stored = onnx.helper.make_sparse_tensor(values, indices, list(dense.shape))
+            graph.sparse_initializer.append(stored)
+            sparse_kernels += 1
+        else:
+            stored = numpy_helper.from_array(dense.astype(np.float16), name + "_fp16")
+            graph.initializer.append(stored)
+        graph.node.append(onnx.helper.make_node("Cast", [name + "_fp16"], [name],
+                                                to=onnx.TensorProto.FLOAT))
+        kernel_bytes += stored.ByteSize()
+        kernels += 1
+    users: dict[str, set] = {}
+    for node in graph.node:
+        for i in node.input:
+            users.setdefault(i, set()).add(node.op_type)
+    index_bytes = 0
+    for init in graph.initializer:
+        if (init.data_type == onnx.TensorProto.INT64 and len(init.dims) == 1
+                and users.get(init.name) == {"Gather"}):
+            idx = numpy_helper.to_array(init)
+            if idx.size and np.abs(idx).max() < 2**31:
+                init.CopyFrom(numpy_helper.from_array(idx.astype(np.int32), init.name))
+                index_bytes += init.ByteSize()
+    if kernels:
+        _topological_sort(graph)
+    return {"fp16_kernels": kernels, "sparse_kernels": sparse_kernels, "kernel_bytes": kernel_bytes,
+            "gather_index_bytes": index_bytes}
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so every input is produced before it is used (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {
+        s.values.name for s in graph.sparse_initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError("ONNX graph has a cycle or an undefined input")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset: int,
                 metadata: dict | None = None) -> dict:
     """Export a detector (FP32 or fake-quantized) to ONNX with a dynamic batch axis.
@@ -114,12 +190,16 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
         proto = onnx.load(str(tmp))
         constants_to_initializers(proto)
         integer_weights = integerize_weights(proto, layer_bits)
+        side_paths = sparsify_side_paths(proto) if integer_weights else None
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-    return {"path": str(path), "integer_weights": integer_weights, **graph_summary(proto)}
+    info = {"path": str(path), "integer_weights": integer_weights, **graph_summary(proto)}
+    if side_paths and side_paths["fp16_kernels"]:
+        info["side_paths"] = side_paths
+    return info
 
 
 def graph_summary(proto: onnx.ModelProto) -> dict:

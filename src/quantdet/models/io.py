@@ -46,6 +46,9 @@ def build_from_config(detector: dict, quant: dict | None = None):
 
     qmodel = quantize_model(model, quant["weight_bits"], quant["act_bits"], quant["observer"],
                             quant.get("observer_kwargs") or {}, quant.get("layer_bits"))
+    if quant.get("outlier"):  # outlier-aware layers; their masks come with the state dict
+        from quantdet.quant.outlier import attach_outlier_layers
+        attach_outlier_layers(qmodel, quant["observer"])
     set_quant_mode(qmodel, QUANTIZE)
     if quant.get("learnable_steps"):
         from quantdet.quant.qat import make_learnable

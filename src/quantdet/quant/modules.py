@@ -146,10 +146,15 @@ class _WeightQuantMixin:
         self._init_weight_quant(bits)
         self._cached_key = None
 
+    def grid_weight(self) -> torch.Tensor:
+        """The weights that go onto the integer grid (all of them here; outlier-aware layers,
+        quant/outlier.py, leave their FP16 outliers out)."""
+        return self.weight
+
     def weight_scale(self) -> torch.Tensor:
         if getattr(self, "learned_scale", None) is not None:
             return self.learned_scale
-        absmax = self.weight.detach().abs().flatten(1).amax(dim=1)
+        absmax = self.grid_weight().detach().abs().flatten(1).amax(dim=1)
         return symmetric_scale(absmax, self.weight_bits)
 
     def make_learnable(self) -> None:
@@ -173,19 +178,19 @@ class _WeightQuantMixin:
             # a traced constant, so the exported QuantizeLinear reads an initializer
             scale = torch.tensor(scale.tolist(), dtype=torch.float32)
             zp = torch.zeros_like(scale, dtype=torch.int32)
-            return torch.fake_quantize_per_channel_affine(self.weight, scale, zp, 0, -128, 127)
+            return torch.fake_quantize_per_channel_affine(self.grid_weight(), scale, zp, 0, -128, 127)
         if isinstance(scale, nn.Parameter):
             scale = lsq_gradient_scale(scale, self.weight[0].numel(), self.wqmax)
         return self._fake_quantized_weight(scale)
 
     def _fake_quantized_weight(self, scale):
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        return fake_quantize(self.weight, scale.view(shape), 0.0, self.wqmin, self.wqmax)
+        return fake_quantize(self.grid_weight(), scale.view(shape), 0.0, self.wqmin, self.wqmax)
 
     def integer_weight(self) -> torch.Tensor:
         """The weights as the integers an integer kernel uses (for inspection and tests)."""
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        q = torch.round(self.weight.detach() / self.weight_scale().detach().view(shape))
+        q = torch.round(self.grid_weight().detach() / self.weight_scale().detach().view(shape))
         return torch.clamp(q, self.wqmin, self.wqmax).to(torch.int8)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from quantdet.quant.graph import activation_quantizers, quantize_model
 from quantdet.quant.modules import QuantConv2d, QuantLinear
+from quantdet.quant.outlier import (attach_outlier_layers, mark_outlier_channels,
+                                    record_channel_absmax, select_outliers)
 from quantdet.quant.ptq import calibrate
 
 
@@ -21,6 +23,7 @@ class QATRecipe:
     learnable_steps: bool       # LSQ: step sizes are trained parameters
     degraded_batches: bool      # DA-QAT: on-line degradations in the training batches
     description: str
+    outlier_aware: bool = False  # FP16 outlier weights + quantization-error loss (quant/outlier.py)
 
 
 QAT_RECIPES = {r.name: r for r in (
@@ -33,6 +36,14 @@ QAT_RECIPES = {r.name: r for r in (
               "per-channel weights, every layer quantized"),
     QATRecipe("daqat", "percentile", "percentile", False, True,
               "FQN with on-line degraded training batches (DA-QAT)"),
+    # Ranges that minimize the quantization error on sampled calibration values, kept fixed:
+    # tracking them by EMA min/max or percentiles would replace the error-minimizing clipping
+    # by another rule; the error-aware loss instead moves the outlier channels' activations
+    # back onto the fixed grid.
+    QATRecipe("oaqat", "mse", None, False, False,
+              "outlier-aware QAT (QuantDemoire): largest-|w| weights kept in FP16 outside the "
+              "grid, error-minimizing (MSE) activation ranges, quantization-error loss on "
+              "outlier channels", outlier_aware=True),
 )}
 
 
@@ -44,11 +55,30 @@ def get_recipe(name: str) -> QATRecipe:
 
 
 def prepare_qat(model, recipe: QATRecipe, weight_bits: int, act_bits: int, calib_batches,
-                num_batches: int, percentile: float, ema_momentum: float):
-    """Quantize, calibrate and make trainable; returns the model and its quantization config."""
+                num_batches: int, percentile: float, ema_momentum: float,
+                outlier: dict | None = None):
+    """Quantize, calibrate and make trainable; returns the model and its quantization config.
+
+    Outlier-aware recipes need `outlier` (params quant.qat.outlier): the weight outliers are
+    chosen after BatchNorm folding, before calibration, and the outlier channels of each
+    activation from the calibration batches.
+    """
     calib_kwargs = {"percentile": percentile} if recipe.calibration_observer == "percentile" else {}
     qmodel = quantize_model(model, weight_bits, act_bits, recipe.calibration_observer, calib_kwargs)
-    used = calibrate(qmodel, calib_batches, num_batches)
+    outlier_config = None
+    if recipe.outlier_aware:
+        if outlier is None:
+            raise ValueError(f"QAT recipe {recipe.name!r} needs the quant.qat.outlier params")
+        attach_outlier_layers(qmodel, recipe.calibration_observer)
+        counts = select_outliers(qmodel, outlier["weight_fraction"])
+        with record_channel_absmax(qmodel) as channel_absmax:
+            used = calibrate(qmodel, calib_batches, num_batches)
+        channels = mark_outlier_channels(channel_absmax, outlier["channel_fraction"])
+        outlier_config = {**{k: outlier[k] for k in ("weight_fraction", "channel_fraction",
+                                                     "loss_weight")},
+                          **counts, "outlier_channels": channels}
+    else:
+        used = calibrate(qmodel, calib_batches, num_batches)
     if recipe.tracking_observer:
         track_kwargs = {"momentum": ema_momentum}
         if recipe.tracking_observer == "percentile":
@@ -60,6 +90,8 @@ def prepare_qat(model, recipe: QATRecipe, weight_bits: int, act_bits: int, calib
     config = {"weight_bits": weight_bits, "act_bits": act_bits,
               "observer": recipe.calibration_observer, "observer_kwargs": calib_kwargs,
               "learnable_steps": recipe.learnable_steps, "calibration_batches": used}
+    if outlier_config is not None:
+        config["outlier"] = outlier_config
     return qmodel, config
 
 
