@@ -71,6 +71,12 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    processes = params["train"]["processes"]
+    for key, size in (("train.batch_size", params["train"]["batch_size"]),
+                      ("quant.qat.batch_size", params["quant"]["qat"]["batch_size"])):
+        if size % processes:
+            raise ParamsError(f"{source}: {key}: {size} is the global batch and must divide by "
+                              f"train.processes ({processes})")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -111,7 +111,7 @@ STAGE_PARAMS = {
     "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
     "ptq": ["study.seed", "models.input_size", "quant.ptq"],
     "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "train.weight_decay",
-            "train.threads"],
+            "train.threads", "train.processes"],
     "export": ["models.input_size", "export", "evaluate"],
     "evaluate": ["models.input_size", "evaluate"],
     "report": ["study", "data", "corruptions", "models", "quant"],
