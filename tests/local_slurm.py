@@ -3,7 +3,7 @@ Debian's packages (installed by .ci/install-slurm.sh), every file in one tempora
 daemons started here and stopped by their process ids.
 
 The combination that works without cgroups or an accounting database: proctrack/linuxproc,
-task/none, accounting_storage/none, and MinJobAge=600 so that `squeue --states=all` still
+task/none, accounting_storage/none, and MinJobAge=3600 (an hour) so that `squeue --states=all` still
 reports a finished job's state when Snakemake's SLURM executor asks for it.
 
 The configuration is written to /etc/slurm/slurm.conf (and removed afterwards): inside a job,
@@ -111,7 +111,7 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
-MinJobAge=600
+MinJobAge=3600
 ReturnToService=2
 MpiDefault=none
 NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={_node_memory_mb()} State=UNKNOWN

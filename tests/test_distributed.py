@@ -115,3 +115,13 @@ def test_pretrain_with_two_processes_matches_one_and_rank_0_alone_writes(tmp_pat
     client = MlflowClient(f"sqlite:///{two / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("quantdet").experiment_id])
     assert [r.data.tags["quantdet.stage"] for r in runs if r.data.tags.get("quantdet.role") == "job"] == ["pretrain"]
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path):
+    """`train.workers` only moves image loading to other processes (augmentation is seeded per
+    image), so the trained weights are the same."""
+    from tests.test_train import _same_weights, _train
+
+    alone, _ = _train(tmp_path / "alone.ckpt", epochs=1)
+    loaded, _ = _train(tmp_path / "workers.ckpt", epochs=1, workers=2)
+    assert _same_weights(alone, loaded)
