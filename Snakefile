@@ -19,6 +19,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Run by Snakemake itself, not submitted as cluster jobs (--executor slurm): the report only
+# reads the evaluation files and draws tables and plots.
+localrules:
+    all,
+    report,
+
+
 onstart:
     shell("quantdet track-study --params params.yaml")
 

@@ -1,6 +1,7 @@
 """The smoke study through `dvc repro`: the same DAG as Snakemake, reproducible, incremental."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,12 +52,57 @@ def test_dvc_repro_completes_the_study(dvc_study):
 
 def test_second_repro_does_nothing_and_a_key_reruns_only_its_readers(dvc_study):
     assert "changed" not in _run(dvc_study, str(BIN / "dvc"), "status").lower()
-    params = yaml.safe_load((dvc_study / "params.yaml").read_text())
+    original = (dvc_study / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["evaluate"]["nms_iou"] = 0.5
     (dvc_study / "params.yaml").write_text(yaml.safe_dump(params))
-    status = _run(dvc_study, str(BIN / "dvc"), "status", "--json")
+    try:
+        status = _run(dvc_study, str(BIN / "dvc"), "status", "--json")
+    finally:
+        (dvc_study / "params.yaml").write_text(original)
     stale = set(json.loads(status))
     assert stale, status
     prefixes = {s.split("@")[0] for s in stale}
     # evaluate.* is read by the export and evaluation stages only
     assert all(p.startswith(("export", "evaluate")) for p in prefixes), stale
+
+
+def _commit(repo: Path, message: str) -> None:
+    _run(repo, "git", "add", "-A")
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
+        _run(repo, "git", "commit", "-q", "-m", message)
+
+
+def test_push_to_a_shared_remote_and_pull_into_a_fresh_clone(dvc_study, tmp_path):
+    """As on a cluster: outputs pushed to a remote on a shared file system, a fresh clone pulls
+    them and has nothing to reproduce."""
+    dvc = str(BIN / "dvc")
+    _commit(dvc_study, "smoke study")
+    remote = tmp_path / "shared" / "dvc-remote"
+    _run(dvc_study, dvc, "remote", "add", "--force", "-d", "shared", str(remote))
+    _commit(dvc_study, "shared remote")
+    _run(dvc_study, dvc, "push")
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(dvc_study), str(clone))
+    assert not (clone / "results/models/student-fp32.pt").exists()
+    _run(clone, dvc, "pull")
+    for path in ("results/models/student-fp32.pt", "results/models/student-ptq-percentile-w8a8.onnx",
+                 "results/eval/teacher-fp32/clean/metrics.json", "results/metrics/robustness.json"):
+        assert (clone / path).read_bytes() == (dvc_study / path).read_bytes(), path
+    assert "up to date" in _run(clone, dvc, "status").lower()
+    assert "up to date" in _run(clone, dvc, "repro").lower()  # nothing reruns
+
+
+def test_exp_run_a_variant_and_diff_its_metrics(dvc_study):
+    """`dvc exp run -S` changes one key and reruns its readers; `dvc metrics diff` compares."""
+    dvc = str(BIN / "dvc")
+    _commit(dvc_study, "smoke study")
+    out = _run(dvc_study, dvc, "exp", "run", "-S", "quant.qat.epochs=2")
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    # only the QAT model's branch: its training, export, evaluations, and the report
+    assert "report" in ran and any(s.startswith("qat@") for s in ran), out[-2000:]
+    assert all("qat" in s for s in ran - {"report"}), sorted(ran)
+    diff = json.loads(_run(dvc_study, dvc, "metrics", "diff", "--json"))
+    changed = diff["results/metrics/robustness.json"]
+    assert changed, diff
+    assert all(key.startswith("student-qat-") for key in changed), sorted(changed)

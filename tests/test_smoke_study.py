@@ -15,7 +15,6 @@ from quantdet.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMOKE = ROOT / "tests" / "smoke" / "params.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +26,7 @@ def _snakemake(workdir, *args, check=True):
                            *args], capture_output=True, text=True, env=env, check=check)
 
 
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    shutil.copy(SMOKE, workdir / "params.yaml")
-    run = _snakemake(workdir, "--cores", "2", check=False)
-    assert run.returncode == 0, run.stderr[-5000:]
-    return workdir
+# smoke_study (tests/conftest.py): the study run once per session, shared with test_cluster.py
 
 
 def test_report_and_metrics_cover_every_model(smoke_study):

@@ -48,20 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Stages that train with quantdet.train.loop.fit: `train.processes > 1` runs them data-parallel.
+TRAINING_STAGES = ("pretrain", "qat", "mimic", "zeroshot")
+
+
 def _setup_logging(log_file: str | None) -> None:
+    from quantdet.train import distributed
+
     handlers = [logging.StreamHandler(sys.stderr)]
-    if log_file:
+    # One log file per job: the torchrun launcher starts it, rank 0 appends, other ranks don't.
+    if log_file and distributed.is_main():
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="a" if distributed.launched() else "w"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run(args) -> object:
+def run(args, argv: list[str] | None = None) -> object:
+    """Run the stage; a training stage asked for several processes re-launches ``argv`` (this
+    command's arguments) under torchrun instead and returns torchrun's exit status."""
     from quantdet import stages
     from quantdet.config import load_params
+    from quantdet.train import distributed
 
     params = load_params(args.params)
+    processes = params["train"]["processes"]
+    if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
+        logging.getLogger("quantdet").info("%s: %d data-parallel processes under torchrun",
+                                           args.stage, processes)
+        return distributed.relaunch(processes, sys.argv[1:] if argv is None else argv)
     if args.stage == "validate":
         import yaml
         print(yaml.safe_dump(params, sort_keys=False))
@@ -96,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("quantdet")
     log.info("quantdet %s", " ".join(argv if argv is not None else sys.argv[1:]))
     try:
-        run(args)
+        result = run(args, argv)
     except QuantdetError as e:
         log.error("%s", e)
         print(f"quantdet {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    if args.stage in TRAINING_STAGES and isinstance(result, int):  # torchrun's exit status
+        return result
     return 0
 
 

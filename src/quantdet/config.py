@@ -88,6 +88,12 @@ def _check_consistency(params: dict, source: str) -> None:
     if low:
         raise ParamsError(f"{source}: quant.mixed.budgets: an average of {low[0]} bits is below "
                           f"the lowest of quant.mixed.bit_choices {mixed['bit_choices']}")
+    processes = params["train"]["processes"]
+    for key, size in (("train.batch_size", params["train"]["batch_size"]),
+                      ("quant.qat.batch_size", params["quant"]["qat"]["batch_size"])):
+        if size % processes:
+            raise ParamsError(f"{source}: {key}: {size} is the global batch and must divide by "
+                              f"train.processes ({processes})")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -12,6 +12,7 @@ from quantdet import study, tracking
 from quantdet.config import params_hash, select
 from quantdet.errors import QuantdetError
 from quantdet.io_utils import atomic_directory, read_json, write_json
+from quantdet.train import distributed
 
 log = logging.getLogger("quantdet")
 
@@ -86,6 +87,8 @@ def use_mixed_precision(setting) -> bool:
 
 def pretrain(params: dict, role: str, out: str | None = None, seed: int | None = None) -> dict:
     """Train an FP32 detector; `seed` (a repeat seed) overrides study.seed for training only."""
+    import torch
+
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.models import build_detector
     from quantdet.models.io import save_model
@@ -99,17 +102,24 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
     detector = detector_config(params, role, len(dataset.category_ids))
+    # The initial weights come from the study seed: torch seeds each process randomly, so an
+    # unseeded init would differ between runs (and between the ranks of a data-parallel job).
+    torch.manual_seed(seed)
     model = build_detector(**detector)
     checkpoint = Path("results/checkpoints") / f"{name.model}.ckpt"
     start = time.perf_counter()
-    history = fit(model, dataset, epochs=model_cfg.get("epochs", train_cfg["epochs"]),
-                  batch_size=train_cfg["batch_size"], lr=model_cfg.get("lr", train_cfg["lr"]),
-                  weight_decay=train_cfg["weight_decay"], warmup_iters=train_cfg["warmup_iters"],
-                  seed=seed, checkpoint_path=checkpoint,
-                  threads=train_cfg["threads"], collate_fn=collate_detections,
-                  description=f"pretrain {name.model}",
-                  mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]))
+    with distributed.process_group():
+        history = fit(model, dataset, epochs=model_cfg.get("epochs", train_cfg["epochs"]),
+                      batch_size=train_cfg["batch_size"], lr=model_cfg.get("lr", train_cfg["lr"]),
+                      weight_decay=train_cfg["weight_decay"], warmup_iters=train_cfg["warmup_iters"],
+                      seed=seed, checkpoint_path=checkpoint,
+                      threads=train_cfg["threads"], collate_fn=collate_detections,
+                      description=f"pretrain {name.model}",
+                      mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]),
+                      workers=train_cfg["workers"])
     seconds = time.perf_counter() - start
+    if not distributed.is_main():  # rank 0 writes the model and logs the run
+        return {"model": out.stem, "rank": distributed.rank(), "history": history}
     classes = {"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}
     save_model(out, model, kind="fp32", detector=detector, classes=classes,
                extra={"history": history, "stride": model.stride, "seed": seed,
@@ -302,14 +312,16 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     start = time.perf_counter()
     error_loss = (QuantErrorLoss(qmodel, qat_cfg["outlier"]["loss_weight"])
                   if recipe.outlier_aware else nullcontext())
-    with error_loss as extra_loss:
+    with distributed.process_group(), error_loss as extra_loss:
         history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
                       lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
                       warmup_iters=qat_cfg["warmup_iters"], seed=seed,
                       checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
                       threads=params["train"]["threads"], collate_fn=collate_detections,
                       description=f"qat {name.model}", mixed_precision=False,
-                      extra_loss=extra_loss)
+                      extra_loss=extra_loss, workers=params["train"]["workers"])
+    if not distributed.is_main():  # rank 0 writes the model and logs the run
+        return {"model": name.model, "rank": distributed.rank(), "history": history}
     stop_tracking(qmodel)
     qmodel.eval()
     quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,

@@ -178,7 +178,7 @@ STAGE_PARAMS = {
     "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
     "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations", "quant.mixed"],
     "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "quant.degradations",
-            "train.weight_decay", "train.threads"],
+            "train.weight_decay", "train.threads", "train.processes"],
     "export": ["models.input_size", "export", "evaluate"],
     "evaluate": ["models.input_size", "evaluate"],
     "report": ["study", "data", "corruptions", "models", "quant"],

@@ -104,8 +104,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def log_job(params: dict, *, stage: str, model: str | None, params_read: dict, params_hash: str,
             metrics: dict | None = None, artifacts: list | None = None,
             onnx_models: dict | None = None, tags: dict | None = None) -> str | None:
-    """Log one finished job as a child run of the study run. Returns the child run id."""
-    if not enabled():
+    """Log one finished job as a child run of the study run. Returns the child run id.
+
+    In a data-parallel job (torchrun) only rank 0 logs: one job, one run."""
+    if not enabled() or os.environ.get("RANK", "0") != "0":
         return None
     import mlflow
     from mlflow.entities import Metric, Param

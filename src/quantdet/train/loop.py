@@ -3,6 +3,10 @@
 AdamW with linear warm-up then cosine decay per iteration, gradient clipping, a checkpoint at
 the end of every epoch, and resumption from it: a rerun of an interrupted job continues from
 its last finished epoch and ends with the same weights as a run that was never interrupted.
+
+Inside a torch.distributed process group (`quantdet.train.distributed`, under torchrun) the
+same call trains data-parallel: DDP averages gradients, each rank takes its share of every
+global batch of ``batch_size`` images, and only rank 0 writes checkpoints and calls ``log_fn``.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from quantdet.data.dataset import collate_detections
@@ -47,10 +51,41 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class GlobalBatchShards(Sampler):
+    """One rank's share of each global batch: consecutive batches of a permutation drawn from
+    ``shuffle_seed``, each split across the ranks (every ``world``-th image; all of it alone).
+
+    So N ranks see together exactly the images a single process with the global batch sees,
+    in the same iterations.
+    """
+
+    def __init__(self, size: int, batch_size: int, drop_last: bool, shuffle_seed: int, rank: int,
+                 world: int):
+        self.size, self.batch_size, self.drop_last = size, batch_size, drop_last
+        self.shuffle_seed, self.rank, self.world = shuffle_seed, rank, world
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.shuffle_seed)).tolist()
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the process group ``fit`` runs in; (0, 1) alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
         extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
-        mixed_precision: bool = False) -> dict:
+        mixed_precision: bool = False, workers: int = 0) -> dict:
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
 
     ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
@@ -60,12 +95,22 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     ``mixed_precision`` runs the forward pass under bfloat16 autocast (weights and loss stay
     FP32): about 2x faster on CPUs with AVX512-BF16 or AMX, very slow on CPUs without them, and
     wrong for QAT, whose fake-quantizers must round FP32 values onto the integer grid.
+
+    ``batch_size`` is the global batch: with N ranks each takes ``batch_size / N`` images of
+    it. ``workers`` DataLoader processes load each rank's images (0: in the training process;
+    augmentation is seeded per image, so the result does not depend on it).
     """
     if threads:
         torch.set_num_threads(threads)
     loss_fn = loss_fn or detection_loss
     collate_fn = collate_fn or collate_detections
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = _world()
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} does not split evenly across {world} processes")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
     # channels_last: oneDNN's convolutions run ~1.4x faster in NHWC on CPU; the model goes
     # back to the default layout at the end, so what callers save or export looks as usual.
     model.to(device, memory_format=torch.channels_last)
@@ -81,6 +126,8 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
            "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
            "mixed_precision": mixed_precision,
            "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
+    if world > 1:  # each rank's batch statistics differ from a single process's: another run
+        run["processes"] = world
 
     history = {"epochs": []}
     start_epoch = 0
@@ -93,45 +140,80 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         history = checkpoint["history"]
         start_epoch = checkpoint["epoch"]
     else:
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             tqdm.write(f"{description}: {checkpoint_path} was written with other settings; starting afresh")
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Broadcasts rank 0's weights and buffers first, so every rank starts alike.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start_epoch, epochs):
         if hasattr(dataset, "set_epoch"):  # DetectionDataset draws its augmentation from (seed, epoch, index)
             dataset.set_epoch(epoch)
         # The shuffle order depends on (seed, epoch) only, so a resumed epoch sees the same batches.
-        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order,
-                            collate_fn=collate_fn, drop_last=drop_last, num_workers=0)
-        metrics = _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
-                               mixed_precision, f"{description} {epoch + 1}/{epochs}")
+        shuffle_seed = seed * 100_003 + epoch
+        shards = GlobalBatchShards(len(dataset), batch_size, drop_last, shuffle_seed, rank, world)
+        # The loader's own generator (it draws the workers' base seed) leaves the global RNG alone.
+        loader = DataLoader(dataset, batch_sampler=shards, collate_fn=collate_fn, num_workers=workers,
+                            generator=torch.Generator().manual_seed(shuffle_seed),
+                            pin_memory=device.type == "cuda")
+        metrics = _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
+                               mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0)
+        if world > 1:
+            metrics = _average_over_ranks(metrics, device)
         history["epochs"].append({"epoch": epoch + 1, **metrics})
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "run": run,
-            "rng": rng_states(), "history": history,
-        })
-        if log_fn is not None:
-            log_fn(epoch + 1, metrics)
+        if rank == 0:
+            save_checkpoint(checkpoint_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "run": run,
+                "rng": rng_states(), "history": history,
+            })
+            if log_fn is not None:
+                log_fn(epoch + 1, metrics)
     model.to(memory_format=torch.contiguous_format)
     return history
 
 
-def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
-                 description) -> dict:
-    model.train()
+def _average_over_ranks(metrics: dict, device) -> dict:
+    """The epoch's metrics of the whole job: losses averaged over ranks, throughput summed,
+    time the slowest rank's. Every rank gets the same values."""
+    import torch.distributed as dist
+
+    names = sorted(metrics)
+    values = torch.tensor([float(metrics[n]) for n in names], dtype=torch.float64, device=device)
+    longest = values.clone()
+    dist.all_reduce(values)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    out = {}
+    for i, name in enumerate(names):
+        if name == "images_per_s":
+            out[name] = values[i].item()
+        elif name in ("seconds", "lr"):
+            out[name] = longest[i].item()
+        else:
+            out[name] = values[i].item() / world
+    return out
+
+
+def _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
+                 description, show_progress: bool = True) -> dict:
+    """One epoch; ``net`` runs the forward pass (the DDP wrapper, or ``model`` itself)."""
+    net.train()
     sums: dict[str, float] = defaultdict(float)
     images_seen, batches = 0, 0
     start = time.perf_counter()
-    progress = tqdm(loader, desc=description, dynamic_ncols=True)
+    progress = tqdm(loader, desc=description, dynamic_ncols=True, disable=not show_progress)
     for batch in progress:
         images = batch[0].to(device, memory_format=torch.channels_last, non_blocking=True)
         targets = batch[1]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
-            outputs = model(images)
+            outputs = net(images)
         outputs = tuple(output.float() for output in outputs)
         # The stride follows from the shapes, so traced or wrapped models need no attribute.
         stride = images.shape[-1] // outputs[0].shape[-1]

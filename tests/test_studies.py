@@ -1,0 +1,58 @@
+"""The ready study files (workflow/studies/*.yaml): valid params, and a full job graph in a dry
+run through the SLURM profile, as a user would start them on a cluster (README)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantdet import study
+from quantdet.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STUDIES = sorted((ROOT / "workflow" / "studies").glob("*.yaml"))
+
+
+def test_there_are_coco_and_voc_studies():
+    sources = {load_params(path)["data"]["source"] for path in STUDIES}
+    assert {"coco", "voc"} <= sources
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_study_params_are_valid_and_gpu_sized(path):
+    params = load_params(path)
+    assert params["models"]["input_size"] >= 512
+    assert params["train"]["processes"] > 1
+    assert params["train"]["batch_size"] % params["train"]["processes"] == 0
+    assert params["study"]["name"] == path.stem
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_dry_run_lists_the_whole_job_graph(path, tmp_path):
+    shutil.copy(path, tmp_path / "params.yaml")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_SLURM_GPUS": "4"}
+    run = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n",
+                          "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    outputs = set(re.findall(r"^    output: (.*)$", out, re.M))
+    outputs = {p.strip() for line in outputs for p in line.split(",")}
+    params = load_params(path)
+    corrupted = {study.split_dir(c, s) for c in params["corruptions"]["names"]
+                 for s in params["corruptions"]["severities"]}
+    assert len(corrupted) == 75 and corrupted <= outputs
+    models = {study.model_file(m) for m in ["teacher-fp32", "student-fp32", *study.quantized_models(params)]}
+    assert len(models) == 2 + 2 * 8 and models <= outputs
+    assert {study.onnx_file(m) for m in study.quantized_models(params)} <= outputs
+    evaluated = {m for m in study.evaluated_models(params)
+                 if any(o.startswith(f"{study.EVAL}/{m}/") or o == f"{study.EVAL}/{m}" for o in outputs)}
+    assert evaluated == set(study.evaluated_models(params))
+    assert "results/report.md" in outputs
+    # the training stages ask SLURM for GPUs from the profile
+    assert re.search(r"rule pretrain:(?:\n    .*)*\n    resources: .*gpu=4", out)
