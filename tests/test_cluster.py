@@ -150,7 +150,7 @@ def test_results_equal_the_local_run_with_the_same_seed(cluster_study, smoke_stu
     params = load_params(SMOKE)
     for model in study.evaluated_models(params):
         for condition in study.conditions(params):
-            ours, local = (json.loads((root / study.eval_dir(model, condition) / "metrics.json").read_text())
+            ours, local = (json.loads((root / study.eval_metrics_file(model, condition)).read_text())
                            for root in (work, smoke_study))
             assert [r["metrics"] for r in ours["results"]] == [r["metrics"] for r in local["results"]]
 
@@ -175,13 +175,20 @@ def test_a_cancelled_job_leaves_no_output_and_the_rerun_picks_up(cluster_study):
     assert states[cluster_study["cancelled"]] == "CANCELLED"
     assert cluster_study["first_exit"] != 0
     after_first = cluster_study["after_first"]
-    # keep-going finished what did not need the student; nothing of the student was left behind
+    # keep-going finished what did not need the cancelled student; nothing of it, or of a model
+    # made from it, was left behind
     assert "results/models/teacher-fp32.pt" in after_first
-    assert not any(p.startswith(("results/models/student", "results/models/.student")) for p in after_first)
-    # the second run did not redo what the first finished
+    params = load_params(SMOKE)
+    from_cancelled = {m for m in study.evaluated_models(params)
+                      if study.parse_model_name(m).fp32_source == "student-fp32"}
+    left = {p.split("/")[2].lstrip(".").split(".")[0] for p in after_first
+            if p.startswith(("results/models/", "results/eval/")) and p.count("/") >= 2}
+    assert not left & from_cancelled, sorted(left & from_cancelled)
+    # the second run did not redo what the first finished: each FP32 model trained once
     runs = _job_runs(cluster_study["tracking"])
     pretrain = sorted(r.data.tags["quantdet.model"] for r in runs if r.data.tags.get("quantdet.stage") == "pretrain")
-    assert pretrain == ["student-fp32", "teacher-fp32"]
+    assert pretrain == sorted(m for m in study.evaluated_models(params)
+                              if not study.parse_model_name(m).quantized)
     assert sum(r.data.tags.get("quantdet.stage") == "prepare" for r in runs) == 1
 
 
