@@ -86,7 +86,7 @@ def test_push_to_a_shared_remote_and_pull_into_a_fresh_clone(dvc_study, tmp_path
     _run(tmp_path, "git", "clone", "-q", str(dvc_study), str(clone))
     assert not (clone / "results/models/student-fp32.pt").exists()
     _run(clone, dvc, "pull")
-    for path in ("results/models/student-fp32.pt", "results/models/student-ptq-percentile-w8a8.onnx",
+    for path in ("results/models/student-fp32.pt", "results/models/student-ptq-dacal-w8a8.onnx",
                  "results/eval/teacher-fp32/clean/metrics.json", "results/metrics/robustness.json"):
         assert (clone / path).read_bytes() == (dvc_study / path).read_bytes(), path
     assert "up to date" in _run(clone, dvc, "status").lower()

@@ -175,7 +175,7 @@ def test_mixed_bits_reach_the_onnx_model_and_it_agrees_with_the_simulated_one(tm
 def test_ptq_stage_writes_the_mixed_model_its_bits_and_an_onnx_model_with_them(tmp_path, monkeypatch):
     from quantdet import stages, study
     from quantdet.config import load_params
-    from tests.test_smoke_study import SMOKE
+    from tests.conftest import SMOKE
 
     params = load_params(SMOKE)
     monkeypatch.chdir(tmp_path)

@@ -44,11 +44,14 @@ def test_dry_run_lists_the_whole_job_graph(path, tmp_path):
     outputs = set(re.findall(r"^    output: (.*)$", out, re.M))
     outputs = {p.strip() for line in outputs for p in line.split(",")}
     params = load_params(path)
-    corrupted = {study.split_dir(c, s) for c in params["corruptions"]["names"]
+    corrupted = {study.split_dir(c, s) for c in study.corruptions(params)
                  for s in params["corruptions"]["severities"]}
-    assert len(corrupted) == 75 and corrupted <= outputs
-    models = {study.model_file(m) for m in ["teacher-fp32", "student-fp32", *study.quantized_models(params)]}
-    assert len(models) == 2 + 2 * 8 and models <= outputs
+    assert len(corrupted) == (15 + 4) * 5 and corrupted <= outputs   # benchmark + held-out
+    models = {study.model_file(m) for m in study.evaluated_models(params)
+              if study.parse_model_name(m).runtime == "torch"}
+    # FP32 teacher and student, 6 PTQ (5 methods + mixed) and 5 QAT recipes at 2 bit widths
+    # (mixed: one budget), the student again with seed 1 and its 4 repeated methods at 2 widths
+    assert len(models) == 2 + 5 * 2 + 1 + 5 * 2 + 1 + 4 * 2 and models <= outputs
     assert {study.onnx_file(m) for m in study.quantized_models(params)} <= outputs
     evaluated = {m for m in study.evaluated_models(params)
                  if any(o.startswith(f"{study.EVAL}/{m}/") or o == f"{study.EVAL}/{m}" for o in outputs)}
