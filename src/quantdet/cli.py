@@ -31,8 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("pretrain", "train an FP32 detector from scratch")
     p.add_argument("--role", required=True, choices=["teacher", "student"])
     p.add_argument("--out")
+    p = stage("zeroshot-data", "generate a calibration set from the FP32 student alone "
+                               "(ZeroQ distilled images or a GDFQ generator)")
+    p.add_argument("--generator", required=True, choices=["zeroq", "gdfq"])
+    p.add_argument("--out")
     for name, text in (("ptq", "post-training quantization of an FP32 model"),
                        ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
+                       ("mimic", "quantization mimic: fine-tune the quantized student against "
+                                 "the FP32 teacher's features"),
                        ("export", "export a model to ONNX (QDQ for quantized models), "
                                   "measure latency and simulated-vs-deployed agreement")):
         p = stage(name, text)
@@ -76,6 +82,10 @@ def run(args) -> object:
         return stages.corrupt(params, args.corruption, args.severity, args.out)
     if args.stage == "pretrain":
         return stages.pretrain(params, args.role, args.out)
+    if args.stage == "zeroshot-data":
+        return stages.zeroshot_data(params, args.generator, args.out)
+    if args.stage == "mimic":
+        return stages.mimic(params, args.model, args.out)
     if args.stage == "ptq":
         return stages.ptq(params, args.model, args.out)
     if args.stage == "qat":

@@ -71,6 +71,15 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    from quantdet.study import ZEROSHOT_GENERATOR
+
+    zeroshot = params["quant"]["zeroshot"]
+    for key in ("ptq_methods", "qat_methods"):
+        for method in zeroshot[key]:
+            if ZEROSHOT_GENERATOR[method] not in zeroshot["generators"]:
+                raise ParamsError(f"{source}: quant.zeroshot.{key}: {method} reads generated set "
+                                  f"{ZEROSHOT_GENERATOR[method]!r}, which quant.zeroshot.generators "
+                                  "does not list")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -1,13 +1,13 @@
 rule ptq:
     input:
         model=quantized_source,
-        data="data/prepared",
+        data=calibration_data,
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
         model=r"(teacher|student)-ptq-[a-z0-9_]+-w\da\d",
     params:
-        read=stage_params("ptq"),
+        read=model_params("ptq"),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -22,13 +22,13 @@ rule ptq:
 rule qat:
     input:
         model=quantized_source,
-        data="data/prepared",
+        data=calibration_data,
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
         model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d",
     params:
-        read=stage_params("qat"),
+        read=model_params("qat"),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -50,7 +50,8 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
 def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
         extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
-        mixed_precision: bool = False) -> dict:
+        mixed_precision: bool = False, optimizer: str = "adamw", momentum: float = 0.9,
+        after_backward=None) -> dict:
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
 
     ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
@@ -60,6 +61,10 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     ``mixed_precision`` runs the forward pass under bfloat16 autocast (weights and loss stay
     FP32): about 2x faster on CPUs with AVX512-BF16 or AMX, very slow on CPUs without them, and
     wrong for QAT, whose fake-quantizers must round FP32 values onto the integer grid.
+
+    ``optimizer`` is "adamw" or "sgd" (with ``momentum``): AIT's gradient inflation needs
+    SGD, whose step is proportional to the gradient. ``after_backward(model, optimizer,
+    iteration) -> parts`` runs after gradient clipping and before the step (AIT).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -73,13 +78,21 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     # Batches of one break BatchNorm; drop the ragged tail unless it is the whole dataset.
     drop_last = len(dataset) >= batch_size
     iters_per_epoch = len(dataset) // batch_size if drop_last else 1
-    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
+    optimizer_name = optimizer
+    groups = _parameter_groups(model, weight_decay)
+    if optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    elif optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer_name!r}; known: adamw, sgd")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_iters, epochs * iters_per_epoch))
     # A checkpoint from other settings or another architecture would continue a different
     # run: start afresh instead.
     run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
            "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
-           "mixed_precision": mixed_precision,
+           "mixed_precision": mixed_precision, "optimizer": optimizer_name,
+           "momentum": momentum if optimizer_name == "sgd" else None,
            "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
 
     history = {"epochs": []}
@@ -107,7 +120,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order,
                             collate_fn=collate_fn, drop_last=drop_last, num_workers=0)
         metrics = _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
-                               mixed_precision, f"{description} {epoch + 1}/{epochs}")
+                               mixed_precision, f"{description} {epoch + 1}/{epochs}", after_backward)
         history["epochs"].append({"epoch": epoch + 1, **metrics})
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -121,7 +134,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
 
 
 def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
-                 description) -> dict:
+                 description, after_backward=None) -> dict:
     model.train()
     sums: dict[str, float] = defaultdict(float)
     images_seen, batches = 0, 0
@@ -145,6 +158,8 @@ def _train_epoch(model, loader, optimizer, scheduler, loss_fn, extra_loss, devic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+        if after_backward is not None:
+            parts = {**parts, **after_backward(model, optimizer, scheduler.last_epoch)}
         optimizer.step()
         scheduler.step()
 
