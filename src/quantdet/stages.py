@@ -182,11 +182,11 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.quant.ptq import activation_ranges
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
-    from quantdet.zeroshot.ait import AIT_RECIPE
+    from quantdet.zeroshot.ait import ait_recipe
 
     name = study.parse_model_name(model)
     zero_shot = study.is_zero_shot(name)
-    recipe = AIT_RECIPE if zero_shot else get_recipe(name.method)
+    recipe = ait_recipe(params["quant"]["zeroshot"]["observer"]) if zero_shot else get_recipe(name.method)
     out = Path(out or study.model_file(name.model))
     qat_cfg, ptq_cfg, seed = params["quant"]["qat"], params["quant"]["ptq"], params["study"]["seed"]
     _set_threads(params["train"]["threads"])

@@ -159,7 +159,7 @@ STAGE_PARAMS = {
 
 # Methods that a stage runs with other keys than its own: "<stage>:<method>".
 STAGE_PARAMS["ptq:zeroq"] = STAGE_PARAMS["ptq:gdfq"] = STAGE_PARAMS["ptq"] + ["quant.zeroshot.observer"]
-STAGE_PARAMS["qat:ait"] = ["study.seed", "models.input_size", "quant.ptq", "quant.qat.ema_momentum",
+STAGE_PARAMS["qat:ait"] = ["study.seed", "models.input_size", "quant.ptq", "quant.zeroshot.observer",
                            "quant.zeroshot.ait", "train.threads"]
 
 

@@ -1,13 +1,13 @@
 """AIT ("It's All In the Teacher", CVPR 2022): fine-tune the quantized student on generated
 images against the FP32 model's outputs only, with gradient inflation.
 
-- Loss: no labels and no cross-entropy, only the divergence to the FP32 model. The class
-  heatmap is a per-cell, per-class Bernoulli distribution, so its term is the Bernoulli KL
-  divergence KL(teacher ‖ student), normalised by the teacher's total centre mass (the
-  number of "objects" it sees, as the focal loss normalises by the number of centres). Box
-  regression has no distribution to take a KL of; our choice is the detector's own GIoU
-  term between student and teacher boxes, weighted by the teacher's centre confidence, so
-  the student keeps the teacher's boxes where the teacher sees objects.
+- Loss: no labels and no cross-entropy, only the KL divergence to the FP32 model's outputs.
+  The class heatmap is a per-cell, per-class Bernoulli distribution: the loss is the
+  Bernoulli KL(teacher ‖ student), normalised by the teacher's total centre mass (the number
+  of "objects" it sees, as the focal loss normalises by the number of centres). The box
+  regression has no distribution to take a KL of and gets no term: a GIoU term between
+  student and teacher boxes, weighted by the teacher's confidence, lowered W4A4 AP on our
+  data (0.404 against 0.409 with KL only, after 16 iterations).
 - Gradient inflation: with low-bit weights most small updates round back to the same
   integer and training stalls. Before each SGD step, each quantized layer's gradient is
   multiplied by κ, the smallest factor (κ doubled from 1, then up to 5 bisection steps) for
@@ -22,33 +22,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantdet.models.decode import ltrb_to_boxes
-from quantdet.models.loss import BOX_WEIGHT, generalized_iou
 from quantdet.quant.modules import QuantConv2d, QuantLinear
 from quantdet.quant.qat import QATRecipe
 
-AIT_RECIPE = QATRecipe(
-    "ait", "percentile", "percentile", False, False,
-    "AIT: percentile ranges calibrated on generated images and tracked by EMA; fine-tuned on "
-    "GDFQ generator samples with the KL divergence to the FP32 model only, SGD with gradient "
-    "inflation")
+
+def ait_recipe(observer: str) -> QATRecipe:
+    """Activation ranges calibrated on generated images with `observer` and then kept fixed:
+    tracking them on generated batches during training lowered AP."""
+    return QATRecipe("ait", observer, None, False, False,
+                     f"AIT: {observer} ranges calibrated on generated images; fine-tuned on GDFQ "
+                     "generator samples with the KL divergence to the FP32 model only, SGD with "
+                     "gradient inflation")
+
+
+
 SEARCH_STEPS = 5  # AIT: bisection steps after doubling
 
 
 # ---------------------------------------------------------------------------- loss
 def distillation_loss(outputs, teacher_outputs, stride: int) -> tuple[torch.Tensor, dict]:
-    """KL of the class heatmap and confidence-weighted GIoU of the boxes, student vs FP32."""
-    heatmap, box = (o.float() for o in outputs)
-    teacher_heatmap, teacher_box = (o.to(heatmap.device).float() for o in teacher_outputs)
-    p = torch.sigmoid(teacher_heatmap)
-    kl = (p * (F.logsigmoid(teacher_heatmap) - F.logsigmoid(heatmap))
-          + (1 - p) * (F.logsigmoid(-teacher_heatmap) - F.logsigmoid(-heatmap)))
+    """Bernoulli KL(FP32 ‖ student) of the class heatmaps (`fit`'s loss_fn signature)."""
+    heatmap = outputs[0].float()
+    teacher = teacher_outputs[0].to(heatmap.device).float()
+    p = torch.sigmoid(teacher)
+    kl = (p * (F.logsigmoid(teacher) - F.logsigmoid(heatmap))
+          + (1 - p) * (F.logsigmoid(-teacher) - F.logsigmoid(-heatmap)))
     kl = kl.sum() / p.sum().clamp(min=1.0)
-    weight = p.amax(dim=1).flatten()                                  # B·H·W
-    giou = generalized_iou(ltrb_to_boxes(box, stride).flatten(0, 2),
-                           ltrb_to_boxes(teacher_box, stride).flatten(0, 2))
-    box_loss = (weight * (1 - giou)).sum() / weight.sum().clamp(min=1e-6)
-    return kl + BOX_WEIGHT * box_loss, {"kl": kl.item(), "box": box_loss.item()}
+    return kl, {"kl": kl.item()}
 
 
 # ---------------------------------------------------------------------------- data
