@@ -320,7 +320,7 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
     """Quantization mimic: the student, quantized as FQN (BN folded, percentile ranges tracked
     by EMA), fine-tuned from the FP32 student with the detection loss plus the mimic term to
     the FP32 teacher's features (variant `alone`: detection loss only)."""
-    from quantdet.data.dataset import DetectionDataset, collate_detections
+    from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
     from quantdet.distill.mimic import MimicTerm, add_adaptation, parse_variant, remove_adaptation
     from quantdet.models.io import load_model, save_model
     from quantdet.quant.ptq import activation_ranges
@@ -355,6 +355,8 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
                          teacher_autocast=use_mixed_precision(params["train"]["mixed_precision"]))
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
+    if cfg["images"] is not None and cfg["images"] < len(dataset):
+        dataset = SeededSubset(dataset, cfg["images"], seed)
     start = time.perf_counter()
     history = fit(qmodel, dataset, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                   weight_decay=params["train"]["weight_decay"], warmup_iters=cfg["warmup_iters"],
