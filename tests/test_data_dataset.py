@@ -84,3 +84,19 @@ def test_collate(split):
     assert images.shape == (2, 3, 32, 32)
     assert [len(t["labels"]) for t in targets] == [1, 1]
     assert [m["image_id"] for m in metas] == [10, 11]
+
+
+def test_seeded_subset_is_fixed_by_its_seed_and_passes_the_epoch_on():
+    from quantdet.data.dataset import SeededSubset
+
+    class Items(list):
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    items = Items(range(20))
+    a, b = SeededSubset(items, 5, seed=3), SeededSubset(items, 5, seed=3)
+    assert list(a) == list(b) and len(set(a)) == 5 and list(a) != list(SeededSubset(items, 5, seed=4))
+    a.set_epoch(2)
+    assert items.epoch == 2

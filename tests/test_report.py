@@ -202,3 +202,48 @@ def test_paired_comparisons_pair_seeds_and_claim_only_consistent_effects():
     assert "rPC is lower for 1, higher for 0 and mixed across seeds for 1 of 2 methods" in text
     spread = t.seed_spread(robustness).set_index("model")
     assert spread.loc["student-fp32", "P_min"] == 0.50 and spread.loc["student-fp32", "P_max"] == 0.52
+
+
+def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
+    """Zero-shot models are compared with real-data PTQ of the same observer, mimic variants
+    with the student fine-tuned alone; the report gets a section for each and the grid image."""
+    import pandas as pd
+
+    from quantdet.report import tables as t
+    from quantdet.report.findings import _mimic_answers, _zero_shot_answers
+    from quantdet.report.markdown import _mimic, _zero_shot
+    from quantdet.study import parse_model_name
+
+    params = {"study": {"seed": 0},
+              "quant": {"degradations": {"names": []},
+                        "zeroshot": {"observer": "minmax", "ptq_methods": ["zeroq"], "qat_methods": ["ait"]}},
+              "distill": {"mimic": {"variants": ["alone", "plain", "qmimic"], "lambda": 1.0, "step": 0.25}},
+              "corruptions": {"names": ["fog"], "heldout": [], "severities": [1]}}
+    values = {"student-fp32": 0.50, "student-ptq-minmax-w8a8": 0.48, "student-ptq-zeroq-w8a8": 0.475,
+              "student-qat-ait-w8a8": 0.46, "student-mimic-alone-w8a8": 0.47,
+              "student-mimic-plain-w8a8": 0.472, "student-mimic-qmimic-w8a8": 0.475}
+    rows = []
+    for model, p in values.items():
+        name = parse_model_name(model)
+        rows.append({"model": model, "bits": name.bits_label, "runtime": "torch", "role": "student",
+                     "family": "fp32" if not name.quantized else name.stage, "method": name.method or "fp32",
+                     "base": name.base, "seed": 0, "P": p, "mPC": p / 2, "rPC": 0.5,
+                     "mPC_seen": float("nan"), "mPC_unseen": p / 2, "mPC_heldout": float("nan")})
+    robustness = pd.DataFrame(rows)
+    summary = t.comparison_summary(t.paired_comparisons(robustness, t.study_comparisons(params)))
+    by = summary.set_index("comparison")
+    zeroq = by.loc["zero-shot PTQ on zeroq images vs PTQ on real images (minmax)"]
+    assert (zeroq["group"], zeroq["baseline"]) == ("zeroshot", "student-ptq-minmax-w8a8")
+    assert zeroq["dP_mean"] == pytest.approx(-0.5)
+    assert by.loc["zero-shot ait QAT vs PTQ on real images (minmax)", "dP_mean"] == pytest.approx(-2.0)
+    assert by.loc["quantization mimic vs plain mimic", "dP_mean"] == pytest.approx(0.3)
+    assert by.loc["mimic variant qmimic vs the student fine-tuned alone", "dmPC_mean"] == pytest.approx(0.25)
+    zs = " ".join(_zero_shot_answers(summary))
+    assert "`student-ptq-zeroq-w8a8` ΔP -0.5" in zs and "(within 1 point)" in zs
+    assert "`student-qat-ait-w8a8` ΔP -2.0" in zs and "(outside 1 point)" in zs
+    assert "mPC is higher for 3 and lower for 0" in " ".join(_mimic_answers(summary))
+    text = _zero_shot(summary, params, {"gdfq": "plots/generated_gdfq.png"})
+    assert "![gdfq images beside real ones](plots/generated_gdfq.png)" in text
+    assert "zero-shot PTQ on zeroq images" in text
+    mimic_text = _mimic(robustness, summary, params)
+    assert "`student-mimic-qmimic-w8a8`" in mimic_text and "quantization mimic vs plain mimic" in mimic_text

@@ -6,7 +6,8 @@ from quantdet.config import load_params
 
 @pytest.mark.parametrize("name", ["teacher-fp32", "student-fp32", "student-ptq-percentile-w8a8",
                                   "student-ptq-ema_minmax-w4a4-ort", "student-qat-lsq-w4a8",
-                                  "student-ptq-mixed-w5a8-ort"])
+                                  "student-ptq-mixed-w5a8-ort", "student-ptq-zeroq-w8a8",
+                                  "student-qat-ait-w4a4", "student-mimic-qmimic_l0p1-w4a4-ort"])
 def test_model_names_round_trip(name):
     assert study.parse_model_name(name).name == name
 
@@ -45,3 +46,48 @@ def test_mixed_precision_models_come_from_their_budgets():
     assert not study.parse_model_name("student-ptq-percentile-w4a8").mixed_precision
     params["quant"]["mixed"]["budgets"] = []
     assert not study.mixed_models(params)
+
+
+def test_zero_shot_and_mimic_models_and_their_inputs():
+    params = load_params("params.yaml")
+    params["quant"]["bits"] = [8, 4]
+    models = study.quantized_models(params)
+    for name in ("student-ptq-zeroq-w8a8", "student-ptq-gdfq-w4a4", "student-qat-ait-w4a4",
+                 "student-mimic-alone-w8a8", "student-mimic-qmimic_l10-w4a4"):
+        assert name in models
+    ait = study.parse_model_name("student-qat-ait-w4a4")
+    assert study.calibration_split(ait) == "data/synthetic/gdfq"
+    assert study.calibration_input(ait) == "data/synthetic/gdfq"
+    real = study.parse_model_name("student-qat-fqn-w4a4")
+    assert (study.calibration_split(real), study.calibration_input(real)) == ("data/prepared/calib",
+                                                                            "data/prepared")
+    mimic = study.parse_model_name("student-mimic-plain-w8a8")
+    assert (mimic.stage, mimic.method, mimic.fp32_source) == ("mimic", "plain", "student-fp32")
+    assert "quant.zeroshot.ait" in study.stage_params("qat", model="student-qat-ait-w4a4")
+    assert "quant.zeroshot.ait" not in study.stage_params("qat", model="student-qat-fqn-w4a4")
+    assert study.stage_params("zeroshot_data", generator="gdfq")[-1] == "quant.zeroshot.gdfq"
+
+
+def test_a_study_without_zero_shot_or_mimic_models_is_valid(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["quant"]["zeroshot"].update(generators=[], ptq_methods=[], qat_methods=[])
+    raw["distill"]["mimic"]["variants"] = []
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "p.yaml")
+    assert not any(("zeroq" in m or "ait" in m or "mimic" in m) for m in study.quantized_models(params))
+
+
+def test_a_zero_shot_method_needs_its_generated_set(tmp_path):
+    import yaml
+
+    from quantdet.errors import ParamsError
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["quant"]["zeroshot"]["generators"] = ["zeroq"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="quant.zeroshot.ptq_methods: gdfq"):
+        load_params(tmp_path / "p.yaml")
+
+

@@ -80,8 +80,9 @@ def test_same_params_keys_as_the_stage_reads(both):
     _, dvc = both
     for cmd, stage in dvc.items():
         argv = cmd.split()
-        name = argv[1]
-        role = "student"
-        if "--role" in argv:
-            role = argv[argv.index("--role") + 1]
-        assert stage["params"] == set(study.stage_params(name, role)), cmd
+        name = argv[1].replace("-", "_")
+        option = {k: argv[argv.index(f"--{k}") + 1] for k in ("role", "model", "generator")
+                  if f"--{k}" in argv}
+        expected = study.stage_params(name, option.get("role", "student"), model=option.get("model"),
+                                      generator=option.get("generator"))
+        assert stage["params"] == set(expected), cmd

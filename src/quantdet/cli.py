@@ -32,8 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=["teacher", "student"])
     p.add_argument("--seed", type=int, help="a repeat seed (study.repeat.seeds) instead of study.seed")
     p.add_argument("--out")
+    p = stage("zeroshot-data", "generate a calibration set from the FP32 student alone "
+                               "(ZeroQ distilled images or a GDFQ generator)")
+    p.add_argument("--generator", required=True, choices=["zeroq", "gdfq"])
+    p.add_argument("--out")
     for name, text in (("ptq", "post-training quantization of an FP32 model"),
                        ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
+                       ("mimic", "quantization mimic: fine-tune the quantized student against "
+                                 "the FP32 teacher's features"),
                        ("export", "export a model to ONNX (QDQ for quantized models), "
                                   "measure latency and simulated-vs-deployed agreement")):
         p = stage(name, text)
@@ -49,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Stages that train with quantdet.train.loop.fit: `train.processes > 1` runs them data-parallel.
-TRAINING_STAGES = ("pretrain", "qat", "mimic", "zeroshot")
+TRAINING_STAGES = ("pretrain", "qat", "mimic")
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -92,6 +98,10 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.corrupt(params, args.corruption, args.severity, args.out)
     if args.stage == "pretrain":
         return stages.pretrain(params, args.role, args.out, seed=args.seed)
+    if args.stage == "zeroshot-data":
+        return stages.zeroshot_data(params, args.generator, args.out)
+    if args.stage == "mimic":
+        return stages.mimic(params, args.model, args.out)
     if args.stage == "ptq":
         return stages.ptq(params, args.model, args.out)
     if args.stage == "qat":

@@ -94,6 +94,15 @@ def _check_consistency(params: dict, source: str) -> None:
         if size % processes:
             raise ParamsError(f"{source}: {key}: {size} is the global batch and must divide by "
                               f"train.processes ({processes})")
+    from quantdet.study import ZEROSHOT_GENERATOR
+
+    zeroshot = params["quant"]["zeroshot"]
+    for key in ("ptq_methods", "qat_methods"):
+        for method in zeroshot[key]:
+            if ZEROSHOT_GENERATOR[method] not in zeroshot["generators"]:
+                raise ParamsError(f"{source}: quant.zeroshot.{key}: {method} reads generated set "
+                                  f"{ZEROSHOT_GENERATOR[method]!r}, which quant.zeroshot.generators "
+                                  "does not list")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

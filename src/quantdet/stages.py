@@ -17,8 +17,8 @@ from quantdet.train import distributed
 log = logging.getLogger("quantdet")
 
 
-def _log_job(params, stage, model=None, role="student", **kwargs):
-    read = select(params, study.stage_params(stage, role))
+def _log_job(params, stage, model=None, role="student", generator=None, **kwargs):
+    read = select(params, study.stage_params(stage, role, model=model, generator=generator))
     return tracking.log_job(params, stage=stage, model=model, params_read=read,
                             params_hash=params_hash(read), **kwargs)
 
@@ -165,13 +165,14 @@ class CalibrationSet:
     recorded in the model file, its MLflow run and the exported ONNX metadata.
     """
 
-    def __init__(self, params: dict, degraded: bool = False, seed: int | None = None):
+    def __init__(self, params: dict, degraded: bool = False, seed: int | None = None,
+                 split: str | None = None):
         from torch.utils.data import DataLoader
 
         from quantdet.data.dataset import DetectionDataset, collate_detections
         from quantdet.data.degraded import DegradedDataset
 
-        self.split = f"{study.PREPARED}/calib"
+        self.split = split or f"{study.PREPARED}/calib"  # zero-shot: a generated split
         self.batch_size = params["quant"]["ptq"]["calib_batch_size"]
         dataset = DetectionDataset(_require(self.split), params["models"]["input_size"], augment=False)
         self.degradations = None
@@ -211,21 +212,24 @@ def ptq(params: dict, model: str, out: str | None = None) -> dict:
     ptq_cfg = params["quant"]["ptq"]
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
+    calib_split = study.calibration_split(name)  # generated images for zero-shot methods
     sets = []
 
     def batches():
         """A fresh pass over the calibration set (mixed precision calibrates twice); the
         model's calibration identity is that of the last pass."""
         sets.append(CalibrationSet(params, degraded=name.method in DEGRADED_CALIBRATION,
-                                   seed=name.run_seed(params)))
+                                   seed=name.run_seed(params), split=calib_split))
         return sets[-1]
 
-    method, mixed, metrics, artifacts = name.method, None, {}, []
+    # zero-shot methods name the data; quant.zeroshot.observer names how ranges are taken
+    method = params["quant"]["zeroshot"]["observer"] if study.is_zero_shot(name) else name.method
+    mixed, metrics, artifacts = None, {}, []
     if name.mixed_precision:
         qmodel, mixed = _mixed_precision(params, name, fp32, batches)
         method = params["quant"]["mixed"]["observer"]
     else:
-        qmodel = post_training_quantize(fp32, batches(), name.method, name.weight_bits,
+        qmodel = post_training_quantize(fp32, batches(), method, name.weight_bits,
                                         name.act_bits, ptq_cfg)
     observer, keys = PTQ_METHODS[method]
     calibration = sets[-1].info()
@@ -291,35 +295,41 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.quant.ptq import activation_ranges
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
+    from quantdet.zeroshot.ait import ait_recipe
 
     name = study.parse_model_name(model)
-    recipe = get_recipe(name.method)
+    zero_shot = study.is_zero_shot(name)
+    recipe = ait_recipe(params["quant"]["zeroshot"]["observer"]) if zero_shot else get_recipe(name.method)
     out = Path(out or study.model_file(name.model))
     qat_cfg, ptq_cfg, seed = params["quant"]["qat"], params["quant"]["ptq"], name.run_seed(params)
     _set_threads(params["train"]["threads"])
     fp32, payload = load_model(_require(study.model_file(name.fp32_source)))
-    calib = CalibrationSet(params, seed=seed)
+    calib = CalibrationSet(params, seed=seed, split=study.calibration_split(name))  # generated for AIT
     qmodel, config = prepare_qat(fp32, recipe, name.weight_bits, name.act_bits, calib,
                                  ptq_cfg["calib_batches"], ptq_cfg["percentile"],
                                  qat_cfg["ema_momentum"], outlier=qat_cfg["outlier"])
-    dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
-                               augment=True, seed=seed)
     degradations = None
-    if recipe.degraded_batches:
-        d = params["quant"]["degradations"]
-        dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
-        degradations = dataset.identity()
+    if zero_shot:
+        training = _ait_training(params, teacher=fp32, generated=calib.split, seed=seed)
+    else:
+        dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
+                                   augment=True, seed=seed)
+        if recipe.degraded_batches:
+            d = params["quant"]["degradations"]
+            dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
+            degradations = dataset.identity()
+        training = {"dataset": dataset, "epochs": qat_cfg["epochs"], "batch_size": qat_cfg["batch_size"],
+                    "lr": qat_cfg["lr"], "weight_decay": params["train"]["weight_decay"],
+                    "warmup_iters": qat_cfg["warmup_iters"], "collate_fn": collate_detections,
+                    "workers": params["train"]["workers"]}
     start = time.perf_counter()
     error_loss = (QuantErrorLoss(qmodel, qat_cfg["outlier"]["loss_weight"])
                   if recipe.outlier_aware else nullcontext())
     with distributed.process_group(), error_loss as extra_loss:
-        history = fit(qmodel, dataset, epochs=qat_cfg["epochs"], batch_size=qat_cfg["batch_size"],
-                      lr=qat_cfg["lr"], weight_decay=params["train"]["weight_decay"],
-                      warmup_iters=qat_cfg["warmup_iters"], seed=seed,
+        history = fit(qmodel, **training, seed=seed,
                       checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
-                      threads=params["train"]["threads"], collate_fn=collate_detections,
-                      description=f"qat {name.model}", mixed_precision=False,
-                      extra_loss=extra_loss, workers=params["train"]["workers"])
+                      threads=params["train"]["threads"], description=f"qat {name.model}",
+                      mixed_precision=False, extra_loss=extra_loss)
     if not distributed.is_main():  # rank 0 writes the model and logs the run
         return {"model": name.model, "rank": distributed.rank(), "history": history}
     stop_tracking(qmodel)
@@ -327,6 +337,9 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
              "calibration": calib.info(),
              "training_degradations": degradations, "source": study.model_file(name.fp32_source)}
+    if zero_shot:
+        quant["training_data"] = {"generator": f"{calib.split}/generator.pt",
+                                  "ait": params["quant"]["zeroshot"]["ait"]}
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
                extra={"stride": payload["stride"], "input_size": payload["input_size"],
@@ -337,6 +350,158 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
                       **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
              tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
                    "bits": name.bits_label, "recipe": recipe.name})
+    return quant
+
+
+def _ait_training(params: dict, teacher, generated: str, seed: int) -> dict:
+    """`fit` arguments for AIT: fresh GDFQ generator samples labelled by the FP32 model, the
+    KL loss, SGD (no weight decay: the inflation predicts the step exactly) and inflation."""
+    from quantdet.zeroshot.ait import GeneratedBatches, GradientInflation, distillation_loss
+    from quantdet.zeroshot.generator import load_generator
+
+    cfg = params["quant"]["zeroshot"]["ait"]
+    generator = load_generator(_require(Path(generated) / "generator.pt"))
+    dataset = GeneratedBatches(generator, teacher, cfg["images_per_epoch"], seed)
+    total_iters = cfg["epochs"] * max(1, cfg["images_per_epoch"] // cfg["batch_size"])
+    inflation = GradientInflation(total_iters, cfg["rho_start"], cfg["rho_end"], cfg["kappa_max"],
+                                  cfg["kappa_warmup_iters"])
+    return {"dataset": dataset, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
+            "lr": cfg["lr"], "weight_decay": 0.0, "warmup_iters": cfg["warmup_iters"],
+            "loss_fn": distillation_loss, "collate_fn": dataset.collate, "optimizer": "sgd",
+            "momentum": cfg["momentum"], "after_backward": inflation}
+
+
+# ---------------------------------------------------------------------------- zero-shot data
+def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
+    """Generate a calibration set from the FP32 student alone (ZeroQ's setting: the model is
+    calibrated on data made from itself); the real training images are never read. Real
+    validation images are read only to draw them beside the generated ones in grid.png."""
+    import numpy as np
+    import torch
+
+    from quantdet.models.io import load_model
+    from quantdet.zeroshot.synthetic import image_grid, to_uint8, write_generated_split
+
+    if generator not in study.GENERATORS:
+        raise QuantdetError(f"unknown generator {generator!r}; known: {', '.join(study.GENERATORS)}")
+    out = Path(out or study.synthetic_dir(generator))
+    cfg, seed = params["quant"]["zeroshot"][generator], params["study"]["seed"]
+    size = params["models"]["input_size"]
+    _set_threads(params["train"]["threads"])
+    source = study.model_file("student-fp32")
+    model, payload = load_model(_require(source))
+    start = time.perf_counter()
+    labels, trained = None, None
+    if generator == "zeroq":
+        from quantdet.zeroshot.distilled import distill_images
+
+        images, history = distill_images(model, cfg["images"], size, batch_size=cfg["batch_size"],
+                                         steps=cfg["steps"], lr=cfg["lr"], seed=seed)
+        metrics = {"bns_first": float(np.mean(history["first_loss"])),
+                   "bns_last": float(np.mean(history["last_loss"]))}
+    else:
+        from quantdet.zeroshot.generator import sample_inputs, train_generator
+
+        trained, history = train_generator(
+            model, len(payload["classes"]["category_ids"]), size, iterations=cfg["iterations"],
+            batch_size=cfg["batch_size"], lr=cfg["lr"], betas=cfg["betas"],
+            bns_weight=cfg["bns_weight"], class_topk=cfg["class_topk"], noise_dim=cfg["noise_dim"],
+            channels=cfg["channels"], seed=seed)
+        noise, labels = sample_inputs(cfg["images"], trained.num_classes, trained.noise_dim,
+                                      torch.Generator().manual_seed(seed + 1))
+        images = torch.cat([trained.sample(n, y) for n, y in zip(noise.split(64), labels.split(64))])
+        window = max(1, len(history["bns"]) // 10)  # first and last tenth of training
+        metrics = {f"{k}_{when}": float(np.mean(v[:window] if when == "first" else v[-window:]))
+                   for k, v in history.items() for when in ("first", "last")}
+    seconds = time.perf_counter() - start
+    real = next(iter(_image_batches(f"{study.PREPARED}/val", size, 8)))
+    summary = {"generator": generator, "source": source, "images": int(images.shape[0]),
+               "seconds": round(seconds, 1), "settings": cfg, **metrics}
+    with atomic_directory(out) as tmp:
+        write_generated_split(tmp, images, payload["classes"], labels, info=summary)
+        if trained is not None:
+            from quantdet.zeroshot.generator import save_generator
+            save_generator(tmp / "generator.pt", trained, source=source, history=history)
+        image_grid([("real (val)", to_uint8(real)), (generator, to_uint8(images[:8])),
+                    ("", to_uint8(images[8:16]))], size).save(tmp / "grid.png")
+        write_json(tmp / "summary.json", summary)
+    _log_job(params, "zeroshot_data", model=None, generator=generator,
+             metrics={"seconds": seconds, **metrics}, tags={"generator": generator},
+             artifacts=[out / "grid.png", out / "summary.json"])
+    return summary
+
+
+# ---------------------------------------------------------------------------- distillation
+def mimic(params: dict, model: str, out: str | None = None) -> dict:
+    """Quantization mimic: the student, quantized as FQN (BN folded, percentile ranges tracked
+    by EMA), fine-tuned from the FP32 student with the detection loss plus the mimic term to
+    the FP32 teacher's features (variant `alone`: detection loss only)."""
+    from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
+    from quantdet.distill.mimic import MimicTerm, add_adaptation, parse_variant, remove_adaptation
+    from quantdet.models.io import load_model, save_model
+    from quantdet.quant.ptq import activation_ranges
+    from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
+    from quantdet.train.loop import fit
+
+    name = study.parse_model_name(model)
+    if name.stage != "mimic":
+        raise QuantdetError(f"{model}: not a mimic model (student-mimic-<variant>-w<b>a<b>)")
+    cfg, ptq_cfg, seed = params["distill"]["mimic"], params["quant"]["ptq"], params["study"]["seed"]
+    try:
+        variant = parse_variant(name.method, cfg["lambda"])
+    except ValueError as e:
+        raise QuantdetError(f"{model}: {e}") from None
+    recipe = get_recipe("fqn")
+    out = Path(out or study.model_file(name.model))
+    _set_threads(params["train"]["threads"])
+    student, payload = load_model(_require(study.model_file(name.fp32_source)))
+    teacher_file = study.model_file("teacher-fp32")
+    teacher, teacher_payload = load_model(_require(teacher_file))
+    calib = CalibrationSet(params, seed=seed)
+    qmodel, config = prepare_qat(student, recipe, name.weight_bits, name.act_bits, calib,
+                                 ptq_cfg["calib_batches"], ptq_cfg["percentile"],
+                                 params["quant"]["qat"]["ema_momentum"])
+    term = None
+    if variant.mimic:
+        add_adaptation(qmodel, payload["detector"]["fpn_channels"],
+                       teacher_payload["detector"]["fpn_channels"])
+        term = MimicTerm(qmodel, teacher, variant, step=cfg["step"], roi_size=cfg["roi_size"],
+                         roi_topk=cfg["roi_topk"],
+                         teacher_autocast=use_mixed_precision(params["train"]["mixed_precision"]))
+    dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
+                               augment=True, seed=seed)
+    if cfg["images"] is not None and cfg["images"] < len(dataset):
+        dataset = SeededSubset(dataset, cfg["images"], seed)
+    start = time.perf_counter()
+    with distributed.process_group():
+        history = fit(qmodel, dataset, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                      weight_decay=params["train"]["weight_decay"], warmup_iters=cfg["warmup_iters"],
+                      seed=seed, checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                      threads=params["train"]["threads"], collate_fn=collate_detections,
+                      extra_loss=term, description=f"mimic {name.model}", mixed_precision=False,
+                      workers=params["train"]["workers"])
+    if not distributed.is_main():  # rank 0 writes the model and logs the run
+        return {"model": name.model, "rank": distributed.rank(), "history": history}
+    if term is not None:
+        term.remove()
+        remove_adaptation(qmodel)
+    stop_tracking(qmodel)
+    qmodel.eval()
+    quant = {**config, "method": variant.name, "stage": "mimic", "recipe": variant.describe(),
+             "mimic": {"lambda": variant.weight, "quantized": variant.quantized,
+                       "enabled": variant.mimic, **{k: cfg[k] for k in ("step", "roi_size", "roi_topk")}},
+             "calibration": calib.info(),
+             "source": study.model_file(name.fp32_source), "teacher": teacher_file}
+    save_model(out, qmodel, kind="quantized", detector=payload["detector"],
+               classes=payload["classes"], quant=quant,
+               extra={"stride": payload["stride"], "input_size": payload["input_size"],
+                      "history": history, "activation_ranges": activation_ranges(qmodel)})
+    last = history["epochs"][-1] if history.get("epochs") else {}
+    _log_job(params, "mimic", model=name.model,
+             metrics={"train_seconds": time.perf_counter() - start,
+                      **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
+             tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
+                   "bits": name.bits_label, "variant": variant.name})
     return quant
 
 
@@ -530,7 +695,10 @@ def report(params: dict, out_root: str = "results") -> dict:
         _require(path)
     mixed = {m: read_json(_require(study.bits_file(m))) for m in study.quantized_models(params)
              if study.parse_model_name(m).mixed_precision}
-    summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed)
+    grids = {g: _require(Path(study.synthetic_dir(g)) / "grid.png")
+             for g in params["quant"]["zeroshot"]["generators"]}
+    summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
+                                 generated_grids=grids)
     metrics = {m: {k: v for k, v in r.items() if isinstance(v, (int, float))}
                for m, r in summary.get("robustness", {}).items()}
     _log_job(params, "report", metrics=metrics,

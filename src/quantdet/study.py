@@ -9,6 +9,9 @@ Model names are built here and parsed back here, nowhere else:
                                                      (FP32 training and quantization re-seeded)
     student-ptq-mixed-w5a8                           mixed-precision weights: w{b} is the budget,
                                                      the average weight bits (per parameter)
+    student-ptq-zeroq-w8a8, student-ptq-gdfq-w8a8    zero-shot PTQ: calibrated on generated images
+    student-qat-ait-w4a4                             zero-shot QAT: AIT on GDFQ generator samples
+    student-mimic-qmimic-w8a8                        quantization mimic of the teacher (distill.mimic)
 
 A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
 benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
@@ -23,7 +26,7 @@ MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
-    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat)-(?P<method>[a-z0-9_]+)"
+    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic)-(?P<method>[a-z0-9_]+)"
     r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-s(?P<seed>\d+))?(?P<ort>-ort)?$"
 )
 
@@ -31,8 +34,8 @@ _NAME = re.compile(
 @dataclass(frozen=True)
 class ModelName:
     role: str                 # teacher | student
-    stage: str                # pretrain | ptq | qat
-    method: str | None        # observer / recipe name, None for FP32
+    stage: str                # pretrain | ptq | qat | mimic
+    method: str | None        # observer / recipe / zero-shot method / mimic variant; None for FP32
     weight_bits: int | None
     act_bits: int | None
     runtime: str              # torch | onnxruntime
@@ -118,9 +121,42 @@ def qat_models(params: dict) -> list[str]:
             for recipe in q["qat"]["recipes"] for b in q["bits"]]
 
 
+def zeroshot_models(params: dict) -> list[str]:
+    """PTQ calibrated on, and QAT (AIT) trained on, generated images only."""
+    z, bits = params["quant"]["zeroshot"], params["quant"]["bits"]
+    return ([quantized_model_name("student", "ptq", m, b, b) for m in z["ptq_methods"] for b in bits]
+            + [quantized_model_name("student", "qat", m, b, b) for m in z["qat_methods"] for b in bits])
+
+
+def mimic_models(params: dict) -> list[str]:
+    return [quantized_model_name("student", "mimic", variant, b, b)
+            for variant in params["distill"]["mimic"]["variants"] for b in params["quant"]["bits"]]
+
+
 def quantized_models(params: dict) -> list[str]:
     """The study's quantized models (study seed); each is exported and evaluated deployed too."""
-    return ptq_models(params) + qat_models(params)
+    return ptq_models(params) + qat_models(params) + zeroshot_models(params) + mimic_models(params)
+
+
+# Zero-shot method -> the generated set (data/synthetic/<generator>) it calibrates and trains on.
+ZEROSHOT_GENERATOR = {"zeroq": "zeroq", "gdfq": "gdfq", "ait": "gdfq"}
+GENERATORS = ("zeroq", "gdfq")
+
+
+def is_zero_shot(name: ModelName) -> bool:
+    return name.stage in ("ptq", "qat") and name.method in ZEROSHOT_GENERATOR
+
+
+def calibration_split(name: ModelName) -> str:
+    """The images a quantized model calibrates on: generated ones for zero-shot methods."""
+    if is_zero_shot(name):
+        return synthetic_dir(ZEROSHOT_GENERATOR[name.method])
+    return f"{PREPARED}/calib"
+
+
+def calibration_input(name: ModelName) -> str:
+    """The DAG input holding the calibration split (a whole prepare output for real data)."""
+    return calibration_split(name) if is_zero_shot(name) else PREPARED
 
 
 def repeat_models(params: dict) -> list[str]:
@@ -179,14 +215,30 @@ STAGE_PARAMS = {
     "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations", "quant.mixed"],
     "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "quant.degradations",
             "train.weight_decay", "train.threads", "train.processes"],
+    "zeroshot_data": ["study.seed", "models.input_size", "quant.zeroshot.{generator}"],
+    "mimic": ["study.seed", "models.input_size", "quant.ptq", "quant.qat.ema_momentum",
+              "distill.mimic", "train.weight_decay", "train.threads", "train.mixed_precision",
+              "train.processes"],
     "export": ["models.input_size", "export", "evaluate"],
     "evaluate": ["models.input_size", "evaluate"],
-    "report": ["study", "data", "corruptions", "models", "quant"],
+    "report": ["study", "data", "corruptions", "models", "quant", "distill"],
 }
 
 
-def stage_params(stage: str, role: str = "student") -> list[str]:
-    return [k.format(role=role) for k in STAGE_PARAMS[stage]]
+# Methods that a stage runs with other keys than its own: "<stage>:<method>".
+STAGE_PARAMS["ptq:zeroq"] = STAGE_PARAMS["ptq:gdfq"] = ["study.seed", "models.input_size", "quant.ptq",
+                                                         "quant.zeroshot.observer"]
+STAGE_PARAMS["qat:ait"] = ["study.seed", "models.input_size", "quant.ptq", "quant.zeroshot.observer",
+                           "quant.zeroshot.ait", "train.threads", "train.processes"]
+
+
+def stage_params(stage: str, role: str = "student", model: str | None = None,
+                 generator: str | None = None) -> list[str]:
+    key = stage
+    if model is not None and any(k.startswith(f"{stage}:") for k in STAGE_PARAMS):
+        method = parse_model_name(model).method
+        key = f"{stage}:{method}" if f"{stage}:{method}" in STAGE_PARAMS else stage
+    return [k.format(role=role, generator=generator) for k in STAGE_PARAMS[key]]
 
 
 # Paths shared by the Snakefile, dvc.yaml and the stages.
@@ -194,12 +246,17 @@ PREPARED = "data/prepared"
 CORRUPTED = "data/corrupted"
 MODELS = "results/models"
 EVAL = "results/eval"
+SYNTHETIC = "data/synthetic"
 
 
 def split_dir(condition: str, severity: int) -> str:
     if condition == "clean":
         return f"{PREPARED}/val"
     return f"{CORRUPTED}/{condition}/{severity}"
+
+
+def synthetic_dir(generator: str) -> str:
+    return f"{SYNTHETIC}/{generator}"
 
 
 def model_file(model: str) -> str:

@@ -16,16 +16,32 @@ wildcard_constraints:
     severity=r"\d",
     model=r"(teacher|student)-[a-z0-9_-]+",
     seed=r"\d+",
+    generator="|".join(study.GENERATORS),
 
 
-def stage_params(stage, role="student"):
+def stage_params(stage, role="student", model=None, generator=None):
     """The params keys a stage reads, as a rule's `params:` (a change reruns the rule).
     Canonical JSON, so reordering keys in params.yaml reruns nothing."""
-    return json.dumps(select(config, study.stage_params(stage, role)), sort_keys=True)
+    keys = study.stage_params(stage, role, model=model, generator=generator)
+    return json.dumps(select(config, keys), sort_keys=True)
 
 
 def role_params(stage):
     return lambda wildcards: stage_params(stage, wildcards.role)
+
+
+def model_params(stage):
+    """For stages where some methods read other keys (AIT in `qat`)."""
+    return lambda wildcards: stage_params(stage, model=wildcards.model)
+
+
+def generator_params(stage):
+    return lambda wildcards: stage_params(stage, generator=wildcards.generator)
+
+
+def calibration_data(wildcards):
+    """data/prepared, or the generated set a zero-shot method calibrates on."""
+    return study.calibration_input(study.parse_model_name(wildcards.model))
 
 
 def quantized_source(wildcards):
@@ -48,4 +64,6 @@ def evaluate_inputs(wildcards):
 
 
 def get_final_output():
-    return ["results/report.md"]
+    # the generated sets, for their grid.png, even where no listed method reads one
+    generated = [study.synthetic_dir(g) for g in config["quant"]["zeroshot"]["generators"]]
+    return ["results/report.md", *generated]

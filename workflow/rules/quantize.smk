@@ -1,13 +1,13 @@
 rule ptq:
     input:
         model=quantized_source,
-        data="data/prepared",
+        data=calibration_data,
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
         model=r"(teacher|student)-ptq-(?!mixed-)[a-z0-9_]+-w\da\d(-s\d+)?",
     params:
-        read=stage_params("ptq"),
+        read=model_params("ptq"),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -45,13 +45,13 @@ rule ptq_mixed:
 rule qat:
     input:
         model=quantized_source,
-        data="data/prepared",
+        data=calibration_data,
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
         model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d(-s\d+)?",
     params:
-        read=stage_params("qat"),
+        read=model_params("qat"),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -3,6 +3,7 @@ rule report:
         evals=expand("results/eval/{model}", model=EVALUATED),
         exports=expand("results/models/{model}.export.json", model=QUANTIZED),
         bits=[study.bits_file(m) for m in QUANTIZED if study.parse_model_name(m).mixed_precision],
+        generated=[study.synthetic_dir(g) for g in config["quant"]["zeroshot"]["generators"]],
     output:
         report(
             "results/report.md",

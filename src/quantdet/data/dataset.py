@@ -125,3 +125,16 @@ def collate_detections(batch):
     """(images B x 3 x S x S, [target], [meta]): targets differ in length, so they stay a list."""
     images, targets, metas = zip(*batch)
     return torch.stack(images), list(targets), list(metas)
+
+
+class SeededSubset(torch.utils.data.Subset):
+    """`size` items of `dataset` drawn once with `seed`, passing set_epoch on (so augmentation
+    still changes every epoch): a training budget smaller than the split."""
+
+    def __init__(self, dataset, size, seed):
+        order = np.random.default_rng(seed).permutation(len(dataset))[:size]
+        super().__init__(dataset, sorted(order.tolist()))
+
+    def set_epoch(self, epoch):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)

@@ -18,7 +18,8 @@ ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
 
 
 def write_study_report(eval_files, export_files, params: dict, out_root="results",
-                       mixed_bits: dict[str, dict] | None = None) -> dict:
+                       mixed_bits: dict[str, dict] | None = None,
+                       generated_grids: dict[str, Path] | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log."""
     out = Path(out_root)
@@ -38,7 +39,7 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         "method_ranking": t.method_ranking(robustness),
         "seed_spread": t.seed_spread(robustness),
     }
-    tables["paired_comparisons"] = t.paired_comparisons(robustness)
+    tables["paired_comparisons"] = t.paired_comparisons(robustness, t.study_comparisons(params))
     tables["comparison_summary"] = t.comparison_summary(tables["paired_comparisons"])
 
     written = {
@@ -59,12 +60,19 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         "AP per corruption": plot_ap_per_corruption(t.ap_per_corruption(ap), plots_dir / "ap_per_corruption.png"),
     }
     written.update({f"{p.stem}_plot": p for p in plots.values()})
+    grids = {}
+    for generator, source in (generated_grids or {}).items():  # zero-shot images beside real ones
+        target = plots_dir / f"generated_{generator}.png"
+        written[f"generated_{generator}_plot"] = atomic_write(
+            target, lambda tmp, source=source: tmp.write_bytes(Path(source).read_bytes()))
+        grids[generator] = target
 
     report = out / "report.md"
     relative = {title: Path(os.path.relpath(p, report.parent)).as_posix() for title, p in plots.items()}
+    grids = {g: Path(os.path.relpath(p, report.parent)).as_posix() for g, p in grids.items()}
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
-                                                                      mixed_bits or {}))
+                                                                      mixed_bits or {}, grids))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},

@@ -11,7 +11,8 @@ from quantdet.report.tables import corruption_groups, corruption_severity_grid
 
 def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
                         plots: dict[str, str], num_images: list[int],
-                        mixed_bits: dict[str, dict] | None = None) -> str:
+                        mixed_bits: dict[str, dict] | None = None,
+                        generated_grids: dict[str, str] | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report."""
     corruptions = params["corruptions"]["names"]
@@ -26,6 +27,8 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _ranking(tables.get("method_ranking", pd.DataFrame())),
         _comparisons(summary, params),
         _seed_spread(tables.get("seed_spread", pd.DataFrame())),
+        _zero_shot(summary, params, generated_grids or {}),
+        _mimic(tables["robustness"], summary, params),
         "## Every model\n\n" + _headline(tables["robustness"]),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
@@ -52,7 +55,67 @@ def _ranking(ranking: pd.DataFrame) -> str:
                              rows, align_right_from=3))
 
 
+def _group(summary: pd.DataFrame, *groups: str) -> pd.DataFrame:
+    if summary.empty or "group" not in summary:
+        return summary if "qrid" in groups else pd.DataFrame()
+    return summary[summary["group"].isin(groups)]
+
+
+def _comparison_rows(summary: pd.DataFrame) -> list[list[str]]:
+    return [[r.comparison, r.bits, str(r.seeds),
+             *[_mean_range(getattr(r, f"d{m}_mean"), getattr(r, f"d{m}_min"), getattr(r, f"d{m}_max"))
+               for m in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout")]]
+            for r in summary.itertuples()]
+
+
+_COMPARISON_HEADER = ["comparison", "bits", "seeds", "ΔP", "ΔmPC", "ΔrPC", "ΔmPC seen", "ΔmPC unseen",
+                      "ΔmPC held-out"]
+
+
+def _zero_shot(summary: pd.DataFrame, params: dict, grids: dict[str, str]) -> str:
+    rows = _group(summary, "zeroshot")
+    if rows.empty and not grids:
+        return ""
+    z = params["quant"].get("zeroshot", {})
+    text = ("## Zero-shot quantization: generated images instead of real ones\n\n"
+            "ZeroQ optimises images so that every BatchNorm layer's batch statistics match its running "
+            "statistics; GDFQ trains a conditional generator against the frozen FP32 student (BN statistics "
+            "plus a class term on the heatmap); AIT fine-tunes the quantized student on GDFQ samples with the KL "
+            "divergence to the FP32 student's outputs and gradient inflation. None of them reads a real training "
+            f"image. Each is compared with PTQ on the real calibration images with the same observer "
+            f"(`{z.get('observer', 'minmax')}`), so only the data differs; Δ = zero-shot − real, AP points.\n\n")
+    if not rows.empty:
+        text += markdown_table(_COMPARISON_HEADER, _comparison_rows(rows), align_right_from=2)
+    for generator, path in grids.items():
+        text += (f"\n\n### Generated images: {generator}\n\nTop row: real validation images; below: "
+                 f"{generator} images (the first 16).\n\n![{generator} images beside real ones]({path})")
+    return text
+
+
+def _mimic(robustness: pd.DataFrame, summary: pd.DataFrame, params: dict) -> str:
+    mimic = robustness[(robustness["family"] == "mimic") & (robustness["runtime"] == "torch")]
+    if mimic.empty:
+        return ""
+    cfg = params.get("distill", {}).get("mimic", {})
+    rows = [[f"`{r.model}`", r.bits, r.method, ap_points(r.P), ap_points(r.mPC), percent(r.rPC)]
+            for r in mimic.itertuples()]
+    text = ("## Quantization mimic: the student fine-tuned against the teacher's features\n\n"
+            "Every variant starts from the FP32 student, is quantized as FQN (BN folded, per-channel weights, "
+            "percentile activation ranges tracked by EMA) and fine-tuned with the detection loss for the same "
+            "number of steps; `alone` has no mimic term, `plain` adds λ·L2 between the teacher's and the "
+            "adapted student's FPN features pooled on ground-truth boxes and the student's top detections, "
+            f"`qmimic` quantizes both feature maps first (step {plain(cfg.get('step'))}); `_l0p1`, `_l10` set "
+            f"λ to 0.1 and 10 (default λ {plain(cfg.get('lambda'))}). Simulated (PyTorch) students.\n\n"
+            + markdown_table(["model", "bits", "variant", "P", "mPC", "rPC"], rows, align_right_from=3))
+    paired = _group(summary, "mimic")
+    if not paired.empty:
+        text += "\n\nΔ = treatment − baseline, AP points:\n\n" + markdown_table(
+            _COMPARISON_HEADER, _comparison_rows(paired), align_right_from=2)
+    return text
+
+
 def _comparisons(summary: pd.DataFrame, params: dict) -> str:
+    summary = _group(summary, "fp32", "qrid")
     if summary.empty:
         return ""
     groups = corruption_groups(params)

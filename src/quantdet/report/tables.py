@@ -130,10 +130,36 @@ COMPARISONS = (
 )
 
 
-def paired_comparisons(robustness: pd.DataFrame) -> pd.DataFrame:
+def study_comparisons(params: dict) -> list[tuple[str, str, tuple, tuple]]:
+    """(group, label, treatment, baseline) for every paired comparison the study's models allow:
+    the QRID ones; each zero-shot model against real-data PTQ with the same observer (so only
+    the calibration data differs); each mimic variant against the student fine-tuned alone,
+    and quantization mimic against plain mimic."""
+    comparisons = [("qrid", label, treat, base) for label, treat, base in COMPARISONS]
+    zeroshot = params.get("quant", {}).get("zeroshot", {})
+    observer = zeroshot.get("observer", "minmax")
+    for method in zeroshot.get("ptq_methods", []):
+        comparisons.append(("zeroshot", f"zero-shot PTQ on {method} images vs PTQ on real images ({observer})",
+                            ("ptq", method), ("ptq", observer)))
+    for method in zeroshot.get("qat_methods", []):
+        comparisons.append(("zeroshot", f"zero-shot {method} QAT vs PTQ on real images ({observer})",
+                            ("qat", method), ("ptq", observer)))
+    variants = params.get("distill", {}).get("mimic", {}).get("variants", [])
+    if "alone" in variants:
+        comparisons += [("mimic", f"mimic variant {v} vs the student fine-tuned alone", ("mimic", v),
+                         ("mimic", "alone")) for v in variants if v != "alone"]
+    if "plain" in variants and "qmimic" in variants:
+        comparisons.append(("mimic", "quantization mimic vs plain mimic", ("mimic", "qmimic"), ("mimic", "plain")))
+    return comparisons
+
+
+def paired_comparisons(robustness: pd.DataFrame, comparisons=None) -> pd.DataFrame:
     """Treatment − baseline per (comparison, bit width, seed), on P, mPC, rPC and the corruption
     groups; also every quantized model against the FP32 student of the same seed
-    ("quantization vs FP32"). Only PyTorch (simulated) students, so that seeds pair up."""
+    ("quantization vs FP32", group `fp32`). Only PyTorch (simulated) students, so that seeds
+    pair up. ``comparisons``: quadruples of `study_comparisons` (default: the QRID ones)."""
+    if comparisons is None:
+        comparisons = [("qrid", label, treat, base) for label, treat, base in COMPARISONS]
     torch_models = robustness[(robustness["runtime"] == "torch") & (robustness["role"] == "student")]
     by_key = {(r.family, r.method, r.bits, r.seed): r for r in torch_models.itertuples()}
     pairs = []
@@ -142,15 +168,15 @@ def paired_comparisons(robustness: pd.DataFrame) -> pd.DataFrame:
             continue
         ref = by_key.get(("fp32", "fp32", "fp32", seed))
         if ref is not None:
-            pairs.append((f"{family} {method} vs FP32", bits, seed, row, ref))
-    for label, (tf, tm), (bf, bm) in COMPARISONS:
+            pairs.append(("fp32", f"{family} {method} vs FP32", bits, seed, row, ref))
+    for group, label, (tf, tm), (bf, bm) in comparisons:
         for (family, method, bits, seed), row in by_key.items():
             base = by_key.get((bf, bm, bits, seed))
             if (family, method) == (tf, tm) and base is not None:
-                pairs.append((label, bits, seed, row, base))
+                pairs.append((group, label, bits, seed, row, base))
     records = []
-    for label, bits, seed, row, base in pairs:
-        record = {"comparison": label, "bits": bits, "seed": seed, "treatment": row.model,
+    for group, label, bits, seed, row, base in pairs:
+        record = {"group": group, "comparison": label, "bits": bits, "seed": seed, "treatment": row.model,
                   "baseline": base.model}
         for metric in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout"):
             record[f"d{metric}_points"] = 100 * (getattr(row, metric) - getattr(base, metric))
@@ -165,7 +191,8 @@ def comparison_summary(pairs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     records = []
     for (label, bits), group in pairs.groupby(["comparison", "bits"], sort=False):
-        record = {"comparison": label, "bits": bits, "seeds": len(group)}
+        record = {"group": group["group"].iloc[0], "comparison": label, "bits": bits, "seeds": len(group),
+                  "treatment": group["treatment"].iloc[0], "baseline": group["baseline"].iloc[0]}
         for metric in ("P", "mPC", "rPC", "mPC_seen", "mPC_unseen", "mPC_heldout"):
             values = group.sort_values("seed")[f"d{metric}_points"].dropna()
             record[f"d{metric}_seeds"] = values.tolist()

@@ -85,7 +85,8 @@ def _world() -> tuple[int, int]:
 def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
         extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
-        mixed_precision: bool = False, workers: int = 0) -> dict:
+        mixed_precision: bool = False, workers: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
+        after_backward=None) -> dict:
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
 
     ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
@@ -99,6 +100,10 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     ``batch_size`` is the global batch: with N ranks each takes ``batch_size / N`` images of
     it. ``workers`` DataLoader processes load each rank's images (0: in the training process;
     augmentation is seeded per image, so the result does not depend on it).
+
+    ``optimizer`` is "adamw" or "sgd" (with ``momentum``): AIT's gradient inflation needs
+    SGD, whose step is proportional to the gradient. ``after_backward(model, optimizer,
+    iteration) -> parts`` runs after gradient clipping and before the step (AIT).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -118,13 +123,21 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     # Batches of one break BatchNorm; drop the ragged tail unless it is the whole dataset.
     drop_last = len(dataset) >= batch_size
     iters_per_epoch = len(dataset) // batch_size if drop_last else 1
-    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
+    optimizer_name = optimizer
+    groups = _parameter_groups(model, weight_decay)
+    if optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    elif optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer_name!r}; known: adamw, sgd")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_iters, epochs * iters_per_epoch))
     # A checkpoint from other settings or another architecture would continue a different
     # run: start afresh instead.
     run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
            "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
-           "mixed_precision": mixed_precision,
+           "mixed_precision": mixed_precision, "optimizer": optimizer_name,
+           "momentum": momentum if optimizer_name == "sgd" else None,
            "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
     if world > 1:  # each rank's batch statistics differ from a single process's: another run
         run["processes"] = world
@@ -163,7 +176,8 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
                             generator=torch.Generator().manual_seed(shuffle_seed),
                             pin_memory=device.type == "cuda")
         metrics = _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
-                               mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0)
+                               mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0,
+                               after_backward)
         if world > 1:
             metrics = _average_over_ranks(metrics, device)
         history["epochs"].append({"epoch": epoch + 1, **metrics})
@@ -202,7 +216,7 @@ def _average_over_ranks(metrics: dict, device) -> dict:
 
 
 def _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
-                 description, show_progress: bool = True) -> dict:
+                 description, show_progress: bool = True, after_backward=None) -> dict:
     """One epoch; ``net`` runs the forward pass (the DDP wrapper, or ``model`` itself)."""
     net.train()
     sums: dict[str, float] = defaultdict(float)
@@ -227,6 +241,8 @@ def _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+        if after_backward is not None:
+            parts = {**parts, **after_backward(model, optimizer, scheduler.last_epoch)}
         optimizer.step()
         scheduler.step()
 

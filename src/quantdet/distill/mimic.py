@@ -1,0 +1,169 @@
+"""Quantization mimic (Wei et al., ECCV 2018): the student learns the detection task and,
+on regions of interest, the teacher's feature map, both maps passed through a uniform
+quantizer:
+
+    L = L_det + λ · 1/(2N) Σ_i ‖Q(f_t^i) − Q(r(f_s^i))‖² / D
+
+f are FPN output maps (stride 4) pooled with RoIAlign on N regions: the ground-truth boxes and
+the student's top-scoring predictions of the batch; r is a learned 1×1 convolution from the
+student's channels to the teacher's; Q(x) = s · round(x / s) with full-precision
+(straight-through) gradients. On the teacher's ReLU features Q has the paper's levels
+{0, s, 2s, …}; on r(f_s), which may be negative, the grid continues below zero so that no
+region is cut off from the gradient.
+
+Our choice: the squared norm is divided by D = C·k·k, the elements of a pooled region. The
+paper's unnormalised sum over D = 96·7·7 = 4704 elements would make λ = 1 weigh the mimic term
+thousands of times the detection loss; per element, λ = 1 weighs them comparably, and the λ
+sweep shows where the mimic term starts to dominate ("gradient focusing").
+
+Variants (model names student-mimic-{variant}-w{b}a{b}): `alone` (no mimic term), `plain`
+(mimic without Q), `qmimic` (quantization mimic); `_l{λ}` sets λ with `p` for the decimal
+point (`qmimic_l0p1` is λ = 0.1, `qmimic_l10` is λ = 10).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torchvision.ops import roi_align
+
+from quantdet.models.decode import decode_detections
+from quantdet.quant.quantizer import round_ste
+
+# The FPN's output is the ReLU ending its finest merge (FeaturePyramid.merges[0]); it keeps
+# this name in quantized (FX-traced, BN-folded) models, whose graph drops the fpn module.
+FEATURE_MODULE = "fpn.merges.0.2"
+ADAPTATION = "mimic_adaptation"
+_VARIANT = re.compile(r"^(?:alone|(?P<kind>plain|qmimic)(?:_l(?P<whole>\d+)(?:p(?P<frac>\d+))?)?)$")
+
+
+@dataclass(frozen=True)
+class MimicVariant:
+    name: str
+    mimic: bool              # a mimic term at all
+    quantized: bool          # Q on both feature maps
+    weight: float            # λ
+
+    def describe(self) -> str:
+        if not self.mimic:
+            return "student trained alone (detection loss only)"
+        kind = "quantization mimic" if self.quantized else "mimic without quantization"
+        return f"{kind}, lambda {self.weight:g}"
+
+
+def parse_variant(name: str, default_weight: float) -> MimicVariant:
+    m = _VARIANT.match(name)
+    if m is None:
+        raise ValueError(f"not a mimic variant: {name!r} (alone, plain, qmimic, optionally _l<λ> "
+                         "with p for the decimal point, e.g. qmimic_l0p1)")
+    weight = default_weight
+    if m["whole"] is not None:
+        weight = float(f"{m['whole']}.{m['frac'] or 0}")
+    return MimicVariant(name, m["kind"] is not None, m["kind"] == "qmimic", weight)
+
+
+def uniform_quantize(x: torch.Tensor, step: float) -> torch.Tensor:
+    """s · round(x / s) with the straight-through gradient (full-precision gradients)."""
+    return round_ste(x / step) * step
+
+
+def feature_module(model: nn.Module) -> nn.Module:
+    """The module whose output is the detector's FPN map, in an FP32 or a quantized model."""
+    try:
+        return model.get_submodule(FEATURE_MODULE)
+    except AttributeError:
+        raise ValueError(f"model has no {FEATURE_MODULE} module: not a quantdet detector") from None
+
+
+class FeatureTap:
+    """Keeps the FPN output of the model's latest forward pass (a forward hook)."""
+
+    def __init__(self, model: nn.Module):
+        self.features: torch.Tensor | None = None
+        self._handle = feature_module(model).register_forward_hook(self._keep)
+
+    def _keep(self, _module, _args, output):
+        self.features = output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def regions_of_interest(targets: list[dict], outputs, stride: int, topk: int) -> list[torch.Tensor]:
+    """Per image, the ground-truth boxes and the student's `topk` best detections (xyxy, input
+    pixels); the detections are detached: they choose where to mimic, nothing more."""
+    detections = decode_detections(tuple(o.detach() for o in outputs), stride, score_threshold=0.0,
+                                   max_detections=topk) if topk > 0 else None
+    rois = []
+    for b, target in enumerate(targets):
+        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
+        if detections is not None:
+            boxes = torch.cat([boxes.to(detections[b]["boxes"].device), detections[b]["boxes"].float()])
+        rois.append(boxes)
+    return rois
+
+
+def pooled(features: torch.Tensor, rois: list[torch.Tensor], size: int, stride: int) -> torch.Tensor:
+    """RoIAlign of the regions (input-pixel boxes) on a stride-`stride` map: N×C×size×size."""
+    rois = [r.to(features.device, features.dtype) for r in rois]
+    return roi_align(features, rois, output_size=size, spatial_scale=1.0 / stride,
+                     sampling_ratio=2, aligned=True)
+
+
+def mimic_loss(teacher_rois: torch.Tensor, student_rois: torch.Tensor, adaptation: nn.Module,
+               step: float | None) -> torch.Tensor:
+    """1/(2N) Σ_i ‖Q(f_t^i) − Q(r(f_s^i))‖² / D; no Q when step is None (plain mimic)."""
+    adapted = adaptation(student_rois)
+    teacher_rois = teacher_rois.detach()
+    if step is not None:
+        adapted, teacher_rois = uniform_quantize(adapted, step), uniform_quantize(teacher_rois, step)
+    if adapted.shape[0] == 0:
+        return adapted.sum() * 0.0
+    return 0.5 * ((teacher_rois - adapted) ** 2).flatten(1).mean(1).mean()
+
+
+def add_adaptation(student: nn.Module, student_channels: int, teacher_channels: int) -> nn.Module:
+    """r: a 1×1 convolution, registered on the student so the training loop's optimiser
+    trains it (remove it with `remove_adaptation` before saving)."""
+    adaptation = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+    student.add_module(ADAPTATION, adaptation)
+    return adaptation
+
+
+def remove_adaptation(student: nn.Module) -> None:
+    if hasattr(student, ADAPTATION):
+        delattr(student, ADAPTATION)
+
+
+class MimicTerm:
+    """`fit`'s extra_loss: λ · mimic loss between the frozen teacher's and the student's FPN
+    maps on the batch's regions of interest."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, variant: MimicVariant, *, step: float,
+                 roi_size: int, roi_topk: int, teacher_autocast: bool = False):
+        self.variant, self.step, self.roi_size, self.roi_topk = variant, step, roi_size, roi_topk
+        # channels_last as the student in `fit`: oneDNN's CPU convolutions are faster in NHWC
+        self.teacher = teacher.eval().to(memory_format=torch.channels_last)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student_tap, self.teacher_tap = FeatureTap(student), FeatureTap(self.teacher)
+        self.teacher_autocast = teacher_autocast
+
+    def __call__(self, student, images, targets, outputs) -> tuple[torch.Tensor, dict]:
+        stride = images.shape[-1] // outputs[0].shape[-1]
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16,
+                                             enabled=self.teacher_autocast):
+            self.teacher.to(images.device)(images)
+        teacher_map = self.teacher_tap.features.float()
+        student_map = self.student_tap.features.float()
+        rois = regions_of_interest(targets, outputs, stride, self.roi_topk)
+        loss = mimic_loss(pooled(teacher_map, rois, self.roi_size, stride),
+                          pooled(student_map, rois, self.roi_size, stride),
+                          getattr(student, ADAPTATION), self.step if self.variant.quantized else None)
+        return self.variant.weight * loss, {"mimic": loss.item(), "rois": float(sum(len(r) for r in rois))}
+
+    def remove(self) -> None:
+        self.student_tap.remove()
+        self.teacher_tap.remove()
