@@ -288,7 +288,7 @@ def _mixed_precision(params: dict, name: study.ModelName, fp32, batches):
 
 
 def qat(params: dict, model: str, out: str | None = None) -> dict:
-    from quantdet.data.dataset import DetectionDataset, collate_detections
+    from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
     from quantdet.data.degraded import DegradedDataset
     from quantdet.models.io import load_model, save_model
     from quantdet.quant.outlier import QuantErrorLoss
@@ -314,6 +314,8 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     else:
         dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                    augment=True, seed=seed)
+        if qat_cfg.get("images") is not None and qat_cfg["images"] < len(dataset):
+            dataset = SeededSubset(dataset, qat_cfg["images"], seed)  # a per-epoch budget
         if recipe.degraded_batches:
             d = params["quant"]["degradations"]
             dataset = DegradedDataset(dataset, d["names"], d["p"], d["severities"], seed)
