@@ -50,8 +50,10 @@ def test_dry_run_lists_the_whole_job_graph(path, tmp_path):
     models = {study.model_file(m) for m in study.evaluated_models(params)
               if study.parse_model_name(m).runtime == "torch"}
     # FP32 teacher and student, 6 PTQ (5 methods + mixed) and 5 QAT recipes at 2 bit widths
-    # (mixed: one budget), the student again with seed 1 and its 4 repeated methods at 2 widths
-    assert len(models) == 2 + 5 * 2 + 1 + 5 * 2 + 1 + 4 * 2 and models <= outputs
+    # (mixed: one budget), zero-shot PTQ (zeroq, gdfq) and AIT, 5 mimic variants at 2 widths,
+    # the student again with seed 1 and its 4 repeated methods at 2 widths
+    assert len(models) == 2 + 5 * 2 + 1 + 5 * 2 + 3 * 2 + 5 * 2 + 1 + 4 * 2 and models <= outputs
+    assert {study.synthetic_dir(g) for g in ("zeroq", "gdfq")} <= outputs
     assert {study.onnx_file(m) for m in study.quantized_models(params)} <= outputs
     evaluated = {m for m in study.evaluated_models(params)
                  if any(o.startswith(f"{study.EVAL}/{m}/") or o == f"{study.EVAL}/{m}" for o in outputs)}
