@@ -236,6 +236,27 @@ def test_kl_observer_on_known_distributions():
     assert 2.0 < hi < x.max().item()
 
 
+def test_kl_observer_ignores_the_zero_spike_of_a_relu():
+    """Half the values of a ReLU output are exact zeros; kept in the histogram, their spike
+    made the search clip at about a tenth of the range. Left out, the ReLU output gets the
+    threshold of its positive half."""
+    from quantdet.quant.observers import KLObserver
+
+    torch.manual_seed(0)
+    positive = torch.randn(50000).abs()
+    relu = torch.cat([positive, torch.zeros(50000)])
+    ranges = []
+    for x in (positive, relu):
+        obs = KLObserver(bits=8)
+        obs.observe(x)
+        ranges.append(obs.range()[1].item())
+    assert ranges[1] == pytest.approx(ranges[0], rel=0.1)  # (a random sample of each)
+    assert ranges[1] > 2.0
+    obs = KLObserver(bits=8)
+    obs.observe(torch.zeros(100))  # all zeros: nothing to clip
+    assert obs.range()[1].item() == 0.0
+
+
 def test_every_registered_observer_calibrates_a_model():
     from quantdet.quant.observers import OBSERVERS
 

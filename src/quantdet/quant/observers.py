@@ -190,7 +190,12 @@ class MSEObserver(_SampleObserver):
 class KLObserver(_SampleObserver):
     """The histogram (entropy) method: the clipping threshold whose 2^bits-level quantized
     histogram is closest in KL divergence to the float histogram. Tensors with negative values
-    use the histogram of |x| and a range symmetric about zero, cut to the observed extremes."""
+    use the histogram of |x| and a range symmetric about zero, cut to the observed extremes.
+
+    Exact zeros are left out of the histogram (pytorch-quantization's `skip_zeros`): after a
+    ReLU they are often half the values, zero is exactly on the grid whatever the threshold,
+    and kept in the first bin that spike dominates the divergence, so the search clips every
+    post-ReLU tensor to about a tenth of its range (measured: W8A8 AP 4.7 instead of ~50)."""
 
     def __init__(self, bins: int = 2048, **kwargs):
         super().__init__(**kwargs)
@@ -199,6 +204,9 @@ class KLObserver(_SampleObserver):
     def _search(self, x):
         lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
         values = x if lo >= 0 else x.abs()
+        values = values[values != 0]
+        if values.numel() == 0:
+            return lo, hi
         top = float(values.max())
         if top == 0.0:
             return lo, hi
