@@ -465,11 +465,15 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
                                  params["quant"]["qat"]["ema_momentum"])
     term = None
     if variant.mimic:
+        import torch
+
+        torch.manual_seed(seed)  # r's initial weights: the same run gives the same model
         add_adaptation(qmodel, payload["detector"]["fpn_channels"],
                        teacher_payload["detector"]["fpn_channels"])
         term = MimicTerm(qmodel, teacher, variant, step=cfg["step"], roi_size=cfg["roi_size"],
-                         roi_topk=cfg["roi_topk"],
-                         teacher_autocast=use_mixed_precision(params["train"]["mixed_precision"]))
+                         roi_topk=cfg["roi_topk"])
+        # The teacher runs in FP32: under bf16 autocast two runs of the same job gave different
+        # students on this CPU (oneDNN), and a rerun must reproduce its model.
     dataset = DetectionDataset(_require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
     if cfg["images"] is not None and cfg["images"] < len(dataset):
