@@ -48,8 +48,11 @@ def test_mixed_precision_models_come_from_their_budgets():
     assert not study.mixed_models(params)
 
 
+LOCAL_STUDY = "workflow/studies/local/distill_zeroshot.yaml"  # the default study + zero-shot + mimic
+
+
 def test_zero_shot_and_mimic_models_and_their_inputs():
-    params = load_params("params.yaml")
+    params = load_params(LOCAL_STUDY)
     params["quant"]["bits"] = [8, 4]
     models = study.quantized_models(params)
     for name in ("student-ptq-zeroq-w8a8", "student-ptq-gdfq-w4a4", "student-qat-ait-w4a4",
@@ -84,10 +87,27 @@ def test_a_zero_shot_method_needs_its_generated_set(tmp_path):
 
     from quantdet.errors import ParamsError
 
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = yaml.safe_load(open(LOCAL_STUDY))
     raw["quant"]["zeroshot"]["generators"] = ["zeroq"]
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match="quant.zeroshot.ptq_methods: gdfq"):
         load_params(tmp_path / "p.yaml")
 
 
+
+
+def test_the_local_study_only_adds_jobs_to_the_default_one():
+    """Every key a default-study stage reads (the report aside) is the same in the local study,
+    so run in a finished default study's folder it reruns none of its jobs."""
+    from quantdet.config import select
+
+    default, local = load_params("params.yaml"), load_params(LOCAL_STUDY)
+    assert set(study.evaluated_models(default)) < set(study.evaluated_models(local))
+    for stage, keys in study.STAGE_PARAMS.items():
+        if stage != "report":
+            for role in ("teacher", "student"):
+                for generator in ("zeroq", "gdfq"):
+                    read = [k.format(role=role, generator=generator) for k in keys]
+                    if stage.startswith(("zeroshot", "mimic", "ptq:", "qat:")):
+                        continue  # stages and methods the default study does not run
+                    assert select(default, read) == select(local, read), stage
