@@ -290,9 +290,8 @@ def _mixed_precision(params: dict, name: study.ModelName, fp32, batches):
 def qat(params: dict, model: str, out: str | None = None) -> dict:
     from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
     from quantdet.data.degraded import DegradedDataset
-    from quantdet.models.io import load_model, save_model
+    from quantdet.models.io import load_model
     from quantdet.quant.outlier import QuantErrorLoss
-    from quantdet.quant.ptq import activation_ranges
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
     from quantdet.zeroshot.ait import ait_recipe
@@ -342,17 +341,27 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
     if zero_shot:
         quant["training_data"] = {"generator": f"{calib.split}/generator.pt",
                                   "ait": params["quant"]["zeroshot"]["ait"]}
+    _save_trained(params, "qat", name, out, qmodel, payload, quant, history, start,
+                  tags={"recipe": recipe.name})
+    return quant
+
+
+def _save_trained(params, stage, name, out, qmodel, payload, quant, history, start, tags) -> None:
+    """Write a model trained by `qat` or `mimic` (with its history and tracked ranges) and log
+    the job, with the last epoch's numbers as metrics."""
+    from quantdet.models.io import save_model
+    from quantdet.quant.ptq import activation_ranges
+
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
                extra={"stride": payload["stride"], "input_size": payload["input_size"],
                       "history": history, "activation_ranges": activation_ranges(qmodel)})
     last = history["epochs"][-1] if history.get("epochs") else {}
-    _log_job(params, "qat", model=name.model,
+    _log_job(params, stage, model=name.model,
              metrics={"train_seconds": time.perf_counter() - start,
                       **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
              tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
-                   "bits": name.bits_label, "recipe": recipe.name})
-    return quant
+                   "bits": name.bits_label, **tags})
 
 
 def _ait_training(params: dict, teacher, generated: str, seed: int) -> dict:
@@ -440,8 +449,7 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
     the FP32 teacher's features (variant `alone`: detection loss only)."""
     from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
     from quantdet.distill.mimic import MimicTerm, add_adaptation, parse_variant, remove_adaptation
-    from quantdet.models.io import load_model, save_model
-    from quantdet.quant.ptq import activation_ranges
+    from quantdet.models.io import load_model
     from quantdet.quant.qat import get_recipe, prepare_qat, stop_tracking
     from quantdet.train.loop import fit
 
@@ -498,16 +506,8 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
                        "enabled": variant.mimic, **{k: cfg[k] for k in ("step", "roi_size", "roi_topk")}},
              "calibration": calib.info(),
              "source": study.model_file(name.fp32_source), "teacher": teacher_file}
-    save_model(out, qmodel, kind="quantized", detector=payload["detector"],
-               classes=payload["classes"], quant=quant,
-               extra={"stride": payload["stride"], "input_size": payload["input_size"],
-                      "history": history, "activation_ranges": activation_ranges(qmodel)})
-    last = history["epochs"][-1] if history.get("epochs") else {}
-    _log_job(params, "mimic", model=name.model,
-             metrics={"train_seconds": time.perf_counter() - start,
-                      **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
-             tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
-                   "bits": name.bits_label, "variant": variant.name})
+    _save_trained(params, "mimic", name, out, qmodel, payload, quant, history, start,
+                  tags={"variant": variant.name})
     return quant
 
 
