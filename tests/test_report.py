@@ -205,8 +205,10 @@ def test_paired_comparisons_pair_seeds_and_claim_only_consistent_effects():
 
 
 def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
-    """Zero-shot models are compared with real-data PTQ of the same observer, mimic variants
-    with the student fine-tuned alone; the report gets a section for each and the grid image."""
+    """Zero-shot models are compared with real-data PTQ of the same observer (the 1-point target
+    at W8A8 only) and shown beside the best real-data PTQ; mimic variants with the student
+    fine-tuned alone, with a λ sweep; the report gets a section for each, the grid image and
+    the generators' losses."""
     import pandas as pd
 
     from quantdet.report import tables as t
@@ -217,11 +219,14 @@ def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
     params = {"study": {"seed": 0},
               "quant": {"degradations": {"names": []},
                         "zeroshot": {"observer": "minmax", "ptq_methods": ["zeroq"], "qat_methods": ["ait"]}},
-              "distill": {"mimic": {"variants": ["alone", "plain", "qmimic"], "lambda": 1.0, "step": 0.25}},
+              "distill": {"mimic": {"variants": ["alone", "plain", "qmimic", "qmimic_l10"], "lambda": 1.0,
+                                    "step": 0.25}},
               "corruptions": {"names": ["fog"], "heldout": [], "severities": [1]}}
-    values = {"student-fp32": 0.50, "student-ptq-minmax-w8a8": 0.48, "student-ptq-zeroq-w8a8": 0.475,
-              "student-qat-ait-w8a8": 0.46, "student-mimic-alone-w8a8": 0.47,
-              "student-mimic-plain-w8a8": 0.472, "student-mimic-qmimic-w8a8": 0.475}
+    values = {"student-fp32": 0.50, "student-ptq-minmax-w8a8": 0.48, "student-ptq-zeroq-w8a8": 0.474,
+              "student-qat-ait-w8a8": 0.46, "student-ptq-minmax-w4a4": 0.30, "student-ptq-kl-w4a4": 0.40,
+              "student-ptq-zeroq-w4a4": 0.35, "student-mimic-alone-w8a8": 0.47,
+              "student-mimic-plain-w8a8": 0.472, "student-mimic-qmimic-w8a8": 0.475,
+              "student-mimic-qmimic_l10-w8a8": 0.44}
     rows = []
     for model, p in values.items():
         name = parse_model_name(model)
@@ -231,19 +236,36 @@ def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
                      "mPC_seen": float("nan"), "mPC_unseen": p / 2, "mPC_heldout": float("nan")})
     robustness = pd.DataFrame(rows)
     summary = t.comparison_summary(t.paired_comparisons(robustness, t.study_comparisons(params)))
-    by = summary.set_index("comparison")
-    zeroq = by.loc["zero-shot PTQ on zeroq images vs PTQ on real images (minmax)"]
+    by = summary.set_index(["comparison", "bits"])
+    zeroq = by.loc[("zero-shot PTQ on zeroq images vs PTQ on real images (minmax)", "W8A8")]
     assert (zeroq["group"], zeroq["baseline"]) == ("zeroshot", "student-ptq-minmax-w8a8")
-    assert zeroq["dP_mean"] == pytest.approx(-0.5)
-    assert by.loc["zero-shot ait QAT vs PTQ on real images (minmax)", "dP_mean"] == pytest.approx(-2.0)
-    assert by.loc["quantization mimic vs plain mimic", "dP_mean"] == pytest.approx(0.3)
-    assert by.loc["mimic variant qmimic vs the student fine-tuned alone", "dmPC_mean"] == pytest.approx(0.25)
-    zs = " ".join(_zero_shot_answers(summary))
-    assert "`student-ptq-zeroq-w8a8` ΔP -0.5" in zs and "(within 1 point)" in zs
-    assert "`student-qat-ait-w8a8` ΔP -2.0" in zs and "(outside 1 point)" in zs
-    assert "mPC is higher for 3 and lower for 0" in " ".join(_mimic_answers(summary))
-    text = _zero_shot(summary, params, {"gdfq": "plots/generated_gdfq.png"})
+    assert zeroq["dP_mean"] == pytest.approx(-0.6)
+    assert by.loc[("zero-shot PTQ on zeroq images vs PTQ on real images (minmax)", "W4A4"),
+                  "dP_mean"] == pytest.approx(5.0)
+    assert by.loc[("zero-shot ait QAT vs PTQ on real images (minmax)", "W8A8"), "dP_mean"] == pytest.approx(-2.0)
+    assert by.loc[("quantization mimic vs plain mimic", "W8A8"), "dP_mean"] == pytest.approx(0.3)
+    assert by.loc[("mimic variant qmimic vs the student fine-tuned alone", "W8A8"),
+                  "dmPC_mean"] == pytest.approx(0.25)
+    w8, w4 = _zero_shot_answers(summary)
+    assert "at W8A8" in w8 and "1 of 2 meet it" in w8
+    assert "`student-ptq-zeroq-w8a8` ΔP -0.6, ΔmPC -0.3 (within)" in w8
+    assert "`student-qat-ait-w8a8` ΔP -2.0, ΔmPC -1.0 (outside)" in w8
+    assert "at W4A4" in w4 and "no target" in w4 and "`student-ptq-zeroq-w4a4` ΔP +5.0, ΔmPC +2.5;" not in w4
+    assert w4.endswith("`student-ptq-zeroq-w4a4` ΔP +5.0, ΔmPC +2.5.")  # no verdict without a target
+    mimic_lines = _mimic_answers(summary, robustness, default_lambda=1.0)
+    assert "mPC is higher for 3 and lower for 1" in mimic_lines[0]
+    assert mimic_lines[1] == ("**λ sweep of quantization mimic** (λ 0 = fine-tuned alone; simulated, one seed): "
+                              "W8A8 λ 0: P 47.0 mPC 23.5, λ 1: P 47.5 mPC 23.8, λ 10: P 44.0 mPC 22.0 "
+                              "(best mPC at λ 1).")
+    info = {"gdfq": {"images": 32, "seconds": 29.0, "bns_first": 18.4, "bns_last": 5.1,
+                     "class_first": 2.5, "class_last": 2.1}}
+    text = _zero_shot(robustness, summary, params, {"gdfq": "plots/generated_gdfq.png"}, info)
     assert "![gdfq images beside real ones](plots/generated_gdfq.png)" in text
     assert "zero-shot PTQ on zeroq images" in text
+    assert "| gdfq | 32 | 29 | 18.4 → 5.1 | 2.5 → 2.1 |" in text
+    # beside the best real-data PTQ of its width (kl at W4A4, not the minmax baseline)
+    assert ("| `student-ptq-zeroq-w4a4` | W4A4 | 35.0 | 17.5 | 50.0% | `student-ptq-kl-w4a4` | 40.0 | 20.0 "
+            "| -5.0 | -2.5 |") in text
     mimic_text = _mimic(robustness, summary, params)
     assert "`student-mimic-qmimic-w8a8`" in mimic_text and "quantization mimic vs plain mimic" in mimic_text
+

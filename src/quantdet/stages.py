@@ -701,10 +701,11 @@ def report(params: dict, out_root: str = "results") -> dict:
         _require(path)
     mixed = {m: read_json(_require(study.bits_file(m))) for m in study.quantized_models(params)
              if study.parse_model_name(m).mixed_precision}
-    grids = {g: _require(Path(study.synthetic_dir(g)) / "grid.png")
-             for g in params["quant"]["zeroshot"]["generators"]}
+    generators = params["quant"]["zeroshot"]["generators"]
+    grids = {g: _require(Path(study.synthetic_dir(g)) / "grid.png") for g in generators}
+    generated = {g: read_json(_require(Path(study.synthetic_dir(g)) / "summary.json")) for g in generators}
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
-                                 generated_grids=grids)
+                                 generated_grids=grids, generated_info=generated)
     metrics = {m: {k: v for k, v in r.items() if isinstance(v, (int, float))}
                for m, r in summary.get("robustness", {}).items()}
     _log_job(params, "report", metrics=metrics,

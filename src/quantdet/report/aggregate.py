@@ -19,7 +19,8 @@ ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
 
 def write_study_report(eval_files, export_files, params: dict, out_root="results",
                        mixed_bits: dict[str, dict] | None = None,
-                       generated_grids: dict[str, Path] | None = None) -> dict:
+                       generated_grids: dict[str, Path] | None = None,
+                       generated_info: dict[str, dict] | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log."""
     out = Path(out_root)
@@ -72,7 +73,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     grids = {g: Path(os.path.relpath(p, report.parent)).as_posix() for g, p in grids.items()}
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
-                                                                      mixed_bits or {}, grids))
+                                                                      mixed_bits or {}, grids,
+                                                                      generated_info or {}))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},

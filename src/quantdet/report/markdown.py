@@ -12,7 +12,8 @@ from quantdet.report.tables import corruption_groups, corruption_severity_grid
 def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
                         plots: dict[str, str], num_images: list[int],
                         mixed_bits: dict[str, dict] | None = None,
-                        generated_grids: dict[str, str] | None = None) -> str:
+                        generated_grids: dict[str, str] | None = None,
+                        generated_info: dict[str, dict] | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report."""
     corruptions = params["corruptions"]["names"]
@@ -23,11 +24,12 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
                                                    tables["quantization_drop"], tables["simulated_vs_deployed"],
-                                                   tables["export"], corruptions, summary)),
+                                                   tables["export"], corruptions, summary,
+                                                   params.get("distill", {}).get("mimic", {}).get("lambda", 1.0))),
         _ranking(tables.get("method_ranking", pd.DataFrame())),
         _comparisons(summary, params),
         _seed_spread(tables.get("seed_spread", pd.DataFrame())),
-        _zero_shot(summary, params, generated_grids or {}),
+        _zero_shot(tables["robustness"], summary, params, generated_grids or {}, generated_info or {}),
         _mimic(tables["robustness"], summary, params),
         "## Every model\n\n" + _headline(tables["robustness"]),
         _quantization_drop(tables["quantization_drop"]),
@@ -72,7 +74,8 @@ _COMPARISON_HEADER = ["comparison", "bits", "seeds", "ΔP", "ΔmPC", "ΔrPC", "�
                       "ΔmPC held-out"]
 
 
-def _zero_shot(summary: pd.DataFrame, params: dict, grids: dict[str, str]) -> str:
+def _zero_shot(robustness: pd.DataFrame, summary: pd.DataFrame, params: dict, grids: dict[str, str],
+               info: dict[str, dict]) -> str:
     rows = _group(summary, "zeroshot")
     if rows.empty and not grids:
         return ""
@@ -86,10 +89,53 @@ def _zero_shot(summary: pd.DataFrame, params: dict, grids: dict[str, str]) -> st
             f"(`{z.get('observer', 'minmax')}`), so only the data differs; Δ = zero-shot − real, AP points.\n\n")
     if not rows.empty:
         text += markdown_table(_COMPARISON_HEADER, _comparison_rows(rows), align_right_from=2)
+    best = _zero_shot_beside_best_real(robustness, params)
+    if best:
+        text += ("\n\nBeside the best real-data PTQ of the same bit width (by P, any observer; "
+                 "simulated):\n\n" + best)
+    if info:
+        text += ("\n\nThe generated sets: their losses at the start and the end of the optimisation "
+                 "(ZeroQ: the first and last step, averaged over batches; GDFQ: the mean of the first and the "
+                 "last tenth of the generator's iterations). Images that match the BN statistics need not look "
+                 "like anything: ZeroQ's look like coloured noise.\n\n" + markdown_table(
+                     ["generator", "images", "seconds", "BN-statistics loss, first → last",
+                      "class loss, first → last"],
+                     [[g, str(i.get("images", "–")), plain(i.get("seconds")),
+                       _first_last(i, "bns"), _first_last(i, "class")] for g, i in info.items()],
+                     align_right_from=1))
     for generator, path in grids.items():
         text += (f"\n\n### Generated images: {generator}\n\nTop row: real validation images; below: "
                  f"{generator} images (the first 16).\n\n![{generator} images beside real ones]({path})")
     return text
+
+
+def _first_last(info: dict, key: str) -> str:
+    if f"{key}_first" not in info:
+        return "–"
+    return f"{info[f'{key}_first']:.3g} → {info[f'{key}_last']:.3g}"
+
+
+def _zero_shot_beside_best_real(robustness: pd.DataFrame, params: dict) -> str:
+    from quantdet.study import ZEROSHOT_GENERATOR
+
+    seed = params.get("study", {}).get("seed", 0)
+    torch_rows = robustness[(robustness["runtime"] == "torch") & (robustness["seed"] == seed)]
+    zero = torch_rows[torch_rows["method"].isin(list(ZEROSHOT_GENERATOR))]
+    real = torch_rows[(torch_rows["family"] == "ptq") & ~torch_rows["method"].isin(list(ZEROSHOT_GENERATOR))
+                      & (torch_rows["method"] != "mixed")]
+    rows = []
+    for r in zero.itertuples():
+        same = real[real["bits"] == r.bits].dropna(subset=["P"])
+        if same.empty:
+            continue
+        b = same.loc[same["P"].idxmax()]
+        rows.append([f"`{r.model}`", r.bits, ap_points(r.P), ap_points(r.mPC), percent(r.rPC),
+                     f"`{b['model']}`", ap_points(b["P"]), ap_points(b["mPC"]),
+                     signed_points(100 * (r.P - b["P"])), signed_points(100 * (r.mPC - b["mPC"]))])
+    if not rows:
+        return ""
+    return markdown_table(["zero-shot model", "bits", "P", "mPC", "rPC", "best real-data PTQ", "its P", "its mPC",
+                           "ΔP", "ΔmPC"], rows, align_right_from=2)
 
 
 def _mimic(robustness: pd.DataFrame, summary: pd.DataFrame, params: dict) -> str:
