@@ -16,7 +16,8 @@ from quantdet.study import parse_model_name  # noqa: E402
 
 def model_colours(models: list[str]) -> dict[str, tuple]:
     bases = list(dict.fromkeys(parse_model_name(m).model for m in models))
-    palette = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20").colors
+    palette = plt.get_cmap("tab10").colors if len(bases) <= 10 else (
+        plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors + plt.get_cmap("tab20c").colors)
     return {m: palette[bases.index(parse_model_name(m).model) % len(palette)] for m in models}
 
 
@@ -31,20 +32,29 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_ap_vs_severity(curves: pd.DataFrame, path: Path) -> Path:
+    """One panel per bit width (the FP32 models in each, as the reference), so that a study
+    of 50-odd models stays readable."""
     models = list(curves["model"].unique())
     colours = model_colours(models)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for model in models:
-        curve = curves[curves["model"] == model]
-        ax.plot(curve["severity"], 100 * curve["AP"], marker="o", color=colours[model],
-                linestyle="--" if _deployed(model) else "-", label=model)
-    ax.set_xticks(sorted(curves["severity"].unique()))
-    ax.set_xlabel("corruption severity (0 = clean)")
-    ax.set_ylabel("AP@[.5:.95] (points), mean over corruptions")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, title="model")
-    ax.set_title("Accuracy as corruptions get stronger")
+    bits = {m: parse_model_name(m).bits_label for m in models}
+    widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
+    shown = {w: [m for m in models if bits[m] in ("fp32", w)] for w in widths}
+    heights = [max(4.5, 0.22 * len(shown[w]) + 0.8) for w in widths]  # each legend beside its panel
+    fig, axes = plt.subplots(len(widths), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, width in zip(axes[:, 0], widths):
+        for model in shown[width]:
+            curve = curves[curves["model"] == model]
+            ax.plot(curve["severity"], 100 * curve["AP"], marker="o", color=colours[model],
+                    linestyle="--" if _deployed(model) else "-", label=model)
+        ax.set_xticks(sorted(curves["severity"].unique()))
+        ax.set_xlabel("corruption severity (0 = clean)")
+        ax.set_ylabel("AP@[.5:.95] (points), mean over corruptions")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, title="model")
+        ax.set_title("Accuracy as corruptions get stronger"
+                     + (f": {width} (FP32 for reference; dashed: onnxruntime)" if width != "fp32" else ""))
     return _save(fig, path)
 
 
