@@ -7,6 +7,13 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# params.yaml may be a study overlay: merged onto the project's params.yaml (the base study)
+# and checked (schema, method registry) as every `quantdet` command does.
+from quantdet.config import validate_params
+
+config.update(validate_params(config, source="params.yaml"))
+
+
 validate(config, schema="workflow/schemas/params.schema.yaml")
 
 

@@ -20,7 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     def stage(name, help_text):
         return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
 
-    stage("validate", "validate params.yaml against the schema and print it with defaults")
+    stage("validate", "validate params.yaml against the schema and print it merged onto the base study")
+    stage("methods", "list the registered methods of each family, with the params leaves they read")
+    p = stage("compose", "write a study overlay merged onto the base params.yaml (a complete params file)")
+    p.add_argument("overlays", nargs="+", help="study files (overlays), applied in order")
+    p.add_argument("--out", required=True)
+    p = stage("dvc-yaml", "write dvc.yaml for this params file from the study table")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    p = stage("study-table", "write the study table (one row per job) as TSV")
+    p.add_argument("--out", default="-", help="a file, or - for standard output")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
@@ -33,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="a repeat seed (study.repeat.seeds) instead of study.seed")
     p.add_argument("--out")
     p = stage("zeroshot-data", "generate a calibration set from the FP32 student alone "
-                               "(ZeroQ distilled images or a GDFQ generator)")
-    p.add_argument("--generator", required=True, choices=["zeroq", "gdfq"])
+                               "(a registered generator: ZeroQ distilled images or a GDFQ generator)")
+    p.add_argument("--generator", required=True)
     p.add_argument("--out")
     for name, text in (("ptq", "post-training quantization of an FP32 model"),
                        ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
@@ -77,6 +86,8 @@ def run(args, argv: list[str] | None = None) -> object:
     from quantdet.config import load_params
     from quantdet.train import distributed
 
+    if args.stage == "compose":
+        return _compose(args)
     params = load_params(args.params)
     processes = params["train"]["processes"]
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
@@ -87,6 +98,19 @@ def run(args, argv: list[str] | None = None) -> object:
         import yaml
         print(yaml.safe_dump(params, sort_keys=False))
         return params
+    if args.stage == "methods":
+        return _list_methods()
+    if args.stage == "dvc-yaml":
+        from quantdet.dvc_yaml import write_dvc_yaml
+        return write_dvc_yaml(params, args.out, check=args.check)
+    if args.stage == "study-table":
+        from quantdet import study
+        table = study.study_table(params)
+        if args.out == "-":
+            sys.stdout.write(table)
+        else:
+            Path(args.out).write_text(table)
+        return table
     if args.stage == "track-study":
         from quantdet import tracking
         run_id = tracking.study_run(params)
@@ -113,6 +137,31 @@ def run(args, argv: list[str] | None = None) -> object:
     if args.stage == "report":
         return stages.report(params, args.out)
     raise AssertionError(args.stage)
+
+
+def _compose(args) -> dict:
+    import yaml
+
+    from quantdet.config import compose, read_yaml, validate_params
+    from quantdet.io_utils import atomic_path
+
+    params = compose(*(read_yaml(p) for p in args.overlays))
+    validate_params(params, source=" + ".join(args.overlays))
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(f"# composed by `quantdet compose {' '.join(args.overlays)}` from the base "
+                             "params.yaml\n" + yaml.safe_dump(params, sort_keys=False, width=100))
+    return params
+
+
+def _list_methods() -> list:
+    from quantdet.methods import FAMILIES, method_reads, methods
+
+    for family in FAMILIES:
+        print(f"{family}:")
+        for m in methods(family):
+            print(f"  {m.name:12s} {m.description}")
+            print(f"  {'':12s} reads: {', '.join(method_reads(family, m.name))}")
+    return methods()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,9 @@
-"""params.yaml: load, fill defaults from the schema, validate — the same way Snakemake does."""
+"""params.yaml: load, merge onto the base study, validate — the same way Snakemake does.
+
+The project's params.yaml is the base study and sets every key; any other params file (a
+study in workflow/studies/, the smoke study, a user's) is an overlay: only the keys that
+differ. Dicts merge key by key; lists and values replace. There is no other set of defaults.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,6 +17,7 @@ from quantdet.errors import ParamsError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+BASE_PARAMS = PROJECT_ROOT / "params.yaml"
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
@@ -19,25 +25,41 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(f)
 
 
-def _resolve(schema: dict, root: dict) -> dict:
-    ref = schema.get("$ref")
-    if ref and ref.startswith("#/$defs/"):
-        return root["$defs"][ref.split("/")[-1]]
-    return schema
+def merge(base: dict, overlay: dict) -> dict:
+    """overlay on base: dicts merged key by key, anything else replaced (a new dict)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
-def fill_defaults(instance, schema: dict, root: dict | None = None):
-    """Insert the schema's `default:` values for keys the instance leaves out (in place)."""
-    root = root or schema
-    schema = _resolve(schema, root)
-    if isinstance(instance, dict):
-        for key, sub in schema.get("properties", {}).items():
-            sub = _resolve(sub, root)
-            if key not in instance and "default" in sub:
-                instance[key] = copy.deepcopy(sub["default"])
-            if key in instance:
-                fill_defaults(instance[key], sub, root)
-    return instance
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def base_params() -> dict:
+    return read_yaml(BASE_PARAMS)
+
+
+def compose(*overlays: dict) -> dict:
+    """The base study with the overlays applied in order (not validated)."""
+    params = base_params()
+    for overlay in overlays:
+        params = merge(params, overlay)
+    return params
 
 
 def _key_path(error) -> str:
@@ -48,11 +70,11 @@ def _key_path(error) -> str:
 
 
 def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None) -> dict:
-    """Fill defaults and validate; raise ParamsError naming the first bad key."""
+    """Merge onto the base study and validate; raise ParamsError naming the first bad key."""
     import jsonschema
 
     schema = schema or load_schema()
-    params = fill_defaults(copy.deepcopy(params), schema)
+    params = compose(params)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
@@ -71,22 +93,16 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
-    repeat, quant = params["study"]["repeat"], params["quant"]
-    for family, runs in (("ptq", quant["ptq"]["methods"]), ("qat", quant["qat"]["recipes"])):
-        extra = [m for m in repeat[family] if m not in runs] if repeat["seeds"] else []
-        if extra:
-            key = "ptq.methods" if family == "ptq" else "qat.recipes"
-            raise ParamsError(f"{source}: study.repeat.{family}: {', '.join(extra)} not in quant.{key} "
-                              "(a repeat re-runs methods the study runs)")
+    _check_matrix(params["matrix"], source)
     corr = params["corruptions"]
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
     if both:
         raise ParamsError(f"{source}: corruptions.heldout: {', '.join(both)} also in corruptions.names "
                           "(a held-out corruption is one mPC does not average over)")
     mixed = params["quant"]["mixed"]
-    low = [b for b in mixed["budgets"] if b < min(mixed["bit_choices"])]
+    low = [b for b in params["matrix"]["mixed"] if b < min(mixed["bit_choices"])]
     if low:
-        raise ParamsError(f"{source}: quant.mixed.budgets: an average of {low[0]} bits is below "
+        raise ParamsError(f"{source}: matrix.mixed: an average of {low[0]} bits is below "
                           f"the lowest of quant.mixed.bit_choices {mixed['bit_choices']}")
     processes = params["train"]["processes"]
     for key, size in (("train.batch_size", params["train"]["batch_size"]),
@@ -94,29 +110,32 @@ def _check_consistency(params: dict, source: str) -> None:
         if size % processes:
             raise ParamsError(f"{source}: {key}: {size} is the global batch and must divide by "
                               f"train.processes ({processes})")
-    from quantdet.study import ZEROSHOT_GENERATOR
 
-    zeroshot = params["quant"]["zeroshot"]
-    for key in ("ptq_methods", "qat_methods"):
-        for method in zeroshot[key]:
-            if ZEROSHOT_GENERATOR[method] not in zeroshot["generators"]:
-                raise ParamsError(f"{source}: quant.zeroshot.{key}: {method} reads generated set "
-                                  f"{ZEROSHOT_GENERATOR[method]!r}, which quant.zeroshot.generators "
-                                  "does not list")
+
+def _check_matrix(matrix: dict, source: str) -> None:
+    """Every listed method is registered (quantdet.methods) and every repeat is of a listed one."""
+    from quantdet.methods import get_method, names
+
+    if "mixed" in matrix["ptq"]:
+        raise ParamsError(f"{source}: matrix.ptq: mixed: list mixed-precision budgets in matrix.mixed")
+    for family in ("ptq", "qat", "mimic"):
+        for method in matrix[family]:
+            try:
+                get_method(family, method)
+            except KeyError:
+                raise ParamsError(f"{source}: matrix.{family}: unknown method {method!r} (registered: "
+                                  f"{', '.join(names(family))}; see `quantdet methods`)") from None
+    repeat = matrix["repeat"]
+    for family in ("ptq", "qat"):
+        extra = [m for m in repeat[family] if m not in matrix[family]] if repeat["seeds"] else []
+        if extra:
+            raise ParamsError(f"{source}: matrix.repeat.{family}: {', '.join(extra)} not in "
+                              f"matrix.{family} (a repeat re-runs methods the study runs)")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
-    path = Path(path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    return validate_params(raw, source=str(path))
+    """A params file (the base study or an overlay on it), merged and validated."""
+    return validate_params(read_yaml(path), source=str(path))
 
 
 def select(params: dict, keys: list[str]) -> dict:

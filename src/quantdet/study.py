@@ -1,4 +1,11 @@
-"""The study matrix: which models and conditions a params file asks for.
+"""The study table: params in, typed job rows out, one row per job of the study's DAG.
+
+`jobs(params)` is the one place that decides what a study runs: the Snakefile's input
+functions and params, the generated dvc.yaml (`quantdet dvc-yaml`), the report and
+`results/study.tsv` all read it. What is run is params' `matrix` (bit widths, methods per
+family, mimic variants, mixed-precision budgets, repeat seeds); how each method runs is its
+settings, and each job records only the params leaves its method reads (the method registry,
+quantdet.methods), so appending to the matrix adds jobs and reruns nothing else.
 
 Model names are built here and parsed back here, nowhere else:
 
@@ -13,13 +20,15 @@ Model names are built here and parsed back here, nowhere else:
     student-qat-ait-w4a4                             zero-shot QAT: AIT on GDFQ generator samples
     student-mimic-qmimic-w8a8                        quantization mimic of the teacher (distill.mimic)
 
+The part after the family (ptq, qat, mimic) is a method of the registry of that family.
+
 A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
 benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ORT_SUFFIX = "-ort"
 MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
@@ -103,74 +112,81 @@ def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, a
     return ModelName(role, stage, method, weight_bits, act_bits, "torch", seed).model
 
 
+def method_of(name: ModelName):
+    """The registered method a quantized model's name stands for."""
+    from quantdet.methods import get_method
+
+    return get_method(name.stage, name.method)
+
+
+# ---------------------------------------------------------------------------- the matrix
+def matrix(params: dict) -> dict:
+    return params["matrix"]
+
+
 def ptq_models(params: dict) -> list[str]:
-    q = params["quant"]
+    m = matrix(params)
     return [quantized_model_name("student", "ptq", method, b, b)
-            for method in q["ptq"]["methods"] for b in q["bits"]] + mixed_models(params)
+            for method in m["ptq"] for b in m["bits"]] + mixed_models(params)
 
 
 def mixed_models(params: dict) -> list[str]:
     """One mixed-precision PTQ model per average-bits budget."""
-    m = params["quant"]["mixed"]
-    return [quantized_model_name("student", "ptq", MIXED, b, m["act_bits"]) for b in m["budgets"]]
+    act_bits = params["quant"]["mixed"]["act_bits"]
+    return [quantized_model_name("student", "ptq", MIXED, b, act_bits) for b in matrix(params)["mixed"]]
 
 
 def qat_models(params: dict) -> list[str]:
-    q = params["quant"]
-    return [quantized_model_name("student", "qat", recipe, b, b)
-            for recipe in q["qat"]["recipes"] for b in q["bits"]]
-
-
-def zeroshot_models(params: dict) -> list[str]:
-    """PTQ calibrated on, and QAT (AIT) trained on, generated images only."""
-    z, bits = params["quant"]["zeroshot"], params["quant"]["bits"]
-    return ([quantized_model_name("student", "ptq", m, b, b) for m in z["ptq_methods"] for b in bits]
-            + [quantized_model_name("student", "qat", m, b, b) for m in z["qat_methods"] for b in bits])
+    m = matrix(params)
+    return [quantized_model_name("student", "qat", recipe, b, b) for recipe in m["qat"] for b in m["bits"]]
 
 
 def mimic_models(params: dict) -> list[str]:
+    m = matrix(params)
     return [quantized_model_name("student", "mimic", variant, b, b)
-            for variant in params["distill"]["mimic"]["variants"] for b in params["quant"]["bits"]]
+            for variant in m["mimic"] for b in m["bits"]]
 
 
 def quantized_models(params: dict) -> list[str]:
     """The study's quantized models (study seed); each is exported and evaluated deployed too."""
-    return ptq_models(params) + qat_models(params) + zeroshot_models(params) + mimic_models(params)
+    return ptq_models(params) + qat_models(params) + mimic_models(params)
 
 
-# Zero-shot method -> the generated set (data/synthetic/<generator>) it calibrates and trains on.
-ZEROSHOT_GENERATOR = {"zeroq": "zeroq", "gdfq": "gdfq", "ait": "gdfq"}
-GENERATORS = ("zeroq", "gdfq")
+def generators(params: dict) -> list[str]:
+    """The generated sets the study's methods calibrate or train on, in matrix order."""
+    from quantdet.methods import get_method
 
-
-def is_zero_shot(name: ModelName) -> bool:
-    return name.stage in ("ptq", "qat") and name.method in ZEROSHOT_GENERATOR
+    m = matrix(params)
+    needed = [get_method(family, method).generated for family in ("ptq", "qat")
+              for method in m[family]]
+    return list(dict.fromkeys(g for g in needed if g))
 
 
 def calibration_split(name: ModelName) -> str:
     """The images a quantized model calibrates on: generated ones for zero-shot methods."""
-    if is_zero_shot(name):
-        return synthetic_dir(ZEROSHOT_GENERATOR[name.method])
-    return f"{PREPARED}/calib"
+    generated = method_of(name).generated
+    return synthetic_dir(generated) if generated else f"{PREPARED}/calib"
 
 
 def calibration_input(name: ModelName) -> str:
     """The DAG input holding the calibration split (a whole prepare output for real data)."""
-    return calibration_split(name) if is_zero_shot(name) else PREPARED
+    generated = method_of(name).generated
+    return synthetic_dir(generated) if generated else PREPARED
 
 
 def repeat_models(params: dict) -> list[str]:
     """The headline chain again for each repeat seed: the FP32 student retrained, and the
     headline PTQ methods and QAT recipes (those the study runs) re-run from it at every bit
     width. Evaluated in PyTorch only: they measure run-to-run spread, not deployment."""
-    repeat, q = params.get("study", {}).get("repeat", {}), params["quant"]
+    m = matrix(params)
+    repeat = m["repeat"]
     names = []
-    for seed in repeat.get("seeds", []):
+    for seed in repeat["seeds"]:
         names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
-        names += [quantized_model_name("student", "ptq", m, b, b, seed)
-                  for m in repeat["ptq"] if m in q["ptq"]["methods"] for b in q["bits"]]
+        names += [quantized_model_name("student", "ptq", p, b, b, seed)
+                  for p in repeat["ptq"] if p in m["ptq"] for b in m["bits"]]
         names += [quantized_model_name("student", "qat", r, b, b, seed)
-                  for r in repeat["qat"] if r in q["qat"]["recipes"] for b in q["bits"]]
+                  for r in repeat["qat"] if r in m["qat"] for b in m["bits"]]
     return names
 
 
@@ -181,6 +197,12 @@ def evaluated_models(params: dict) -> list[str]:
     for q in quantized_models(params):
         names += [q, q + ORT_SUFFIX]
     return names + repeat_models(params)
+
+
+def trained_models(params: dict) -> list[str]:
+    """Every model file the study makes, FP32 and quantized, repeats included."""
+    names = ["teacher-fp32", "student-fp32", *quantized_models(params)]
+    return names + [m for m in repeat_models(params) if m not in names]
 
 
 def benchmark_corruptions(params: dict) -> list[str]:
@@ -206,38 +228,154 @@ def severities_of(condition: str, params: dict) -> list[int]:
     return [0] if condition == "clean" else list(params["corruptions"]["severities"])
 
 
-# The params keys each stage reads: Snakemake rules declare them as `params:` (so a change
-# reruns the rule) and dvc.yaml lists the same keys. `{role}` is the model role.
-STAGE_PARAMS = {
-    "prepare": ["study.seed", "data"],
-    "corrupt": ["corruptions.seed"],
-    "pretrain": ["study.seed", "models.input_size", "models.{role}", "train"],
-    "ptq": ["study.seed", "models.input_size", "quant.ptq", "quant.degradations", "quant.mixed"],
-    "qat": ["study.seed", "models.input_size", "quant.ptq", "quant.qat", "quant.degradations",
-            "train.weight_decay", "train.threads", "train.processes"],
-    "zeroshot_data": ["study.seed", "models.input_size", "quant.zeroshot.{generator}"],
-    "mimic": ["study.seed", "models.input_size", "quant.ptq", "quant.qat.ema_momentum",
-              "distill.mimic", "train.weight_decay", "train.threads", "train.processes"],
-    "export": ["models.input_size", "export", "evaluate"],
-    "evaluate": ["models.input_size", "evaluate"],
-    "report": ["study", "data", "corruptions", "models", "quant", "distill"],
+
+# ---------------------------------------------------------------------------- the job table
+# Params leaves read by the stages that are not a method's (a method's: quantdet.methods).
+STAGE_READS = {
+    "prepare": ("study.seed", "data"),
+    "corrupt": ("corruptions.seed",),
+    "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
+    "export": ("models.input_size", "export", "evaluate"),
+    "evaluate": ("models.input_size", "evaluate"),
+    "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill"),
 }
+CLI = {"zeroshot_data": "zeroshot-data"}  # stage -> `quantdet` subcommand, where they differ
 
 
-# Methods that a stage runs with other keys than its own: "<stage>:<method>".
-STAGE_PARAMS["ptq:zeroq"] = STAGE_PARAMS["ptq:gdfq"] = ["study.seed", "models.input_size", "quant.ptq",
-                                                         "quant.zeroshot.observer"]
-STAGE_PARAMS["qat:ait"] = ["study.seed", "models.input_size", "quant.ptq", "quant.zeroshot.observer",
-                           "quant.zeroshot.ait", "train.threads", "train.processes"]
+@dataclass(frozen=True)
+class Job:
+    """One job of the study: the `quantdet` command that makes `outputs` from `inputs`."""
+    stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic export evaluate report
+    target: str                       # the model, corrupted split (`fog/3`), generator or `report`
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()       # the params leaves it reads: a change reruns it
+    options: tuple[tuple[str, str], ...] = ()  # command-line options besides params/out/log
+    method: str | None = None
+    bits: str | None = None
+    seed: int | None = None
+    runtime: str | None = None
+    log: str = ""
+    out: str = ""                     # the --out argument (the first output unless given)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        """A unique job name (a DVC stage name: letters, digits, - and _)."""
+        return f"{self.stage}-{self.target.replace('/', '-')}"
+
+    @property
+    def command(self) -> str:
+        args = " ".join(f"--{k} {v}" for k, v in self.options)
+        return " ".join(filter(None, [f"quantdet {CLI.get(self.stage, self.stage)} --params params.yaml",
+                                      args, f"--out {self.out or self.outputs[0]}",
+                                      f"--log {self.log}"]))
 
 
-def stage_params(stage: str, role: str = "student", model: str | None = None,
-                 generator: str | None = None) -> list[str]:
-    key = stage
-    if model is not None and any(k.startswith(f"{stage}:") for k in STAGE_PARAMS):
-        method = parse_model_name(model).method
-        key = f"{stage}:{method}" if f"{stage}:{method}" in STAGE_PARAMS else stage
-    return [k.format(role=role, generator=generator) for k in STAGE_PARAMS[key]]
+def job_reads(stage: str, role: str = "student", model: str | None = None,
+              generator: str | None = None) -> list[str]:
+    """The params leaves a job reads: its stage's, or its method's (quantdet.methods)."""
+    from quantdet.methods import method_reads
+
+    if generator is not None:
+        return method_reads("generate", generator)
+    if stage in ("ptq", "qat", "mimic"):
+        if model is None:
+            raise ValueError(f"{stage}: the params a job reads depend on its model's method")
+        return method_reads(stage, parse_model_name(model).method)
+    return [k.format(role=role) for k in STAGE_READS[stage]]
+
+
+def _model_job(params: dict, model: str) -> Job:
+    """The job making a model file: pretrain (FP32), or its family's stage."""
+    name = parse_model_name(model)
+    log = f"logs/{name.stage}/{model}.log"
+    if not name.quantized:
+        options = (("role", name.role),) + ((("seed", str(name.seed)),) if name.seed is not None else ())
+        return Job("pretrain", model, (model_file(model),), (PREPARED,),
+                   tuple(job_reads("pretrain", name.role)), options, seed=name.seed, log=log)
+    method = method_of(name)
+    inputs = [model_file(name.fp32_source), calibration_input(name)]
+    if method.teacher:
+        inputs.insert(1, model_file("teacher-fp32"))
+    outputs = (model_file(model),) + tuple(f"{MODELS}/{model}{s}" for s in method.extra_outputs)
+    return Job(name.stage, model, outputs, tuple(inputs), tuple(job_reads(name.stage, model=model)),
+               (("model", model),), method=name.method, bits=name.bits_label, seed=name.seed,
+               runtime="torch", log=log, out=model_file(model))
+
+
+def jobs(params: dict) -> list[Job]:
+    """Every job of the study, in DAG order."""
+    rows = [Job("prepare", "data", (PREPARED,), (), tuple(job_reads("prepare")), log="logs/prepare.log")]
+    for c in corruptions(params):
+        for s in params["corruptions"]["severities"]:
+            rows.append(Job("corrupt", f"{c}/{s}", (split_dir(c, s),), (PREPARED,),
+                            tuple(job_reads("corrupt")), (("corruption", c), ("severity", str(s))),
+                            log=f"logs/corrupt/{c}/{s}.log"))
+    rows += [_model_job(params, m) for m in ("teacher-fp32", "student-fp32")]
+    for g in generators(params):
+        # the val split is read only for the real row of grid.png
+        rows.append(Job("zeroshot_data", g, (synthetic_dir(g),), (model_file("student-fp32"), PREPARED),
+                        tuple(job_reads("zeroshot_data", generator=g)), (("generator", g),),
+                        method=g, log=f"logs/zeroshot_data/{g}.log"))
+    rows += [_model_job(params, m) for m in trained_models(params)[2:]]
+    exported = quantized_models(params)
+    sources = list(dict.fromkeys(parse_model_name(q).fp32_source for q in exported))
+    for m in sources + exported:  # FP32 sources first: the baselines of the latency figures
+        name = parse_model_name(m)
+        inputs = (model_file(m), PREPARED) + ((onnx_file(name.fp32_source),) if name.quantized else ())
+        rows.append(Job("export", m, (onnx_file(m), f"{MODELS}/{m}.export.json"), inputs,
+                        tuple(job_reads("export")), (("model", m),), method=name.method,
+                        bits=name.bits_label, seed=name.seed, runtime="onnxruntime",
+                        log=f"logs/export/{m}.log", out=onnx_file(m)))
+    splits = tuple(split_dir(c, s) for c in corruptions(params) for s in params["corruptions"]["severities"])
+    for m in evaluated_models(params):
+        name = parse_model_name(m)
+        model = onnx_file(name.model) if name.runtime == "onnxruntime" else model_file(name.model)
+        rows.append(Job("evaluate", m, (eval_dir(m),), (model, PREPARED, *splits),
+                        tuple(job_reads("evaluate")), (("model", m),), method=name.method,
+                        bits=name.bits_label, seed=name.seed, runtime=name.runtime,
+                        log=f"logs/evaluate/{m}.log"))
+    rows.append(Job("report", "report", REPORT_OUTPUTS, tuple(report_inputs(params)),
+                    tuple(job_reads("report")), log="logs/report.log", out="results"))
+    return rows
+
+
+def find_job(params: dict, stage: str, target: str) -> Job:
+    for job in jobs(params):
+        if job.stage == stage and job.target == target:
+            return job
+    raise KeyError(f"no {stage} job for {target!r} in this study")
+
+
+def report_inputs(params: dict) -> list[str]:
+    inputs = [eval_dir(m) for m in evaluated_models(params)]
+    inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
+    inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
+               for s in method_of(parse_model_name(q)).extra_outputs]
+    return inputs + [synthetic_dir(g) for g in generators(params)]
+
+
+REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
+                  "results/plots/rpc_per_model.png", "results/plots/ap_per_corruption.png",
+                  "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
+                  "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
+                  "results/metrics/robustness.json", "results/metrics/export.json",
+                  "results/study.tsv")
+
+TABLE_COLUMNS = ("job", "stage", "target", "method", "bits", "seed", "runtime", "inputs",
+                 "outputs", "reads")
+
+
+def study_table(params: dict) -> str:
+    """The job table as TSV, one row per job (lists joined by spaces)."""
+    lines = ["\t".join(TABLE_COLUMNS)]
+    for j in jobs(params):
+        cells = [j.name, j.stage, j.target, j.method or "", j.bits or "",
+                 "" if j.seed is None else str(j.seed), j.runtime or "", " ".join(j.inputs),
+                 " ".join(j.outputs), " ".join(j.reads)]
+        lines.append("\t".join(cells))
+    return "\n".join(lines) + "\n"
 
 
 # Paths shared by the Snakefile, dvc.yaml and the stages.

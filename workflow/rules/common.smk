@@ -1,13 +1,21 @@
-# Target lists and per-stage params, all derived from params.yaml by quantdet.study.
+# Every job's inputs and params come from the study table (quantdet.study.jobs), which the
+# generated dvc.yaml and the report read too; wildcard constraints come from the method registry.
 import json
 
 from quantdet import study
 from quantdet.config import select
+from quantdet.methods import methods
 
+JOBS = {(job.stage, job.target): job for job in study.jobs(config)}
 CORRUPTIONS = study.corruptions(config)   # benchmark + held-out
-SEVERITIES = config["corruptions"]["severities"]
-EVALUATED = study.evaluated_models(config)
-QUANTIZED = study.quantized_models(config)
+
+
+def _names(family, extra_outputs):
+    """Model-name pattern of a family's methods, split by whether they write files beside the
+    model (a rule's outputs are fixed, so those methods get their own rule)."""
+    accepted = [m.name + (r"(_l\d+(p\d+)?)?" if family == "mimic" else "")
+                for m in methods(family) if bool(m.extra_outputs) == extra_outputs]
+    return "(" + "|".join(accepted) + ")" if accepted else "^$"
 
 
 wildcard_constraints:
@@ -16,54 +24,62 @@ wildcard_constraints:
     severity=r"\d",
     model=r"(teacher|student)-[a-z0-9_-]+",
     seed=r"\d+",
-    generator="|".join(study.GENERATORS),
+    generator="|".join(m.name for m in methods("generate")),
 
 
-def stage_params(stage, role="student", model=None, generator=None):
-    """The params keys a stage reads, as a rule's `params:` (a change reruns the rule).
+PTQ_MODEL = rf"(teacher|student)-ptq-{_names('ptq', False)}-w\da\d(-s\d+)?"
+PTQ_FILES_MODEL = rf"(teacher|student)-ptq-{_names('ptq', True)}-w\da\d(-s\d+)?"
+QAT_MODEL = rf"(teacher|student)-qat-{_names('qat', False)}-w\da\d(-s\d+)?"
+MIMIC_MODEL = rf"(teacher|student)-mimic-{_names('mimic', False)}-w\da\d(-s\d+)?"
+
+
+def job_of(stage, target):
+    try:
+        return JOBS[(stage, target)]
+    except KeyError:
+        raise ValueError(f"{stage} {target}: not a job of this study (see results/study.tsv)") from None
+
+
+def _read(job):
+    """The params leaves the job reads, as a rule's `params:` (a change reruns the job).
     Canonical JSON, so reordering keys in params.yaml reruns nothing."""
-    keys = study.stage_params(stage, role, model=model, generator=generator)
-    return json.dumps(select(config, keys), sort_keys=True)
+    return json.dumps(select(config, list(job.reads)), sort_keys=True)
 
 
-def role_params(stage):
-    return lambda wildcards: stage_params(stage, wildcards.role)
+def job_inputs(stage, target):
+    """Input function: the job's inputs from the table. `target` builds the job's target
+    from the wildcards."""
+    return lambda wildcards: list(job_of(stage, target(wildcards)).inputs)
 
 
-def model_params(stage):
-    """For stages where some methods read other keys (AIT in `qat`)."""
-    return lambda wildcards: stage_params(stage, model=wildcards.model)
+def job_params(stage, target):
+    return lambda wildcards: _read(job_of(stage, target(wildcards)))
 
 
-def generator_params(stage):
-    return lambda wildcards: stage_params(stage, generator=wildcards.generator)
+def by_model(wildcards):
+    return wildcards.model
 
 
-def calibration_data(wildcards):
-    """data/prepared, or the generated set a zero-shot method calibrates on."""
-    return study.calibration_input(study.parse_model_name(wildcards.model))
+def by_role(wildcards):
+    return f"{wildcards.role}-fp32"
 
 
-def quantized_source(wildcards):
-    return study.model_file(study.parse_model_name(wildcards.model).fp32_source)
+def by_repeat(wildcards):
+    return f"{wildcards.role}-fp32-s{wildcards.seed}"
 
 
-def export_inputs(wildcards):
-    name = study.parse_model_name(wildcards.model)
-    inputs = {"model": study.model_file(name.model), "val": study.PREPARED}
-    if name.quantized:
-        inputs["fp32_onnx"] = study.onnx_file(name.fp32_source)
-    return inputs
+def by_split(wildcards):
+    return f"{wildcards.corruption}/{wildcards.severity}"
 
 
-def evaluate_inputs(wildcards):
-    name = study.parse_model_name(wildcards.model)
-    model = study.onnx_file(name.model) if name.runtime == "onnxruntime" else study.model_file(name.model)
-    splits = [study.split_dir(c, s) for c in CORRUPTIONS for s in SEVERITIES]
-    return {"model": model, "val": study.PREPARED, "splits": splits}
+def by_generator(wildcards):
+    return wildcards.generator
+
+
+def the_report(wildcards):
+    return "report"
 
 
 def get_final_output():
-    # the generated sets, for their grid.png, even where no listed method reads one
-    generated = [study.synthetic_dir(g) for g in config["quant"]["zeroshot"]["generators"]]
-    return ["results/report.md", *generated]
+    # the generated sets, for their grid.png, even where the report would not need them
+    return ["results/report.md", *[study.synthetic_dir(g) for g in study.generators(config)]]

@@ -2,7 +2,7 @@ rule prepare:
     output:
         directory("data/prepared"),
     params:
-        read=stage_params("prepare"),
+        read=job_params("prepare", lambda w: "data"),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -17,7 +17,7 @@ rule corrupt:
     output:
         directory("data/corrupted/{corruption}/{severity}"),
     params:
-        read=stage_params("corrupt"),
+        read=job_params("corrupt", by_split),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,14 +1,12 @@
 rule mimic:
     input:
-        model=quantized_source,
-        teacher="results/models/teacher-fp32.pt",
-        data="data/prepared",
+        job_inputs("mimic", by_model),
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"student-mimic-[a-z0-9_]+-w\da\d",
+        model=MIMIC_MODEL,
     params:
-        read=stage_params("mimic"),
+        read=job_params("mimic", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,10 +1,10 @@
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        job_inputs("evaluate", by_model),
     output:
         directory("results/eval/{model}"),
     params:
-        read=stage_params("evaluate"),
+        read=job_params("evaluate", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,11 +1,11 @@
 rule export:
     input:
-        unpack(export_inputs),
+        job_inputs("export", by_model),
     output:
         onnx="results/models/{model}.onnx",
         report="results/models/{model}.export.json",
     params:
-        read=stage_params("export"),
+        read=job_params("export", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:

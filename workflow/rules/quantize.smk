@@ -1,13 +1,12 @@
 rule ptq:
     input:
-        model=quantized_source,
-        data=calibration_data,
+        job_inputs("ptq", by_model),
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"(teacher|student)-ptq-(?!mixed-)[a-z0-9_]+-w\da\d(-s\d+)?",
+        model=PTQ_MODEL,
     params:
-        read=model_params("ptq"),
+        read=job_params("ptq", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -19,18 +18,18 @@ rule ptq:
         "quantdet ptq --params params.yaml --model {wildcards.model} --out {output} --log {log}"
 
 
-# mixed precision: the same command, and the per-layer bits beside the model
+# methods writing a file beside the model (mixed precision: its per-layer bits): the same
+# command, with that file as an output too
 rule ptq_mixed:
     input:
-        model=quantized_source,
-        data="data/prepared",
+        job_inputs("ptq", by_model),
     output:
         model="results/models/{model}.pt",
         bits="results/models/{model}.bits.json",
     wildcard_constraints:
-        model=r"(teacher|student)-ptq-mixed-w\da\d",
+        model=PTQ_FILES_MODEL,
     params:
-        read=stage_params("ptq"),
+        read=job_params("ptq", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -44,14 +43,13 @@ rule ptq_mixed:
 
 rule qat:
     input:
-        model=quantized_source,
-        data=calibration_data,
+        job_inputs("qat", by_model),
     output:
         "results/models/{model}.pt",
     wildcard_constraints:
-        model=r"(teacher|student)-qat-[a-z0-9_]+-w\da\d(-s\d+)?",
+        model=QAT_MODEL,
     params:
-        read=model_params("qat"),
+        read=job_params("qat", by_model),
     conda:
         "../envs/quantdet.yaml"
     log:

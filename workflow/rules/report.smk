@@ -1,9 +1,6 @@
 rule report:
     input:
-        evals=expand("results/eval/{model}", model=EVALUATED),
-        exports=expand("results/models/{model}.export.json", model=QUANTIZED),
-        bits=[study.bits_file(m) for m in QUANTIZED if study.parse_model_name(m).mixed_precision],
-        generated=[study.synthetic_dir(g) for g in config["quant"]["zeroshot"]["generators"]],
+        job_inputs("report", the_report),
     output:
         report(
             "results/report.md",
@@ -35,8 +32,9 @@ rule report:
         "results/tables/ap_vs_severity.csv",
         "results/metrics/robustness.json",
         "results/metrics/export.json",
+        "results/study.tsv",
     params:
-        read=stage_params("report"),
+        read=job_params("report", the_report),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,10 +1,10 @@
 rule pretrain:
     input:
-        "data/prepared",
+        job_inputs("pretrain", by_role),
     output:
         "results/models/{role}-fp32.pt",
     params:
-        read=role_params("pretrain"),
+        read=job_params("pretrain", by_role),
     conda:
         "../envs/quantdet.yaml"
     log:
@@ -22,11 +22,11 @@ rule pretrain:
 
 rule pretrain_repeat:
     input:
-        "data/prepared",
+        job_inputs("pretrain", by_repeat),
     output:
         "results/models/{role}-fp32-s{seed}.pt",
     params:
-        read=role_params("pretrain"),
+        read=job_params("pretrain", by_repeat),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,14 +1,12 @@
-# Zero-shot data: generated from the FP32 student alone. The zero-shot models themselves are
+# Zero-shot data: generated from the FP32 student alone, by a registered generator. The zero-shot models themselves are
 # ordinary ptq/qat jobs (quantize.smk) whose calibration input is data/synthetic/<generator>.
 rule zeroshot_data:
     input:
-        model="results/models/student-fp32.pt",
-        # only the val split is read, for the real row of grid.png
-        data="data/prepared",
+        job_inputs("zeroshot_data", by_generator),
     output:
         directory("data/synthetic/{generator}"),
     params:
-        read=generator_params("zeroshot_data"),
+        read=job_params("zeroshot_data", by_generator),
     conda:
         "../envs/quantdet.yaml"
     log:

@@ -1,7 +1,7 @@
 """Observers: estimate the clipping range [lo, hi] of a tensor from calibration batches.
 
 Per tensor (axis=None) or per channel (axis=k: one range per index along k). Registered by
-name; `quant.ptq.methods` in params.yaml selects one.
+name; a PTQ method of the registry (quantdet.methods) names the one it calibrates with.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def register_observer(name: str):
 
 
 def build_observer(name: str, **kwargs):
+    if name not in OBSERVERS:  # a method may bring its own observer (methods/aciq.py)
+        from quantdet.methods import methods
+        for method in methods():
+            method.register_observers()
     try:
         cls = OBSERVERS[name]
     except KeyError:

@@ -9,18 +9,13 @@ from quantdet.quant.graph import (activation_quantizers, freeze_quantizers, quan
                                   set_quant_mode)
 from quantdet.quant.modules import CALIBRATE
 
-# ptq method name -> (observer, observer kwargs read from params["quant"]["ptq"])
-PTQ_METHODS = {
-    "minmax": ("minmax", ()),
-    "ema_minmax": ("ema_minmax", ()),
-    "percentile": ("percentile", ("percentile",)),
-    "mse": ("mse", ()),
-    "kl": ("kl", ()),
-    # QRID's degradation-aware calibration: percentile ranges on a calibration set where
-    # each image is degraded with probability p (quant.degradations)
-    "dacal": ("percentile", ("percentile",)),
-}
-DEGRADED_CALIBRATION = {"dacal"}
+# observer -> its settings read from params["quant"]["ptq"] (the PTQ methods themselves are
+# in the method registry, quantdet.methods)
+OBSERVER_PARAMS = {"percentile": ("percentile",)}
+
+
+def observer_kwargs(observer: str, ptq_params: dict) -> dict:
+    return {k: ptq_params[k] for k in OBSERVER_PARAMS.get(observer, ())}
 
 
 @torch.no_grad()
@@ -38,17 +33,15 @@ def calibrate(model, batches, num_batches: int) -> int:
     return seen
 
 
-def post_training_quantize(model, batches, method: str, weight_bits: int, act_bits: int,
+def post_training_quantize(model, batches, observer: str, weight_bits: int, act_bits: int,
                            ptq_params: dict, layer_bits: dict[str, int] | None = None):
-    """Quantize an FP32 model with the named PTQ method; returns the fake-quantized model.
-    layer_bits (layer → weight bits) overrides weight_bits for the layers it names."""
-    if method not in PTQ_METHODS:
-        raise ValueError(f"unknown PTQ method {method!r}; known: {sorted(PTQ_METHODS)}")
-    observer, keys = PTQ_METHODS[method]
+    """Quantize an FP32 model, activation ranges from the named observer calibrated on up to
+    quant.ptq.calib_batches batches; returns the fake-quantized model. layer_bits (layer →
+    weight bits) overrides weight_bits for the layers it names."""
     qmodel = quantize_model(model, weight_bits, act_bits, observer,
-                            {k: ptq_params[k] for k in keys}, layer_bits)
+                            observer_kwargs(observer, ptq_params), layer_bits)
     used = calibrate(qmodel, batches, ptq_params["calib_batches"])
-    qmodel.quant_info.update(method=method, calibration_batches=used)
+    qmodel.quant_info.update(calibration_batches=used)
     return qmodel
 
 

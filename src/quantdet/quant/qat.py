@@ -6,52 +6,16 @@ folded, as FQN prescribes; training updates the folded convolutions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from quantdet.quant.graph import activation_quantizers, quantize_model
 from quantdet.quant.modules import QuantConv2d, QuantLinear
 from quantdet.quant.outlier import (attach_outlier_layers, mark_outlier_channels,
                                     record_channel_absmax, select_outliers)
 from quantdet.quant.ptq import calibrate
+from quantdet.quant.recipe import QATRecipe  # noqa: F401  (the recipes' type, re-exported)
 
 
-@dataclass(frozen=True)
-class QATRecipe:
-    name: str
-    calibration_observer: str   # initial activation ranges
-    tracking_observer: str | None  # keeps updating ranges from training batches (EMA)
-    learnable_steps: bool       # LSQ: step sizes are trained parameters
-    degraded_batches: bool      # DA-QAT: on-line degradations in the training batches
-    description: str
-    outlier_aware: bool = False  # FP16 outlier weights + quantization-error loss (quant/outlier.py)
-
-
-QAT_RECIPES = {r.name: r for r in (
-    QATRecipe("qat", "minmax", "ema_minmax", False, False,
-              "STE fake quantization; activation ranges from min/max, tracked by EMA"),
-    QATRecipe("lsq", "percentile", None, True, False,
-              "learned step sizes (LSQ) for activations and per-channel weights"),
-    QATRecipe("fqn", "percentile", "percentile", False, False,
-              "FQN: BN frozen and folded, percentile ranges (n batches, γ) tracked by EMA, "
-              "per-channel weights, every layer quantized"),
-    QATRecipe("daqat", "percentile", "percentile", False, True,
-              "FQN with on-line degraded training batches (DA-QAT)"),
-    # Ranges that minimize the quantization error on sampled calibration values, kept fixed:
-    # tracking them by EMA min/max or percentiles would replace the error-minimizing clipping
-    # by another rule; the error-aware loss instead moves the outlier channels' activations
-    # back onto the fixed grid.
-    QATRecipe("oaqat", "mse", None, False, False,
-              "outlier-aware QAT (QuantDemoire): largest-|w| weights kept in FP16 outside the "
-              "grid, error-minimizing (MSE) activation ranges, quantization-error loss on "
-              "outlier channels", outlier_aware=True),
-)}
-
-
-def get_recipe(name: str) -> QATRecipe:
-    try:
-        return QAT_RECIPES[name]
-    except KeyError:
-        raise ValueError(f"unknown QAT recipe {name!r}; known: {sorted(QAT_RECIPES)}") from None
+# The recipes themselves are methods of the registry (quantdet.methods: qat, lsq, fqn, daqat,
+# oaqat, ait), each declared in its own module.
 
 
 def prepare_qat(model, recipe: QATRecipe, weight_bits: int, act_bits: int, calib_batches,

@@ -21,6 +21,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
         _study_description(params, tables["robustness"], num_images),
+        _methods(params),
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
                                                    tables["quantization_drop"], tables["simulated_vs_deployed"],
@@ -116,12 +117,13 @@ def _first_last(info: dict, key: str) -> str:
 
 
 def _zero_shot_beside_best_real(robustness: pd.DataFrame, params: dict) -> str:
-    from quantdet.study import ZEROSHOT_GENERATOR
+    from quantdet.methods import methods
 
+    zero_shot = [m.name for m in methods() if m.family in ("ptq", "qat") and m.generated]
     seed = params.get("study", {}).get("seed", 0)
     torch_rows = robustness[(robustness["runtime"] == "torch") & (robustness["seed"] == seed)]
-    zero = torch_rows[torch_rows["method"].isin(list(ZEROSHOT_GENERATOR))]
-    real = torch_rows[(torch_rows["family"] == "ptq") & ~torch_rows["method"].isin(list(ZEROSHOT_GENERATOR))
+    zero = torch_rows[torch_rows["method"].isin(zero_shot)]
+    real = torch_rows[(torch_rows["family"] == "ptq") & ~torch_rows["method"].isin(zero_shot)
                       & (torch_rows["method"] != "mixed")]
     rows = []
     for r in zero.itertuples():
@@ -213,7 +215,8 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         dataset = f"Pascal VOC (val sets: {', '.join('/'.join(s) for s in data['voc']['val_sets'])})"
     images = sorted(set(num_images))
     ptq = quant.get("ptq", {})
-    bits = ", ".join(f"W{b}A{b}" for b in quant["bits"])
+    matrix = params["matrix"]
+    bits = ", ".join(f"W{b}A{b}" for b in matrix["bits"])
     lines = [
         "## What this study is",
         "",
@@ -222,16 +225,16 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         f"- **Dataset**: {dataset}; evaluated on {'/'.join(map(str, images)) or 'an unknown number of'} images.",
         f"- **Models**: teacher `{models['teacher']['backbone']}` and student `{models['student']['backbone']}` "
         f"(FPN + anchor-free head, {models['input_size']} px input), trained in FP32.",
-        f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in ptq.get('methods', []))} at "
+        f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in matrix['ptq'])} at "
         f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
         "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "
         "is the exported QDQ ONNX model (deployed).",
-        *_qat_description(quant),
+        *_qat_description(quant, matrix["qat"]),
         f"- **Corruptions**: {len(corr['names'])} benchmark ones in mPC ({', '.join(corr['names'])}) and "
         f"{len(corr.get('heldout', []))} held-out ones reported apart ({', '.join(corr.get('heldout', [])) or 'none'}), "
         f"at severities {', '.join(map(str, corr['severities']))}; corruption seed {corr.get('seed', '?')}, "
         f"study seed {params.get('study', {}).get('seed', '?')}"
-        + _repeat_description(params.get("study", {}).get("repeat", {})) + ".",
+        + _repeat_description(matrix["repeat"]) + ".",
         f"- **Evaluated models**: {len(robustness)} ({', '.join(robustness['model'])}).",
         "- **Metrics** (Michaelis et al. 2019): P = box AP@[.5:.95] on clean images; mPC = mean AP over "
         "every corruption × severity; rPC = mPC / P. AP is given in points (AP × 100), rPC in percent.",
@@ -239,11 +242,26 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
     return "\n".join(lines)
 
 
-def _qat_description(quant: dict) -> list[str]:
+def _methods(params: dict) -> str:
+    """One line per method of the study, from the method registry."""
+    from quantdet.methods import get_method
+
+    matrix = params["matrix"]
+    rows = [[family, f"`{name}`", get_method(family, name).describe(name)]
+            for family in ("ptq", "qat", "mimic") for name in matrix[family]]
+    if matrix["mixed"]:
+        rows.append(["ptq", "`mixed`", get_method("ptq", "mixed").description
+                     + f" (budgets: {', '.join(map(str, matrix['mixed']))} bits)"])
+    if not rows:
+        return ""
+    return "## Methods\n\n" + markdown_table(["family", "method", "what it does"], rows, align_right_from=3)
+
+
+def _qat_description(quant: dict, recipes: list[str]) -> list[str]:
     lines = []
     qat = quant.get("qat", {})
-    if qat.get("recipes"):
-        lines.append(f"- **Quantization-aware training**: recipes {', '.join(f'`{r}`' for r in qat['recipes'])}, "
+    if recipes:
+        lines.append(f"- **Quantization-aware training**: recipes {', '.join(f'`{r}`' for r in recipes)}, "
                      f"{qat.get('epochs', '?')} epochs from the FP32 student.")
     d = quant.get("degradations")
     if d:

@@ -135,16 +135,20 @@ def study_comparisons(params: dict) -> list[tuple[str, str, tuple, tuple]]:
     the QRID ones; each zero-shot model against real-data PTQ with the same observer (so only
     the calibration data differs); each mimic variant against the student fine-tuned alone,
     and quantization mimic against plain mimic."""
+    from quantdet.methods import get_method
+
     comparisons = [("qrid", label, treat, base) for label, treat, base in COMPARISONS]
-    zeroshot = params.get("quant", {}).get("zeroshot", {})
-    observer = zeroshot.get("observer", "minmax")
-    for method in zeroshot.get("ptq_methods", []):
-        comparisons.append(("zeroshot", f"zero-shot PTQ on {method} images vs PTQ on real images ({observer})",
-                            ("ptq", method), ("ptq", observer)))
-    for method in zeroshot.get("qat_methods", []):
-        comparisons.append(("zeroshot", f"zero-shot {method} QAT vs PTQ on real images ({observer})",
-                            ("qat", method), ("ptq", observer)))
-    variants = params.get("distill", {}).get("mimic", {}).get("variants", [])
+    matrix = params["matrix"]
+    observer = params["quant"]["zeroshot"]["observer"]
+    for method in matrix["ptq"]:
+        if get_method("ptq", method).generated:
+            comparisons.append(("zeroshot", f"zero-shot PTQ on {method} images vs PTQ on real images ({observer})",
+                                ("ptq", method), ("ptq", observer)))
+    for method in matrix["qat"]:
+        if get_method("qat", method).generated:
+            comparisons.append(("zeroshot", f"zero-shot {method} QAT vs PTQ on real images ({observer})",
+                                ("qat", method), ("ptq", observer)))
+    variants = matrix["mimic"]
     if "alone" in variants:
         comparisons += [("mimic", f"mimic variant {v} vs the student fine-tuned alone", ("mimic", v),
                          ("mimic", "alone")) for v in variants if v != "alone"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from quantdet.quant.modules import QuantConv2d, QuantLinear
-from quantdet.quant.qat import QATRecipe
+from quantdet.quant.recipe import QATRecipe
 
 
 def ait_recipe(observer: str) -> QATRecipe:

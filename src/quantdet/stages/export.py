@@ -1,0 +1,81 @@
+"""export: a model to ONNX (QDQ for quantized models), with its latency against the FP32 ONNX
+model, its method's export variants, and simulated-vs-deployed agreement."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantdet import study
+from quantdet.config import params_hash, select
+from quantdet.io_utils import write_json
+from quantdet.stages.common import decode_params, image_batches, log_job, require, set_threads
+
+
+def _onnx_metadata(name, payload, params) -> dict:
+    quant = payload.get("quant") or {}
+    meta = {"quantdet.model": name.model, "quantdet.stride": payload["stride"],
+            "quantdet.input_size": payload["input_size"],
+            "quantdet.category_ids": ",".join(map(str, payload["classes"]["category_ids"])),
+            "quantdet.class_names": ",".join(payload["classes"]["names"]),
+            "quantdet.params_hash": params_hash(select(params, study.job_reads("export")))}
+    if quant:
+        meta.update({"quantdet.bits": name.bits_label, "quantdet.method": quant["method"],
+                     "quantdet.calibration_fingerprint": quant["calibration"]["fingerprint"]})
+    return meta
+
+
+def export(params: dict, model: str, out: str | None = None) -> dict:
+    import numpy as np
+    import torch
+
+    from quantdet.export.fidelity import compare_latency, detection_agreement, output_agreement
+    from quantdet.export.onnx_export import export_onnx
+    from quantdet.export.runner import OrtDetector
+    from quantdet.models.io import load_model
+
+    name = study.parse_model_name(model)
+    out = Path(out or study.onnx_file(name.model))
+    exp_cfg = params["export"]
+    set_threads(exp_cfg["threads"])
+    torch_model, payload = load_model(require(study.model_file(name.model)))
+    graph = export_onnx(torch_model, out, payload["input_size"], exp_cfg["opset"],
+                        metadata=_onnx_metadata(name, payload, params))
+    report = {"model": name.model, "onnx": str(out), "size_bytes": {"onnx": out.stat().st_size},
+              "graph": graph}
+    onnx_models = {name.model: out}
+    if name.quantized:
+        fp32_onnx = require(study.onnx_file(name.fp32_source))
+        batches = image_batches(f"{study.PREPARED}/val", payload["input_size"], 64)
+        images = next(iter(batches))
+        int8 = OrtDetector(out, threads=exp_cfg["threads"])
+        fp32 = OrtDetector(fp32_onnx, threads=exp_cfg["threads"])
+        latency_input = images[: exp_cfg["latency_batch"]].numpy().astype(np.float32)
+        sessions = {"fp32_onnx": fp32, "int8_onnx": int8}
+        method = study.method_of(name)
+        with method.export_variants(torch_model, out, payload, exp_cfg) as variants:
+            for key, variant in (variants or {}).items():  # e.g. outlier-aware: side-path cost
+                sessions[f"int8_onnx_{key}"] = variant["session"]
+            latency = compare_latency(sessions, latency_input, exp_cfg["latency_runs"])
+        if variants:
+            report.update(method.export_summary(variants, latency, graph, out))
+        decode = decode_params(params)
+        agreement = output_agreement(torch_model, int8, images, name.act_bits)
+        agreement["detections_match_iou50"] = detection_agreement(
+            torch_model, int8, images, payload["stride"], decode)
+        report.update({
+            "fp32_onnx": str(fp32_onnx), "int8_onnx": str(out),
+            "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size},
+            "latency_ms": {**latency, "batch": int(latency_input.shape[0]),
+                           "runs": exp_cfg["latency_runs"], "threads": exp_cfg["threads"]},
+            "speedup_int8_vs_fp32": round(latency["fp32_onnx"] / latency["int8_onnx"], 3),
+            "agreement": agreement,
+            "calibration": payload["quant"]["calibration"],
+        })
+    report_path = out.with_suffix(".export.json")
+    write_json(report_path, report)
+    metrics = {"size_bytes": report["size_bytes"]}
+    if name.quantized:
+        metrics.update(latency_ms=report["latency_ms"], speedup=report["speedup_int8_vs_fp32"],
+                       detections_match=report["agreement"]["detections_match_iou50"])
+    log_job(params, "export", model=name.model, metrics=metrics, artifacts=[report_path],
+             onnx_models=onnx_models)
+    return report

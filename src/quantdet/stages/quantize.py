@@ -1,0 +1,210 @@
+"""The quantization families' drivers: `ptq`, `qat` and `mimic`. Each loads the FP32 source,
+hands the method of the model's name (quantdet.methods) a QuantizeJob, and saves and logs
+what comes back. No method is named here: what differs between methods is in their modules."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantdet import study
+from quantdet.errors import QuantdetError
+from quantdet.io_utils import write_json
+from quantdet.stages.common import CalibrationSet, log_job, require, set_threads
+from quantdet.train import distributed
+
+log = logging.getLogger("quantdet")
+
+
+@dataclass
+class QuantizeJob:
+    """What a method's hooks see: the params, the model's parsed name, the FP32 source and its
+    file's payload, and the calibration images (``calibration()`` opens a fresh pass)."""
+    params: dict
+    name: study.ModelName
+    fp32: object
+    payload: dict
+    sets: list = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.name.run_seed(self.params)
+
+    @property
+    def calibration_split(self) -> str:
+        return study.calibration_split(self.name)  # generated images for zero-shot methods
+
+    def calibration(self, degraded: bool = False) -> CalibrationSet:
+        """A fresh pass over the calibration set; the model's calibration identity is that of
+        the last pass opened."""
+        self.sets.append(CalibrationSet(self.params, degraded=degraded, seed=self.seed,
+                                        split=self.calibration_split))
+        return self.sets[-1]
+
+    @staticmethod
+    def require(path) -> Path:
+        return require(path)
+
+
+def _open(params: dict, model: str, family: str):
+    from quantdet.models.io import load_model
+
+    name = study.parse_model_name(model)
+    if name.stage != family:
+        raise QuantdetError(f"{model}: not a {family} model (student-{family}-<method>-w<b>a<b>)")
+    try:
+        method = study.method_of(name)
+    except KeyError as e:
+        raise QuantdetError(f"{model}: {e.args[0]}") from None
+    set_threads(params["train"]["threads"])
+    fp32, payload = load_model(require(study.model_file(name.fp32_source)))
+    return name, method, QuantizeJob(params, name, fp32, payload)
+
+
+def ptq(params: dict, model: str, out: str | None = None) -> dict:
+    from quantdet.models.io import save_model
+    from quantdet.quant.ptq import activation_ranges, observer_kwargs
+
+    name, method, job = _open(params, model, "ptq")
+    out = Path(out or study.model_file(name.model))
+    method.register_observers()
+    result = method.quantize(job)
+    qmodel, calibration = result.model, job.sets[-1].info()
+    quant = {"weight_bits": name.weight_bits, "act_bits": name.act_bits, "observer": result.observer,
+             "observer_kwargs": observer_kwargs(result.observer, params["quant"]["ptq"]),
+             "method": name.method, "stage": "ptq", "calibration": calibration,
+             "source": study.model_file(name.fp32_source),
+             **{k: qmodel.quant_info[k] for k in ("folded_batchnorms", "quantized_layers",
+                                                   "activation_quantizers")},
+             **result.quant}
+    save_model(out, qmodel, kind="quantized", detector=job.payload["detector"],
+               classes=job.payload["classes"], quant=quant,
+               extra={"stride": job.payload["stride"], "input_size": job.payload["input_size"],
+                      "activation_ranges": activation_ranges(qmodel)})
+    artifacts = []
+    for suffix, payload in result.files.items():  # beside the model (mixed: .bits.json)
+        artifacts.append(out.with_suffix(suffix))
+        write_json(artifacts[-1], payload)
+    log_job(params, "ptq", model=name.model,
+            metrics={"calibration_batches": calibration["batches"],
+                     "quantized_layers": quant["quantized_layers"], **result.metrics},
+            tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
+                  "method": name.method},
+            artifacts=artifacts)
+    return quant
+
+
+def qat(params: dict, model: str, out: str | None = None) -> dict:
+    from quantdet.quant.qat import prepare_qat, stop_tracking
+    from quantdet.train.loop import fit
+
+    name, method, job = _open(params, model, "qat")
+    out = Path(out or study.model_file(name.model))
+    qat_cfg, ptq_cfg = params["quant"]["qat"], params["quant"]["ptq"]
+    recipe = method.recipe_for(params)
+    calib = job.calibration()
+    qmodel, config = prepare_qat(job.fp32, recipe, name.weight_bits, name.act_bits, calib,
+                                 ptq_cfg["calib_batches"], ptq_cfg["percentile"],
+                                 qat_cfg["ema_momentum"], outlier=qat_cfg["outlier"])
+    training, degradations = method.training(job, recipe)
+    start = time.perf_counter()
+    with distributed.process_group(), method.extra_loss(job, qmodel) as extra_loss:
+        history = fit(qmodel, **training, seed=job.seed,
+                      checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                      threads=params["train"]["threads"], description=f"qat {name.model}",
+                      mixed_precision=False, extra_loss=extra_loss)
+    if not distributed.is_main():  # rank 0 writes the model and logs the run
+        return {"model": name.model, "rank": distributed.rank(), "history": history}
+    stop_tracking(qmodel)
+    qmodel.eval()
+    quant = {**config, "method": recipe.name, "stage": "qat", "recipe": recipe.description,
+             "calibration": calib.info(), "training_degradations": degradations,
+             "source": study.model_file(name.fp32_source), **method.quant_info(job)}
+    _save_trained(params, "qat", name, out, qmodel, job.payload, quant, history, start,
+                  tags={"recipe": recipe.name})
+    return quant
+
+
+def mimic(params: dict, model: str, out: str | None = None) -> dict:
+    """Quantization mimic: the student, quantized as FQN (BN folded, percentile ranges tracked
+    by EMA), fine-tuned from the FP32 student with the detection loss plus the mimic term to
+    the FP32 teacher's features (variant `alone`: detection loss only)."""
+    from quantdet.data.dataset import DetectionDataset, SeededSubset, collate_detections
+    from quantdet.distill.mimic import MimicTerm, add_adaptation, parse_variant, remove_adaptation
+    from quantdet.methods import get_method
+    from quantdet.models.io import load_model
+    from quantdet.quant.qat import prepare_qat, stop_tracking
+    from quantdet.train.loop import fit
+
+    name, method, job = _open(params, model, "mimic")
+    cfg, ptq_cfg, seed = params["distill"]["mimic"], params["quant"]["ptq"], params["study"]["seed"]
+    try:
+        variant = parse_variant(name.method, cfg["lambda"])
+    except ValueError as e:
+        raise QuantdetError(f"{model}: {e}") from None
+    recipe = get_method("qat", "fqn").recipe
+    out = Path(out or study.model_file(name.model))
+    student, payload = job.fp32, job.payload
+    teacher_file = study.model_file("teacher-fp32")
+    teacher, teacher_payload = load_model(require(teacher_file))
+    calib = CalibrationSet(params, seed=seed)
+    qmodel, config = prepare_qat(student, recipe, name.weight_bits, name.act_bits, calib,
+                                 ptq_cfg["calib_batches"], ptq_cfg["percentile"],
+                                 params["quant"]["qat"]["ema_momentum"])
+    term = None
+    if variant.mimic:
+        import torch
+
+        torch.manual_seed(seed)  # r's initial weights: the same run gives the same model
+        add_adaptation(qmodel, payload["detector"]["fpn_channels"],
+                       teacher_payload["detector"]["fpn_channels"])
+        term = MimicTerm(qmodel, teacher, variant, step=cfg["step"], roi_size=cfg["roi_size"],
+                         roi_topk=cfg["roi_topk"])
+        # The teacher runs in FP32: under bf16 autocast two runs of the same job gave different
+        # students on this CPU (oneDNN), and a rerun must reproduce its model.
+    dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"],
+                               augment=True, seed=seed)
+    if cfg["images"] is not None and cfg["images"] < len(dataset):
+        dataset = SeededSubset(dataset, cfg["images"], seed)
+    start = time.perf_counter()
+    with distributed.process_group():
+        history = fit(qmodel, dataset, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                      weight_decay=params["train"]["weight_decay"], warmup_iters=cfg["warmup_iters"],
+                      seed=seed, checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
+                      threads=params["train"]["threads"], collate_fn=collate_detections,
+                      extra_loss=term, description=f"mimic {name.model}", mixed_precision=False,
+                      workers=params["train"]["workers"])
+    if not distributed.is_main():  # rank 0 writes the model and logs the run
+        return {"model": name.model, "rank": distributed.rank(), "history": history}
+    if term is not None:
+        term.remove()
+        remove_adaptation(qmodel)
+    stop_tracking(qmodel)
+    qmodel.eval()
+    quant = {**config, "method": variant.name, "stage": "mimic", "recipe": variant.describe(),
+             "mimic": {"lambda": variant.weight, "quantized": variant.quantized,
+                       "enabled": variant.mimic, **{k: cfg[k] for k in ("step", "roi_size", "roi_topk")}},
+             "calibration": calib.info(),
+             "source": study.model_file(name.fp32_source), "teacher": teacher_file}
+    _save_trained(params, "mimic", name, out, qmodel, payload, quant, history, start,
+                  tags={"variant": variant.name})
+    return quant
+
+
+def _save_trained(params, stage, name, out, qmodel, payload, quant, history, start, tags) -> None:
+    """Write a model trained by `qat` or `mimic` (with its history and tracked ranges) and log
+    the job, with the last epoch's numbers as metrics."""
+    from quantdet.models.io import save_model
+    from quantdet.quant.ptq import activation_ranges
+
+    save_model(out, qmodel, kind="quantized", detector=payload["detector"],
+               classes=payload["classes"], quant=quant,
+               extra={"stride": payload["stride"], "input_size": payload["input_size"],
+                      "history": history, "activation_ranges": activation_ranges(qmodel)})
+    last = history["epochs"][-1] if history.get("epochs") else {}
+    log_job(params, stage, model=name.model,
+             metrics={"train_seconds": time.perf_counter() - start,
+                      **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
+             tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
+                   "bits": name.bits_label, **tags})

@@ -1,0 +1,34 @@
+"""report: P/mPC/rPC tables, plots, results/report.md and the study table (results/study.tsv)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantdet import study
+from quantdet.io_utils import atomic_path, read_json
+from quantdet.stages.common import log_job, require
+
+
+def report(params: dict, out_root: str = "results") -> dict:
+    from quantdet.report.aggregate import write_study_report
+
+    evals = [study.eval_metrics_file(m, c)
+             for m in study.evaluated_models(params) for c in study.conditions(params)]
+    exports = [f"{study.MODELS}/{q}.export.json" for q in study.quantized_models(params)]
+    for path in evals + exports:
+        require(path)
+    mixed = {m: read_json(require(study.bits_file(m))) for m in study.quantized_models(params)
+             if study.parse_model_name(m).mixed_precision}
+    generators = study.generators(params)
+    grids = {g: require(Path(study.synthetic_dir(g)) / "grid.png") for g in generators}
+    generated = {g: read_json(require(Path(study.synthetic_dir(g)) / "summary.json")) for g in generators}
+    summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
+                                 generated_grids=grids, generated_info=generated)
+    table = Path(out_root) / "study.tsv"
+    with atomic_path(table) as tmp:
+        Path(tmp).write_text(study.study_table(params))
+    metrics = {m: {k: v for k, v in r.items() if isinstance(v, (int, float))}
+               for m, r in summary.get("robustness", {}).items()}
+    log_job(params, "report", metrics=metrics,
+            artifacts=[Path(out_root) / "report.md", Path(out_root) / "plots",
+                       Path(out_root) / "metrics", Path(out_root) / "tables", table])
+    return summary
