@@ -12,25 +12,50 @@ def _write(tmp_path, params):
     return path
 
 
-def test_default_params_validate_and_defaults_fill_gaps(tmp_path):
+def test_a_params_file_is_an_overlay_on_the_base_study(tmp_path):
+    """One set of defaults: the project's params.yaml; a study file holds what differs."""
     params = load_params("params.yaml")
     assert params["quant"]["ptq"]["percentile"] == 0.999
-    minimal = validate_params({"models": {"teacher": {"backbone": "resnet18"},
-                                          "student": {"backbone": "resnet10t"}}})
-    assert minimal["corruptions"]["severities"] == [1, 2, 3, 4, 5]
-    assert len(minimal["corruptions"]["names"]) == 15
-    assert minimal["models"]["student"]["pretrained"] is False
+    overlay = _write(tmp_path, {"models": {"teacher": {"backbone": "resnet18"}},
+                                "matrix": {"bits": [4]}})
+    merged = load_params(overlay)
+    assert merged["models"]["teacher"]["backbone"] == "resnet18"
+    assert merged["models"]["teacher"]["fpn_channels"] == params["models"]["teacher"]["fpn_channels"]
+    assert merged["matrix"]["bits"] == [4] and merged["matrix"]["ptq"] == params["matrix"]["ptq"]
+    assert merged["corruptions"] == params["corruptions"]
+
+
+def test_the_schema_holds_no_defaults_of_its_own():
+    from quantdet.config import load_schema
+
+    def defaults(node):
+        if isinstance(node, dict):
+            return ("default" in node) + sum(defaults(v) for v in node.values())
+        return sum(defaults(v) for v in node) if isinstance(node, list) else 0
+
+    assert defaults(load_schema()) == 0
+
+
+def test_compose_writes_a_complete_params_file(tmp_path):
+    out = tmp_path / "params.yaml"
+    assert main(["compose", "workflow/studies/local/distill_zeroshot.yaml", "--out", str(out)]) == 0
+    composed = yaml.safe_load(out.read_text())
+    assert composed == load_params("workflow/studies/local/distill_zeroshot.yaml")
+    assert "zeroq" in composed["matrix"]["ptq"] and composed["train"] == load_params("params.yaml")["train"]
 
 
 @pytest.mark.parametrize("mutate,key", [
-    (lambda p: p["quant"].update(bits=[9]), "quant.bits[0]"),
+    (lambda p: p["matrix"].update(bits=[9]), "matrix.bits[0]"),
+    (lambda p: p["matrix"].update(ptq=["no_such_method"]), "matrix.ptq"),
+    (lambda p: p["matrix"].update(qat=["fqn", "lsqq"]), "matrix.qat"),
+    (lambda p: p["matrix"]["repeat"].update(qat=["lsq"]), "matrix.repeat.qat"),
     (lambda p: p["corruptions"].update(names=["not_a_corruption"]), "corruptions.names[0]"),
     (lambda p: p["train"].update(lr=-1), "train.lr"),
     (lambda p: p["models"].update(input_size=100), "models.input_size"),
     (lambda p: p["data"].update(source="imagenet"), "data.source"),
     (lambda p: p.update(unknown_section={}), "(top level)"),
     (lambda p: p["quant"]["mixed"].update(sensitivity="hessian"), "quant.mixed.sensitivity"),
-    (lambda p: p["quant"]["mixed"].update(budgets=[3], bit_choices=[4, 8]), "quant.mixed.budgets"),
+    (lambda p: (p["matrix"].update(mixed=[3]), p["quant"]["mixed"].update(bit_choices=[4, 8])), "matrix.mixed"),
 ])
 def test_invalid_values_name_the_key(mutate, key):
     params = load_params("params.yaml")

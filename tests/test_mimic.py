@@ -6,7 +6,8 @@ import torch.nn as nn
 from quantdet.distill.mimic import (ADAPTATION, FeatureTap, MimicTerm, add_adaptation, mimic_loss,
                                     parse_variant, pooled, remove_adaptation, uniform_quantize)
 from quantdet.models import build_detector
-from quantdet.quant.qat import get_recipe, prepare_qat
+from quantdet.methods import get_method
+from quantdet.quant.qat import prepare_qat
 
 
 @pytest.mark.parametrize("name, mimic, quantized, weight", [
@@ -66,7 +67,7 @@ def test_feature_taps_and_mimic_term_on_fp32_teacher_and_quantized_student():
     torch.manual_seed(0)
     teacher = build_detector("resnet10t", num_classes=3, fpn_channels=24, head_channels=16).eval()
     student = build_detector("resnet10t", num_classes=3, fpn_channels=16, head_channels=16).eval()
-    qstudent, _ = prepare_qat(student, get_recipe("fqn"), 8, 8, [torch.rand(2, 3, 64, 64)], 1, 0.999, 0.1)
+    qstudent, _ = prepare_qat(student, get_method("qat", "fqn").recipe, 8, 8, [torch.rand(2, 3, 64, 64)], 1, 0.999, 0.1)
     tap = FeatureTap(qstudent)
     qstudent(torch.rand(2, 3, 64, 64))
     assert tap.features.shape == (2, 16, 16, 16)

@@ -83,7 +83,7 @@ def test_a_budget_at_the_top_keeps_every_layer_at_the_highest_width():
 
 
 def test_an_infeasible_budget_is_a_params_error():
-    with pytest.raises(ParamsError, match="quant.mixed.budgets"):
+    with pytest.raises(ParamsError, match="matrix.mixed"):
         allocate_bits({"a": 5}, {"a": {4: 1.0, 8: 0.0}}, 3.9)
     with pytest.raises(ParamsError, match="quant.mixed.bit_choices"):
         check_budget(3, [4, 8])

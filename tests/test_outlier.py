@@ -14,7 +14,8 @@ from quantdet.quant.modules import QUANTIZE, ActQuantizer, QuantConv2d
 from quantdet.quant.outlier import (OutlierQuantConv2d, QuantErrorLoss, attach_outlier_layers,
                                     graph_quantizers, largest_magnitude_mask, outlier_layers,
                                     select_outliers, side_paths_disabled, split_weight)
-from quantdet.quant.qat import QAT_RECIPES, prepare_qat
+from quantdet.methods import get_method
+from quantdet.quant.qat import prepare_qat
 from quantdet.quant.quantizer import symmetric_scale
 from tests.quant_models import tiny_model
 
@@ -24,7 +25,7 @@ OUTLIER = {"weight_fraction": 0.02, "channel_fraction": 0.25, "loss_weight": 1.0
 def _oaqat(bits=4, seed=0):
     torch.manual_seed(seed)
     calib = [torch.rand(8, 3, 32, 32) for _ in range(3)]
-    return prepare_qat(tiny_model(), QAT_RECIPES["oaqat"], bits, bits, calib, 3, 0.999, 0.1, OUTLIER)
+    return prepare_qat(tiny_model(), get_method("qat", "oaqat").recipe, bits, bits, calib, 3, 0.999, 0.1, OUTLIER)
 
 
 def test_dense_plus_sparse_is_the_original_weight_exactly():
@@ -156,7 +157,7 @@ def test_load_model_rebuilds_an_outlier_aware_detector(tmp_path):
     torch.manual_seed(0)
     model = build_detector(**detector).eval()
     calib = [torch.rand(2, 3, 64, 64)]
-    qmodel, config = prepare_qat(model, QAT_RECIPES["oaqat"], 4, 4, calib, 1, 0.999, 0.1, OUTLIER)
+    qmodel, config = prepare_qat(model, get_method("qat", "oaqat").recipe, 4, 4, calib, 1, 0.999, 0.1, OUTLIER)
     qmodel.eval()
     path = tmp_path / "det.pt"
     save_model(path, qmodel, kind="quantized", detector=detector, classes={}, quant=config)

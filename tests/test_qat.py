@@ -3,7 +3,11 @@ import torch
 
 from quantdet.quant.graph import activation_quantizers
 from quantdet.quant.modules import QuantConv2d
-from quantdet.quant.qat import QAT_RECIPES, prepare_qat
+from quantdet.methods import get_method, names
+from quantdet.quant.qat import prepare_qat
+
+# every registered real-data QAT recipe (ait trains on generated data: tests/test_zeroshot*.py)
+QAT_RECIPES = {n: get_method("qat", n).recipe for n in names("qat") if not get_method("qat", n).generated}
 from quantdet.train.loop import fit
 from tests.quant_models import tiny_model
 

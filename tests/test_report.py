@@ -25,7 +25,7 @@ def study_params() -> dict:
     params = copy.deepcopy(params)
     params["corruptions"]["names"] = list(DAMAGE)
     params["corruptions"]["severities"] = [1, 2]
-    params["quant"]["ptq"]["methods"] = ["percentile"]
+    params["matrix"]["ptq"] = ["percentile"]
     return params
 
 
@@ -217,10 +217,10 @@ def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
     from quantdet.study import parse_model_name
 
     params = {"study": {"seed": 0},
-              "quant": {"degradations": {"names": []},
-                        "zeroshot": {"observer": "minmax", "ptq_methods": ["zeroq"], "qat_methods": ["ait"]}},
-              "distill": {"mimic": {"variants": ["alone", "plain", "qmimic", "qmimic_l10"], "lambda": 1.0,
-                                    "step": 0.25}},
+              "matrix": {"ptq": ["minmax", "kl", "zeroq"], "qat": ["ait"], "mimic": ["alone", "plain", "qmimic",
+                                                                               "qmimic_l10"]},
+              "quant": {"degradations": {"names": []}, "zeroshot": {"observer": "minmax"}},
+              "distill": {"mimic": {"lambda": 1.0, "step": 0.25}},
               "corruptions": {"names": ["fog"], "heldout": [], "severities": [1]}}
     values = {"student-fp32": 0.50, "student-ptq-minmax-w8a8": 0.48, "student-ptq-zeroq-w8a8": 0.474,
               "student-qat-ait-w8a8": 0.46, "student-ptq-minmax-w4a4": 0.30, "student-ptq-kl-w4a4": 0.40,

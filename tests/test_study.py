@@ -38,13 +38,18 @@ def test_default_study_matrix():
 
 def test_mixed_precision_models_come_from_their_budgets():
     params = load_params("params.yaml")
-    params["quant"]["mixed"].update(budgets=[5, 6], act_bits=8)
+    params["matrix"]["mixed"] = [5, 6]
+    params["quant"]["mixed"]["act_bits"] = 8
     assert study.mixed_models(params) == ["student-ptq-mixed-w5a8", "student-ptq-mixed-w6a8"]
     assert set(study.mixed_models(params)) <= set(study.ptq_models(params))
     name = study.parse_model_name("student-ptq-mixed-w5a8")
     assert name.mixed_precision and name.stage == "ptq" and name.weight_bits == 5
     assert not study.parse_model_name("student-ptq-percentile-w4a8").mixed_precision
-    params["quant"]["mixed"]["budgets"] = []
+    job = study.find_job(params, "ptq", "student-ptq-mixed-w5a8")
+    assert job.outputs == ("results/models/student-ptq-mixed-w5a8.pt",
+                           "results/models/student-ptq-mixed-w5a8.bits.json")
+    assert "results/models/student-ptq-mixed-w5a8.bits.json" in study.find_job(params, "report", "report").inputs
+    params["matrix"]["mixed"] = []
     assert not study.mixed_models(params)
 
 
@@ -53,61 +58,85 @@ LOCAL_STUDY = "workflow/studies/local/distill_zeroshot.yaml"  # the default stud
 
 def test_zero_shot_and_mimic_models_and_their_inputs():
     params = load_params(LOCAL_STUDY)
-    params["quant"]["bits"] = [8, 4]
+    params["matrix"]["bits"] = [8, 4]
     models = study.quantized_models(params)
     for name in ("student-ptq-zeroq-w8a8", "student-ptq-gdfq-w4a4", "student-qat-ait-w4a4",
                  "student-mimic-alone-w8a8", "student-mimic-qmimic_l10-w4a4"):
         assert name in models
+    assert study.generators(params) == ["zeroq", "gdfq"]  # derived from the listed methods
     ait = study.parse_model_name("student-qat-ait-w4a4")
     assert study.calibration_split(ait) == "data/synthetic/gdfq"
     assert study.calibration_input(ait) == "data/synthetic/gdfq"
     real = study.parse_model_name("student-qat-fqn-w4a4")
     assert (study.calibration_split(real), study.calibration_input(real)) == ("data/prepared/calib",
                                                                             "data/prepared")
-    mimic = study.parse_model_name("student-mimic-plain-w8a8")
-    assert (mimic.stage, mimic.method, mimic.fp32_source) == ("mimic", "plain", "student-fp32")
-    assert "quant.zeroshot.ait" in study.stage_params("qat", model="student-qat-ait-w4a4")
-    assert "quant.zeroshot.ait" not in study.stage_params("qat", model="student-qat-fqn-w4a4")
-    assert study.stage_params("zeroshot_data", generator="gdfq")[-1] == "quant.zeroshot.gdfq"
+    mimic = study.find_job(params, "mimic", "student-mimic-plain-w8a8")
+    assert mimic.inputs == ("results/models/student-fp32.pt", "results/models/teacher-fp32.pt",
+                            "data/prepared")
+    assert "quant.zeroshot.ait" in study.job_reads("qat", model="student-qat-ait-w4a4")
+    assert "quant.zeroshot.ait" not in study.job_reads("qat", model="student-qat-fqn-w4a4")
+    assert "quant.qat.epochs" not in study.job_reads("qat", model="student-qat-ait-w4a4")
+    assert study.job_reads("zeroshot_data", generator="gdfq")[-1] == "quant.zeroshot.gdfq"
 
 
-def test_a_study_without_zero_shot_or_mimic_models_is_valid(tmp_path):
-    import yaml
-
-    raw = yaml.safe_load(open("params.yaml"))
-    raw["quant"]["zeroshot"].update(generators=[], ptq_methods=[], qat_methods=[])
-    raw["distill"]["mimic"]["variants"] = []
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(tmp_path / "p.yaml")
+def test_a_study_without_zero_shot_or_mimic_models_is_valid():
+    params = load_params("params.yaml")
     assert not any(("zeroq" in m or "ait" in m or "mimic" in m) for m in study.quantized_models(params))
+    assert study.generators(params) == []
 
 
-def test_a_zero_shot_method_needs_its_generated_set(tmp_path):
+def test_each_job_reads_only_its_methods_leaves_never_the_matrix():
+    """The append-only property: no job but the report reads `matrix`, and a method's job reads
+    the settings of its own method only."""
+    params = load_params(LOCAL_STUDY)
+    for job in study.jobs(params):
+        if job.stage != "report":
+            assert not any(k == "matrix" or k.startswith("matrix.") for k in job.reads), job.name
+    reads = {j.target: set(j.reads) for j in study.jobs(params) if j.stage in ("ptq", "qat", "mimic")}
+    assert "quant.ptq.percentile" not in reads["student-ptq-minmax-w8a8"]
+    assert "quant.degradations" in reads["student-ptq-dacal-w8a8"]
+    assert "quant.degradations" not in reads["student-qat-fqn-w8a8"]
+    assert "quant.qat.outlier" in reads["student-qat-oaqat-w8a8"]
+    assert "quant.qat.outlier" not in reads["student-qat-daqat-w8a8"]
+    assert "distill.mimic.lambda" in reads["student-mimic-qmimic-w8a8"]
+
+
+def test_the_study_table_names_every_job_once():
+    params = load_params(LOCAL_STUDY)
+    jobs = study.jobs(params)
+    assert len({j.name for j in jobs}) == len(jobs)
+    outputs = [o for j in jobs for o in j.outputs]
+    assert len(set(outputs)) == len(outputs)
+    made = set(outputs)
+    for job in jobs:  # every input is made by an earlier job of the table
+        assert all(i in made for i in job.inputs), job.name
+    table = study.study_table(params).splitlines()
+    assert table[0].split("\t") == list(study.TABLE_COLUMNS) and len(table) == len(jobs) + 1
+    evaluate = study.find_job(params, "evaluate", "student-ptq-kl-w4a4-ort")
+    assert evaluate.command == ("quantdet evaluate --params params.yaml --model student-ptq-kl-w4a4-ort "
+                                "--out results/eval/student-ptq-kl-w4a4-ort "
+                                "--log logs/evaluate/student-ptq-kl-w4a4-ort.log")
+    assert evaluate.inputs[0] == "results/models/student-ptq-kl-w4a4.onnx"
+
+
+def test_matrix_methods_must_be_registered(tmp_path):
     import yaml
 
     from quantdet.errors import ParamsError
 
-    raw = yaml.safe_load(open(LOCAL_STUDY))
-    raw["quant"]["zeroshot"]["generators"] = ["zeroq"]
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match="quant.zeroshot.ptq_methods: gdfq"):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"matrix": {"ptq": ["minmax", "omse"]}}))
+    with pytest.raises(ParamsError, match="matrix.ptq: unknown method 'omse'"):
         load_params(tmp_path / "p.yaml")
 
 
-
-
 def test_the_local_study_only_adds_jobs_to_the_default_one():
-    """Every key a default-study stage reads (the report aside) is the same in the local study,
-    so run in a finished default study's folder it reruns none of its jobs."""
+    """Every job of the default study reads the same leaves with the same values in the local
+    study, so run in a finished default study's folder it reruns none of them."""
     from quantdet.config import select
 
     default, local = load_params("params.yaml"), load_params(LOCAL_STUDY)
-    assert set(study.evaluated_models(default)) < set(study.evaluated_models(local))
-    for stage, keys in study.STAGE_PARAMS.items():
-        if stage != "report":
-            for role in ("teacher", "student"):
-                for generator in ("zeroq", "gdfq"):
-                    read = [k.format(role=role, generator=generator) for k in keys]
-                    if stage.startswith(("zeroshot", "mimic", "ptq:", "qat:")):
-                        continue  # stages and methods the default study does not run
-                    assert select(default, read) == select(local, read), stage
+    local_jobs = {j.name: j for j in study.jobs(local)}
+    for job in study.jobs(default):
+        if job.stage != "report":
+            assert job == local_jobs[job.name], job.name
+            assert select(default, list(job.reads)) == select(local, list(job.reads)), job.name

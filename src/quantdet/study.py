@@ -262,6 +262,8 @@ class Job:
     @property
     def name(self) -> str:
         """A unique job name (a DVC stage name: letters, digits, - and _)."""
+        if self.target in (self.stage, "data"):
+            return self.stage
         return f"{self.stage}-{self.target.replace('/', '-')}"
 
     @property

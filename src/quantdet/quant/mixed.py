@@ -120,7 +120,7 @@ def allocate_bits(sizes: dict[str, int], sensitivity: dict[str, dict[int, float]
     lowest = [sizes[n] * choices[n][0] for n in names]
     if sum(lowest) > capacity:
         low = min(c[0] for c in choices.values())
-        raise ParamsError(f"quant.mixed.budgets: an average of {budget} weight bits is infeasible; "
+        raise ParamsError(f"matrix.mixed: an average of {budget} weight bits is infeasible; "
                           f"the lowest allowed width is {low} bits (quant.mixed.bit_choices)")
     # the smallest total still needed by the layers after each one
     still_needed = np.concatenate([np.cumsum(lowest[::-1])[::-1][1:], [0]])
@@ -192,7 +192,7 @@ def allocation_report(sizes, sensitivity, allocation: Allocation, *, budget, bit
 def check_budget(budget: float, bit_choices: list[int]) -> None:
     """Fail before any work when no allocation can meet the budget."""
     if budget < min(bit_choices):
-        raise ParamsError(f"quant.mixed.budgets: an average of {budget} weight bits is below the "
+        raise ParamsError(f"matrix.mixed: an average of {budget} weight bits is below the "
                           f"lowest of quant.mixed.bit_choices ({min(bit_choices)})")
 
 
