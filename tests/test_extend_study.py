@@ -1,0 +1,115 @@
+"""Extending a finished smoke study: appending to the matrix (a PTQ method, a QAT recipe, a bit
+width, a repeat seed) plans exactly the new jobs and the report; changing one method's setting
+reruns that method's chain only; a method of the user's own, from one file, runs end to end."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantdet import study
+from quantdet.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _snakemake(workdir, *args, env=None):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "off",
+           "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+                           *args], capture_output=True, text=True, env=env, check=True)
+
+
+def _copy(smoke_study, tmp_path, change) -> Path:
+    """The finished smoke study in a new folder, its params changed by `change(params)`."""
+    work = tmp_path / "extended"
+    shutil.copytree(smoke_study, work, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db"),
+                    copy_function=shutil.copy2)
+    params = load_params(work / "params.yaml")  # the overlay merged: every key to change is there
+    change(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def _planned(work, env=None) -> set[str]:
+    """The study-table names of the jobs `snakemake -n` plans (by their first output)."""
+    dry = _snakemake(work, "-n", "--cores", "1", env=env).stdout
+    outputs = [line.split(",")[0].strip() for line in re.findall(r"^    output: (.*)$", dry, re.M)]
+    by_output = {j.outputs[0]: j.name for j in study.jobs(load_params(work / "params.yaml"))}
+    return {by_output[o] for o in outputs}
+
+
+def _new_jobs(before: Path, after: Path) -> set[str]:
+    old = {j.name for j in study.jobs(load_params(before / "params.yaml"))}
+    return {j.name for j in study.jobs(load_params(after / "params.yaml"))} - old | {"report"}
+
+
+@pytest.mark.parametrize("change", [
+    lambda p: p["matrix"]["ptq"].append("ema_minmax"),
+    lambda p: p["matrix"]["qat"].append("fqn"),
+    lambda p: p["matrix"].update(bits=[8, 4]),
+    lambda p: p["matrix"]["repeat"]["seeds"].append(2),
+    lambda p: p["matrix"]["mimic"].append("alone"),
+], ids=["ptq-method", "qat-recipe", "bit-width", "repeat-seed", "mimic-variant"])
+def test_appending_to_the_matrix_plans_only_the_new_jobs(smoke_study, tmp_path, change):
+    work = _copy(smoke_study, tmp_path, change)
+    planned = _planned(work)
+    assert planned == _new_jobs(smoke_study, work), planned ^ _new_jobs(smoke_study, work)
+    assert len(planned) > 1
+
+
+def _chain(jobs, changed: set[str]) -> set[str]:
+    """The changed jobs and every job downstream of them."""
+    by_output = {o: j.name for j in jobs for o in j.outputs}
+    chain, grew = set(changed), True
+    while grew:
+        grew = False
+        for job in jobs:
+            if job.name not in chain and any(by_output.get(i) in chain for i in job.inputs):
+                chain.add(job.name)
+                grew = True
+    return chain
+
+
+def test_changing_one_methods_setting_reruns_only_its_chain(smoke_study, tmp_path):
+    work = _copy(smoke_study, tmp_path,
+                 lambda p: p["quant"]["qat"]["outlier"].update(loss_weight=0.5))
+    jobs = study.jobs(load_params(work / "params.yaml"))
+    expected = _chain(jobs, {j.name for j in jobs if "quant.qat.outlier" in j.reads})
+    assert expected == {"qat-student-qat-oaqat-w8a8", "export-student-qat-oaqat-w8a8",
+                        "evaluate-student-qat-oaqat-w8a8", "evaluate-student-qat-oaqat-w8a8-ort", "report"}
+    assert _planned(work) == expected
+
+
+def test_a_method_of_ones_own_runs_from_one_file(smoke_study, tmp_path):
+    """tests/toy_method.py registers a PTQ method (and the observer it brings); listed in the
+    matrix, it is calibrated, exported, evaluated and reported like the built-in ones, and
+    `quantdet methods` lists it."""
+    env = {"QUANTDET_METHODS": "tests.toy_method"}
+    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["ptq"].append("toy_shrunk_minmax"))
+    _snakemake(work, "--cores", "2", env=env)
+    robustness = json.loads((work / "results/metrics/robustness.json").read_text())
+    for model in ("student-ptq-toy_shrunk_minmax-w8a8", "student-ptq-toy_shrunk_minmax-w8a8-ort"):
+        assert 0.0 <= robustness[model]["P"] <= 1.0
+    assert "toy: min/max ranges shrunk by 10%" in (work / "results/report.md").read_text()
+    listed = subprocess.run([str(BIN / "quantdet"), "methods"], capture_output=True, text=True,
+                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert "toy_shrunk_minmax" in listed
+
+
+def test_aciq_runs_end_to_end(smoke_study, tmp_path):
+    """ACIQ (methods/aciq.py: one file, no other change) through the smoke study."""
+    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["ptq"].append("aciq"))
+    _snakemake(work, "--cores", "2")
+    robustness = json.loads((work / "results/metrics/robustness.json").read_text())
+    assert 0.0 <= robustness["student-ptq-aciq-w8a8-ort"]["P"] <= 1.0
+    export = json.loads((work / "results/models/student-ptq-aciq-w8a8.export.json").read_text())
+    assert export["graph"]["integer_weights"] > 10
