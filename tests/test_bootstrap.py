@@ -196,3 +196,92 @@ def test_robustness_figures_follow_each_replicate():
     assert "mPC_seen" not in figures
     assert figures["corruptions"]["spatter"] == pytest.approx([0.3, 0.25, 0.25])
     assert figures["severities"][2] == pytest.approx([0.15, 0.1, 0.15])
+
+
+# ---------------------------------------------------------------------------- a study folder
+STUDY_MODELS = ["teacher-fp32", "student-fp32", "student-ptq-minmax-w8a8", "student-ptq-dacal-w8a8",
+                "student-ptq-dacal-w8a8-ort", "student-fp32-s1", "student-ptq-dacal-w8a8-s1"]
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory):
+    """What the evaluate stage leaves for a few models of the smoke study: a ground truth
+    per split (the same images everywhere), and per model and condition a metrics.json
+    naming each severity's detections file and split, paths relative to the study root."""
+    from quantdet import study
+    from quantdet.config import load_params
+    from quantdet.io_utils import write_json
+
+    root = tmp_path_factory.mktemp("study")
+    params = load_params("tests/smoke/params.yaml")
+    rng = np.random.default_rng(11)
+    gt, detections = synthetic_detections(rng, 16, num_categories=3, jitter=0.05)
+    for condition in study.conditions(params):
+        for severity in study.severities_of(condition, params):
+            write_json(root / study.split_dir(condition, severity) / "annotations.json", gt)
+    for m, model in enumerate(STUDY_MODELS):
+        for condition in study.conditions(params):
+            results = []
+            for severity in study.severities_of(condition, params):
+                keep = 1 - 0.08 * severity - 0.02 * m     # corruptions and models lose objects
+                found = [d for d in _noisy_copy(detections, rng, box_noise=0.01 * (severity + 1))
+                         if rng.random() < keep]
+                out = f"{study.eval_dir(model)}/{condition}/detections-s{severity}.json"
+                write_json(root / out, found, compact=True)
+                results.append({"severity": severity, "metrics": coco_box_metrics(gt, found), "detections": out,
+                                "split": study.split_dir(condition, severity), "num_images": 16})
+            write_json(root / study.eval_metrics_file(model, condition),
+                       {"model": model, "condition": condition, "results": results})
+    return root, params
+
+
+def test_study_intervals_cover_every_model_and_comparison(fake_study):
+    from quantdet.evaluation.intervals import write_study_intervals
+
+    root, params = fake_study
+    path = write_study_intervals(params, root, resamples=200, models=STUDY_MODELS)
+    assert path == root / "results/metrics/intervals.json"
+    intervals = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert intervals["num_images"] == 16 and intervals["resamples"] == 200
+    clean = json.loads((root / "results/eval/student-fp32/clean/metrics.json").read_text())
+    figures = intervals["models"]["student-fp32"]
+    assert figures["P"]["estimate"] == pytest.approx(clean["results"][0]["metrics"]["AP"], abs=1e-12)
+    for name in ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen"):
+        assert figures[name]["low"] < figures[name]["high"], name
+    assert set(figures["corruptions"]) == {"gaussian_noise", "defocus_blur", "speckle_noise"}
+    assert set(figures["severities"]) == {"1", "3"}
+
+    by_label = {(c["group"], c["comparison"], c["bits"]): c for c in intervals["comparisons"]}
+    dacal = by_label[("fp32", "ptq dacal vs FP32", "W8A8")]
+    assert dacal["seeds"] == [0, 1]
+    assert dacal["treatment"] == ["student-ptq-dacal-w8a8", "student-ptq-dacal-w8a8-s1"]
+    assert dacal["baseline"] == ["student-fp32", "student-fp32-s1"]
+    assert [s["differences"]["P"]["estimate"] for s in dacal["per_seed"]] == pytest.approx(
+        dacal["differences"]["P"]["per_seed"])
+    assert dacal["differences"]["P"]["low"] <= dacal["differences"]["P"]["images_low"]
+    assert by_label[("fp32", "ptq minmax vs FP32", "W8A8")]["seeds"] == [0]
+    assert ("deployed", "deployed (onnxruntime) vs simulated (PyTorch)", "W8A8") in by_label
+    assert ("teacher", "teacher vs student (FP32)", "fp32") in by_label
+
+
+def test_study_intervals_refuse_stale_detections(fake_study, tmp_path):
+    import shutil
+
+    from quantdet.errors import QuantdetError
+    from quantdet.evaluation.intervals import study_intervals
+
+    root, params = fake_study
+    copy = tmp_path / "study"
+    shutil.copytree(root, copy)
+    path = copy / "results/eval/student-fp32/defocus_blur/metrics.json"
+    payload = json.loads(path.read_text())
+    payload["results"][1]["metrics"]["AP"] += 0.01
+    path.write_text(json.dumps(payload))
+    with pytest.raises(QuantdetError, match="defocus_blur/metrics.json severity 3.*stale"):
+        study_intervals(params, copy, resamples=10, models=["student-fp32"])
+    annotations = copy / "data/corrupted/gaussian_noise/1/annotations.json"
+    gt = json.loads(annotations.read_text())
+    gt["images"].append({"id": 99, "width": 128, "height": 128})
+    annotations.write_text(json.dumps(gt))
+    with pytest.raises(QuantdetError, match="gaussian_noise/1 does not hold the clean split's images"):
+        study_intervals(params, copy, resamples=10, models=["student-ptq-minmax-w8a8"])

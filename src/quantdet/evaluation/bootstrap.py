@@ -419,3 +419,59 @@ def synthetic_detections(rng: np.random.Generator, num_images: int, num_categori
                                "score": round(float(1 / (1 + np.exp(-rng.normal(-1.0, 1.2)))), score_decimals)})
     categories = [{"id": c, "name": f"class_{c}"} for c in range(1, num_categories + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}, detections
+
+
+# ---------------------------------------------------------------------------- benchmark
+def benchmark(num_images: int = 48, resamples: int = 1000, false_positives: float = 60.0,
+              repeats: int = 5, evaluations: int = 47 * 96) -> dict:
+    """CPU seconds per (model, condition, severity) for matching once and for ``resamples``
+    re-accumulations, on a synthetic evaluation of the default study's size (48 images,
+    7 classes, up to 100 detections per image), and the projection to ``evaluations`` of
+    them (the default study: 47 models x 96 conditions)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    counts = resample_counts(num_images, resamples, seed=1)
+    timings = {"match": [], "build": [], "resample": []}
+    for _ in range(repeats):
+        gt, detections = synthetic_detections(rng, num_images, recall=0.85, jitter=0.05,
+                                              false_positives=false_positives)
+        # CPU time of this process: on a shared machine wall time measures the neighbours
+        start = time.process_time()
+        matches = match_images(gt, detections)
+        built = time.process_time()
+        resampler = ResampledAP(matches)
+        ready = time.process_time()
+        resampler(counts)
+        done = time.process_time()
+        for key, seconds in zip(timings, (built - start, ready - built, done - ready)):
+            timings[key].append(seconds)
+    per = {key: float(np.median(values)) for key, values in timings.items()}
+    return {"images": num_images, "resamples": resamples, "detections": len(detections),
+            **{f"{key}_seconds": value for key, value in per.items()},
+            "study_evaluations": evaluations,
+            "study_resample_seconds": evaluations * (per["build"] + per["resample"]),
+            "study_total_seconds": evaluations * sum(per.values())}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m quantdet.evaluation.bootstrap",
+                                     description="Time the image bootstrap of AP on a synthetic evaluation.")
+    parser.add_argument("--bench", action="store_true", required=True)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--false-positives", type=float, default=60.0, help="per image (Poisson mean)")
+    args = parser.parse_args(argv)
+    result = benchmark(args.images, args.resamples, args.false_positives)
+    print(f"{result['images']} images, {result['detections']} detections: "
+          f"matching {1000 * result['match_seconds']:.1f} ms, runs {1000 * result['build_seconds']:.1f} ms, "
+          f"{result['resamples']} resamples {1000 * result['resample_seconds']:.1f} ms "
+          "per (model, condition, severity), CPU time")
+    print(f"a study of {result['study_evaluations']} evaluations: resampling {result['study_resample_seconds']:.0f} s, "
+          f"with matching {result['study_total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -96,7 +96,10 @@ def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray, 
             if split not in ground_truth:
                 ground_truth[split] = read_json(split / "annotations.json")
             detections = read_json(_resolve(root, result["detections"]))
-            matches = match_images(ground_truth[split], detections)
+            try:
+                matches = match_images(ground_truth[split], detections)
+            except ValueError as err:
+                raise QuantdetError(f"{where}: {err}") from err
             if not np.array_equal(matches.image_ids, image_ids):
                 raise QuantdetError(f"{where}: split {split} does not hold the clean split's images, "
                                     "so its resamples cannot be paired with them")
