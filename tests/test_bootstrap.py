@@ -236,10 +236,10 @@ def fake_study(tmp_path_factory):
 
 
 def test_study_intervals_cover_every_model_and_comparison(fake_study):
-    from quantdet.evaluation.intervals import write_study_intervals
+    from quantdet.evaluation.intervals import study_intervals, write_study_intervals
 
     root, params = fake_study
-    path = write_study_intervals(params, root, resamples=200, models=STUDY_MODELS)
+    path = write_study_intervals(params, root, resamples=200, models=STUDY_MODELS, processes=2)
     assert path == root / "results/metrics/intervals.json"
     intervals = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert intervals["num_images"] == 16 and intervals["resamples"] == 200
@@ -248,6 +248,8 @@ def test_study_intervals_cover_every_model_and_comparison(fake_study):
     assert figures["P"]["estimate"] == pytest.approx(clean["results"][0]["metrics"]["AP"], abs=1e-12)
     for name in ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen"):
         assert figures[name]["low"] < figures[name]["high"], name
+    serial = study_intervals(params, root, resamples=200, models=["student-fp32"])   # one process
+    assert serial["models"]["student-fp32"]["mPC"] == pytest.approx(figures["mPC"], abs=1e-15)
     assert set(figures["corruptions"]) == {"gaussian_noise", "defocus_blur", "speckle_noise"}
     assert set(figures["severities"]) == {"1", "3"}
 

@@ -422,7 +422,7 @@ def synthetic_detections(rng: np.random.Generator, num_images: int, num_categori
 
 
 # ---------------------------------------------------------------------------- benchmark
-def benchmark(num_images: int = 48, resamples: int = 1000, false_positives: float = 60.0,
+def benchmark(num_images: int = 48, resamples: int = 1000, false_positives: float = 90.0,
               repeats: int = 5, evaluations: int = 47 * 96) -> dict:
     """CPU seconds per (model, condition, severity) for matching once and for ``resamples``
     re-accumulations, on a synthetic evaluation of the default study's size (48 images,
@@ -434,7 +434,7 @@ def benchmark(num_images: int = 48, resamples: int = 1000, false_positives: floa
     counts = resample_counts(num_images, resamples, seed=1)
     timings = {"match": [], "build": [], "resample": []}
     for _ in range(repeats):
-        gt, detections = synthetic_detections(rng, num_images, recall=0.85, jitter=0.05,
+        gt, detections = synthetic_detections(rng, num_images, recall=0.9, jitter=0.03,
                                               false_positives=false_positives)
         # CPU time of this process: on a shared machine wall time measures the neighbours
         start = time.process_time()
@@ -462,7 +462,7 @@ def main(argv=None) -> None:
     parser.add_argument("--bench", action="store_true", required=True)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--false-positives", type=float, default=60.0, help="per image (Poisson mean)")
+    parser.add_argument("--false-positives", type=float, default=90.0, help="per image (Poisson mean)")
     args = parser.parse_args(argv)
     result = benchmark(args.images, args.resamples, args.false_positives)
     print(f"{result['images']} images, {result['detections']} detections: "

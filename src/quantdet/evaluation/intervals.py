@@ -10,8 +10,10 @@ serves every model and condition (see `quantdet.evaluation.bootstrap`).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from quantdet.errors import QuantdetError
 from quantdet.evaluation.bootstrap import (ResampledAP, match_images, paired_differences,
                                            resample_counts, robustness_replicates, summary)
 from quantdet.io_utils import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 INTERVALS_FILE = "results/metrics/intervals.json"
 DIFFERENCE_METRICS = ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen")
@@ -35,30 +39,35 @@ def write_study_intervals(params: dict, root=".", out: str | Path | None = None,
 
 
 def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0,
-                    level: float = 0.95, models: list[str] | None = None) -> dict:
+                    level: float = 0.95, models: list[str] | None = None, processes: int = 1) -> dict:
     """Every model's figures and every comparison's paired difference, with intervals.
 
-    ``models``: the study's evaluated models by default (all must have been evaluated)."""
+    ``models``: the study's evaluated models by default (all must have been evaluated).
+    ``processes``: models are matched and resampled in this many processes (the cost is
+    per (model, condition): COCO matching, then the resamples)."""
     started = time.perf_counter()
     root = Path(root)
     models = study.evaluated_models(params) if models is None else models
     image_ids = _image_ids(root / study.split_dir("clean", 0) / "annotations.json")
     counts = resample_counts(len(image_ids), resamples, seed)
-    ground_truth: dict[Path, dict] = {}
-    figures = {}
-    for model in models:
-        ap = _model_replicates(root, model, params, counts, image_ids, ground_truth)
-        figures[model] = robustness_replicates(ap, study.benchmark_corruptions(params),
-                                               list(params["corruptions"]["severities"]),
-                                               corruption_groups(params))
+    jobs = [(root, model, params, counts, image_ids) for model in models]
+    if processes > 1:
+        with ProcessPoolExecutor(processes) as pool:
+            replicates = list(pool.map(_model_replicates, *zip(*jobs)))
+    else:
+        replicates = [_model_replicates(*job) for job in jobs]
+    figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
+                                            list(params["corruptions"]["severities"]), corruption_groups(params))
+               for model, ap in zip(models, replicates)}
     comparisons = [_comparison(record, figures, level) for record in comparison_pairs(models, params)]
+    log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
+             len(image_ids), time.perf_counter() - started)
     return {
         "level": level, "resamples": resamples, "seed": seed, "num_images": len(image_ids),
         "units": "AP as a fraction; differences are treatment - baseline",
         "method": "image bootstrap, paired across models and conditions; basic (reverse-percentile) "
                   "intervals; comparisons over repeat seeds add the between-seed variance "
                   "(quantdet.evaluation.bootstrap.seed_pooled_interval)",
-        "seconds": round(time.perf_counter() - started, 1),
         "models": {model: _model_summary(f, level) for model, f in figures.items()},
         "comparisons": comparisons,
     }
@@ -82,10 +91,10 @@ def _image_ids(annotations: Path) -> np.ndarray:
     return np.array(sorted(image["id"] for image in read_json(annotations)["images"]))
 
 
-def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray, image_ids: np.ndarray,
-                      ground_truth: dict) -> dict[tuple[str, int], np.ndarray]:
+def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
+                      image_ids: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
     """AP replicates of one model per (condition, severity)."""
-    ap = {}
+    ap, ground_truth = {}, {}
     for condition in study.conditions(params):
         metrics_file = root / study.eval_metrics_file(model, condition)
         if not metrics_file.is_file():
