@@ -34,6 +34,9 @@ def test_full_set_edge_cases_equal_the_projects_coco_ap():
     gt["categories"].append({"id": 4, "name": "never_present"})          # a class absent from the ground truth
     detections.append({"image_id": 1, "category_id": 4, "bbox": [1, 1, 20, 20], "score": 0.5})
     detections = [d for d in detections if d["category_id"] != 3]        # a class never detected
+    detections += [{"image_id": 2, "category_id": 1, "bbox": [i % 100, 5, 30, 30], "score": 0.3 + i / 1000}
+                   for i in range(120)]                                  # beyond 100 per image and class
+    detections.append({"image_id": 3, "category_id": 2, "bbox": [50, 50, -10, 20], "score": 0.9})  # area < 0
     assert _full_set_ap(gt, detections) == pytest.approx(coco_box_metrics(gt, detections)["AP"], abs=1e-12)
     assert _full_set_ap(gt, []) == coco_box_metrics(gt, [])["AP"] == 0.0
 

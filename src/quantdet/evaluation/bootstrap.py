@@ -8,9 +8,10 @@ between models and between conditions are resampled consistently (paired).
 
 Cost: COCOeval's per-image matching (`match_images`) runs once per (model, condition,
 severity); a resample only re-accumulates. `ResampledAP` turns the matching into runs of
-consecutive true and false positives per (IoU threshold, category) and evaluates the
-101-point interpolated AP of many count vectors at once with a matrix product and cumulative
-sums: no re-sorting, no Python loop over resamples.
+consecutive true positives per (category, IoU threshold) and evaluates the 101-point
+interpolated AP of many count vectors at once with a sparse matrix product and cumulative
+sums: no re-sorting, no Python loop over resamples. `python -m quantdet.evaluation.bootstrap
+--bench` times it.
 
 Arrays of replicates follow one convention throughout: element 0 is the statistic on the
 full image set (the point estimate), elements 1.. are the bootstrap replicates.
@@ -32,9 +33,7 @@ from pycocotools.cocoeval import COCOeval
 
 from quantdet.evaluation.coco_metrics import _check_image_ids, _complete_ground_truth
 
-# COCOeval's defaults for box AP@[.5:.95]: these exact arrays, so that threshold
-# comparisons agree with it bit for bit.
-IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+# COCOeval's recall thresholds, this exact array, so that comparisons agree bit for bit.
 RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
 MAX_DETECTIONS = 100
 _CHUNK_ELEMENTS = 4_000_000   # resamples per pass: arrays of about 32 MB
@@ -59,8 +58,8 @@ class ImageMatches:
     ignored: np.ndarray     # [T, D] matched to an ignored (crowd) box: neither TP nor FP
 
     def subset(self, images: np.ndarray) -> ImageMatches:
-        """The matching restricted to some images (given as indices, in the new order).
-        Matching is per image, so this equals matching the subset itself."""
+        """The matching restricted to some images (indices, ascending to keep COCO's order
+        of image ids). Matching is per image, so this equals matching the subset itself."""
         images = np.asarray(images)
         position = np.full(len(self.image_ids), -1)
         position[images] = np.arange(len(images))
