@@ -158,8 +158,6 @@ class ResampledAP:
     """
 
     def __init__(self, matches: ImageMatches):
-        from scipy import sparse
-
         self.num_images = len(matches.image_ids)
         self.num_gt = matches.num_gt.astype(float)              # [K, N]
         self.thresholds = matches.matched.shape[0]
@@ -177,18 +175,19 @@ class ResampledAP:
                 # and every TP after an FP opens a run
                 opens = tp & ~np.r_[False, tp[:-1]]
                 segments.append((matches.image[counted[:last]], np.cumsum(opens) - tp, tp))
-        self.length = max([int(run.max()) + 1 for _, run, _ in segments if len(run)], default=1)
-        # rows (kind, run j, segment s), kind 0: TPs of run j, kind 1: the FPs before it;
-        # layout [run, segment, resample] so that the cumulative sums and the envelope run
-        # along the first axis over contiguous rows
-        rows, cols = [], []
-        for s, (image, run, tp) in enumerate(segments):
-            rows.append(((~tp) * self.length + run) * len(segments) + s)
-            cols.append(image)
-        shape = (2 * self.length * len(segments), self.num_images)
-        self.incidence = sparse.csr_matrix(
-            (np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
         self.segment_category = np.repeat(np.arange(num_categories), self.thresholds)   # [S]
+        # Segments are padded to a common number of runs; grouping them by length, within
+        # a factor 2, keeps the padding small. A segment without TPs adds 0 and is left out.
+        lengths = np.array([int(run.max()) + 1 if len(run) else 0 for _, run, _ in segments])
+        order = np.argsort(-lengths, kind="stable")
+        order = order[lengths[order] > 0]
+        self.buckets = []   # (segment indices, runs, incidence)
+        while len(order):
+            longest = int(lengths[order[0]])
+            size = np.count_nonzero(2 * lengths[order] > longest)
+            ids, order = order[:size], order[size:]
+            self.buckets.append((ids, longest, _incidence([segments[s] for s in ids], longest, self.num_images)))
+        self.elements = sum(len(ids) * length for ids, length, _ in self.buckets)
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """AP for each row of ``counts`` ([B, N] image multiplicities); NaN where the
@@ -196,35 +195,56 @@ class ResampledAP:
         counts = np.atleast_2d(np.asarray(counts, dtype=float))
         if counts.shape[1] != self.num_images:
             raise ValueError(f"counts has {counts.shape[1]} images, the matching {self.num_images}")
-        chunk = max(1, _CHUNK_ELEMENTS // (self.length * len(self.segment_category)))
+        chunk = max(1, _CHUNK_ELEMENTS // max(self.elements, 1))
         return np.concatenate([self._ap(counts[i:i + chunk]) for i in range(0, len(counts), chunk)])
 
     def _ap(self, counts: np.ndarray) -> np.ndarray:
-        resamples, segments = len(counts), len(self.segment_category)
-        weight = (self.incidence @ counts.T).reshape(2, self.length, segments, resamples)
-        tp, fp = weight[0], weight[1]
-        # cumulative counts and the envelope row by row: each row ([S, B]) is contiguous,
-        # which numpy's accumulate along axis 0 of a reversed view is not
-        for j in range(1, self.length):
-            tp[j] += tp[j - 1]
-            fp[j] += fp[j - 1]
-        fp += tp
-        fp += np.spacing(1)
-        precision = np.divide(tp, fp, out=fp)                 # tp / (fp + tp + eps), as accumulate()
-        for j in range(self.length - 2, -1, -1):               # the envelope: suffix maximum
-            np.maximum(precision[j], precision[j + 1], out=precision[j])
+        resamples = len(counts)
         num_gt = (counts @ self.num_gt.T).T                               # [K, B]
         gt = num_gt[self.segment_category]                                # [S, B]
-        # accumulate() reads, for each recall threshold r, the envelope at the first point
-        # whose recall >= r; run j thus serves the thresholds in (recall[j-1], recall[j]]
         table, stride = _thresholds_reached(int(gt.max(initial=0)))
-        reached = table[(gt * stride + tp).astype(np.intp)]
-        served = np.diff(reached, axis=0, prepend=0)
-        ap = np.einsum("jsb,jsb->sb", precision, served) / len(RECALL_THRESHOLDS)   # [S, B]
+        ap = np.zeros((len(self.segment_category), resamples))            # [S, B]
+        for ids, length, incidence in self.buckets:
+            ap[ids] = _segment_ap(incidence, length, counts, gt[ids], table, stride)
         present = num_gt > 0                                              # [K, B]
         total = (ap.reshape(-1, self.thresholds, resamples) * present[:, None]).sum(axis=(0, 1))
         averaged = present.sum(axis=0) * self.thresholds
         return np.divide(total, averaged, out=np.full(resamples, np.nan), where=averaged > 0)
+
+
+def _incidence(segments: list[tuple], length: int, num_images: int):
+    """Sparse [2 * length * S, N]: row (kind, run j, segment s) counts the detections of each
+    image among run j's TPs (kind 0) or the FPs before them (kind 1). Layout [run, segment,
+    resample] so that cumulative sums and the envelope go along the first axis, row by row."""
+    from scipy import sparse
+
+    rows = [((~tp) * length + run) * len(segments) + s for s, (_, run, tp) in enumerate(segments)]
+    cols = [image for image, _, _ in segments]
+    return sparse.csr_matrix((np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=(2 * length * len(segments), num_images))
+
+
+def _segment_ap(incidence, length: int, counts: np.ndarray, gt: np.ndarray, table: np.ndarray,
+                stride: int) -> np.ndarray:
+    """101-point AP per segment and resample ([S, B]) of segments padded to ``length`` runs."""
+    resamples, segments = len(counts), len(gt)
+    weight = (incidence @ counts.T).reshape(2, length, segments, resamples)
+    tp, fp = weight[0], weight[1]
+    # cumulative counts and the envelope row by row: each row ([S, B]) is contiguous, which
+    # numpy's accumulate along axis 0 of a reversed view is not
+    for j in range(1, length):
+        tp[j] += tp[j - 1]
+        fp[j] += fp[j - 1]
+    fp += tp
+    fp += np.spacing(1)
+    precision = np.divide(tp, fp, out=fp)                  # tp / (fp + tp + eps), as accumulate()
+    for j in range(length - 2, -1, -1):                     # the envelope: suffix maximum
+        np.maximum(precision[j], precision[j + 1], out=precision[j])
+    # accumulate() reads, for each recall threshold r, the envelope at the first point whose
+    # recall >= r; run j thus serves the thresholds in (recall[j-1], recall[j]]
+    reached = table[(gt * stride + tp).astype(np.intp)]
+    served = np.diff(reached, axis=0, prepend=0)
+    return np.einsum("jsb,jsb->sb", precision, served) / len(RECALL_THRESHOLDS)
 
 
 @functools.lru_cache(maxsize=8)
