@@ -96,25 +96,21 @@ def match_images(coco_gt: dict, detections: list[dict]) -> ImageMatches:
     image_ids, category_ids = np.asarray(p.imgIds), np.asarray(p.catIds)
     num_images, thresholds = len(image_ids), len(p.iouThrs)
     num_gt = np.zeros((len(category_ids), num_images), dtype=np.int64)
-    parts = []   # (category, image, score, matched, ignored) per (category, image)
+    parts = []   # (category, image, score, matched, ignored) of each category's detections
     for k in range(len(category_ids)):
-        rows = []
-        for i in range(num_images):
-            e = evaluator.evalImgs[k * num_images + i]
-            if e is None:
-                continue
-            num_gt[k, i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
-            scores = np.asarray(e["dtScores"], dtype=float)
-            if len(scores):
-                rows.append((np.full(len(scores), i), scores, np.asarray(e["dtMatches"]) != 0,
-                             np.asarray(e["dtIgnore"]).astype(bool)))
-        if rows:
-            image = np.concatenate([r[0] for r in rows])
-            score = np.concatenate([r[1] for r in rows])
-            order = np.argsort(-score, kind="mergesort")   # as accumulate: stable, image order first
-            parts.append((np.full(len(score), k), image[order], score[order],
-                          np.concatenate([r[2] for r in rows], axis=1)[:, order],
-                          np.concatenate([r[3] for r in rows], axis=1)[:, order]))
+        found = [(i, e) for i, e in enumerate(evaluator.evalImgs[k * num_images:(k + 1) * num_images])
+                 if e is not None]
+        for i, e in found:
+            num_gt[k, i] = len(e["gtIgnore"]) - np.count_nonzero(e["gtIgnore"])
+        found = [(i, e) for i, e in found if e["dtScores"]]
+        if not found:
+            continue
+        score = np.concatenate([e["dtScores"] for _, e in found])
+        image = np.repeat([i for i, _ in found], [len(e["dtScores"]) for _, e in found])
+        order = np.argsort(-score, kind="mergesort")   # as accumulate: stable, image order first
+        parts.append((np.full(len(score), k), image[order], score[order],
+                      np.concatenate([e["dtMatches"] for _, e in found], axis=1)[:, order] != 0,
+                      np.concatenate([e["dtIgnore"] for _, e in found], axis=1)[:, order].astype(bool)))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         flags = np.zeros((thresholds, 0), dtype=bool)
