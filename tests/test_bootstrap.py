@@ -113,6 +113,13 @@ def test_basic_interval_is_the_percentile_interval_reflected_about_the_estimate(
     assert summary(values)["bootstrap_bias"] == pytest.approx(values[1:].mean() - 0.40)
 
 
+def test_intervals_of_a_bounded_figure_stop_at_its_bound():
+    values = np.r_[0.01, np.random.default_rng(0).gamma(1.0, 0.02, size=999)]
+    assert basic_interval(values)[0] < 0
+    cut = summary(values, bounds=(0.0, 1.0))
+    assert cut["low"] == 0.0 and cut["high"] == pytest.approx(basic_interval(values)[1])
+
+
 def test_intervals_leave_out_resamples_without_ground_truth():
     values = np.array([0.5, 0.4, np.nan, 0.6, 0.5])
     assert basic_interval(values, level=0.5) == pytest.approx((2 * 0.5 - 0.55, 2 * 0.5 - 0.45))
@@ -265,7 +272,7 @@ def test_study_intervals_cover_every_model_and_comparison(fake_study):
         dacal["differences"]["P"]["per_seed"])
     assert dacal["differences"]["P"]["low"] <= dacal["differences"]["P"]["images_low"]
     assert by_label[("fp32", "ptq minmax vs FP32", "W8A8")]["seeds"] == [0]
-    assert ("deployed", "deployed (onnxruntime) vs simulated (PyTorch)", "W8A8") in by_label
+    assert ("deployed", "ptq dacal deployed (onnxruntime) vs simulated (PyTorch)", "W8A8") in by_label
     assert ("teacher", "teacher vs student (FP32)", "fp32") in by_label
 
 

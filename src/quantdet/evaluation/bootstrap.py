@@ -328,9 +328,15 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     return float(low), float(high)
 
 
-def summary(values: np.ndarray, level: float = 0.95) -> dict:
-    """Estimate, basic interval, and the bootstrap's bias (replicate mean - estimate)."""
+def summary(values: np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Estimate, basic interval, and the bootstrap's bias (replicate mean - estimate).
+
+    ``bounds``: the range the figure lives in (AP: [0, 1]). Reflecting the replicates can
+    carry the basic interval past it near 0; the interval is then cut at the bound, which
+    cannot lose coverage since the truth lies within it."""
     low, high = basic_interval(values, level)
+    if bounds is not None:
+        low, high = float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
     replicates = values[1:][np.isfinite(values[1:])]
     bias = float(replicates.mean() - values[0]) if len(replicates) and np.isfinite(values[0]) else math.nan
     return {"estimate": float(values[0]), "low": low, "high": high, "bootstrap_bias": bias}

@@ -161,8 +161,8 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
     for model, name in names.items():
         twin, seed = name.model, name.run_seed(params)   # twin: the same model in PyTorch
         if name.runtime == "onnxruntime" and twin in names:
-            records += paired("deployed", "deployed (onnxruntime) vs simulated (PyTorch)", name.bits_label,
-                              {seed: model}, {seed: twin})
+            records += paired("deployed", f"{name.stage} {name.method} deployed (onnxruntime) vs simulated "
+                              "(PyTorch)", name.bits_label, {seed: model}, {seed: twin})
         if name.runtime == "onnxruntime" and name.fp32_source in names:
             records += paired("fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
                               {seed: model}, {seed: name.fp32_source})
@@ -185,8 +185,12 @@ def _comparison(record: dict, figures: dict, level: float) -> dict:
 
 
 def _model_summary(figures: dict, level: float) -> dict:
-    return {name: ({str(key): summary(v, level) for key, v in values.items()} if isinstance(values, dict)
-                   else summary(values, level))
+    """Intervals of a model's figures, cut to where they can lie: AP in [0, 1], rPC >= 0."""
+    def bounded(name, values):
+        return summary(values, level, (0.0, math.inf) if name == "rPC" else (0.0, 1.0))
+
+    return {name: ({str(key): bounded(name, v) for key, v in values.items()} if isinstance(values, dict)
+                   else bounded(name, values))
             for name, values in figures.items()}
 
 
