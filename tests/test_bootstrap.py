@@ -2,6 +2,7 @@
 bias correction, pairing, and repeat seeds."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ def fake_study(tmp_path_factory):
     from quantdet.io_utils import write_json
 
     root = tmp_path_factory.mktemp("study")
-    params = load_params("tests/smoke/params.yaml")
+    params = load_params(Path(__file__).parent / "smoke" / "params.yaml")
     rng = np.random.default_rng(11)
     gt, detections = synthetic_detections(rng, 16, num_categories=3, jitter=0.05)
     for condition in study.conditions(params):
