@@ -1,0 +1,205 @@
+"""Intervals for a finished study: every model's P, mPC, rPC, mPC per corruption group
+(held-out, seen, unseen), AP per corruption and per severity, and the paired difference of
+every comparison the report makes, each with its 95% interval (AP as fractions).
+
+Reads what the evaluate stage leaves, relative to the study root: for each model and
+condition `results/eval/<model>/<condition>/metrics.json`, whose results name per severity
+the detections file and the split folder (its `annotations.json` is the ground truth).
+Each (model, condition, severity) is matched once; one matrix of image resamples then
+serves every model and condition (see `quantdet.evaluation.bootstrap`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from quantdet import study
+from quantdet.errors import QuantdetError
+from quantdet.evaluation.bootstrap import (ResampledAP, match_images, paired_differences,
+                                           resample_counts, robustness_replicates, summary)
+from quantdet.io_utils import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+INTERVALS_FILE = "results/metrics/intervals.json"
+DIFFERENCE_METRICS = ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen")
+AP_TOLERANCE = 1e-9   # recomputed AP against the evaluate stage's own: same arithmetic
+
+
+def write_study_intervals(params: dict, root=".", out: str | Path | None = None, **options) -> Path:
+    """`study_intervals` written as JSON (default: <root>/results/metrics/intervals.json)."""
+    out = Path(root) / INTERVALS_FILE if out is None else Path(out)
+    write_json(out, _finite(study_intervals(params, root, **options)))
+    return out
+
+
+def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95, models: list[str] | None = None, processes: int = 1) -> dict:
+    """Every model's figures and every comparison's paired difference, with intervals.
+
+    ``models``: the study's evaluated models by default (all must have been evaluated).
+    ``processes``: models are matched and resampled in this many processes (the cost is
+    per (model, condition): COCO matching, then the resamples)."""
+    started = time.perf_counter()
+    root = Path(root)
+    models = study.evaluated_models(params) if models is None else models
+    image_ids = _image_ids(root / study.split_dir("clean", 0) / "annotations.json")
+    counts = resample_counts(len(image_ids), resamples, seed)
+    jobs = [(root, model, params, counts, image_ids) for model in models]
+    if processes > 1:
+        with ProcessPoolExecutor(processes) as pool:
+            replicates = list(pool.map(_model_replicates, *zip(*jobs)))
+    else:
+        replicates = [_model_replicates(*job) for job in jobs]
+    figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
+                                            list(params["corruptions"]["severities"]), corruption_groups(params))
+               for model, ap in zip(models, replicates)}
+    comparisons = [_comparison(record, figures, level) for record in comparison_pairs(models, params)]
+    log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
+             len(image_ids), time.perf_counter() - started)
+    return {
+        "level": level, "resamples": resamples, "seed": seed, "num_images": len(image_ids),
+        "units": "AP as a fraction; differences are treatment - baseline",
+        "method": "image bootstrap, paired across models and conditions; basic (reverse-percentile) "
+                  "intervals; comparisons over repeat seeds add the between-seed variance "
+                  "(quantdet.evaluation.bootstrap.seed_pooled_interval)",
+        "models": {model: _model_summary(f, level) for model, f in figures.items()},
+        "comparisons": comparisons,
+    }
+
+
+def corruption_groups(params: dict) -> dict[str, list[str]]:
+    """The corruptions behind each partial mPC: held-out (outside mPC), and among the
+    benchmark ones those the study's training-time degradations apply (seen) or not (unseen),
+    as the report groups them."""
+    benchmark = study.benchmark_corruptions(params)
+    trained = set(params.get("quant", {}).get("degradations", {}).get("names", []))
+    return {"heldout": study.heldout_corruptions(params),
+            "seen": [c for c in benchmark if c in trained],
+            "unseen": [c for c in benchmark if c not in trained]}
+
+
+# ---------------------------------------------------------------------------- reading
+def _image_ids(annotations: Path) -> np.ndarray:
+    if not annotations.is_file():
+        raise QuantdetError(f"{annotations}: ground truth of the clean split not found")
+    return np.array(sorted(image["id"] for image in read_json(annotations)["images"]))
+
+
+def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
+                      image_ids: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    """AP replicates of one model per (condition, severity)."""
+    ap, ground_truth = {}, {}
+    for condition in study.conditions(params):
+        metrics_file = root / study.eval_metrics_file(model, condition)
+        if not metrics_file.is_file():
+            raise QuantdetError(f"{metrics_file}: evaluation not found (is the study finished?)")
+        for result in read_json(metrics_file)["results"]:
+            where = f"{metrics_file} severity {result['severity']}"
+            split = _resolve(root, result["split"])
+            if split not in ground_truth:
+                ground_truth[split] = read_json(split / "annotations.json")
+            detections = read_json(_resolve(root, result["detections"]))
+            try:
+                matches = match_images(ground_truth[split], detections)
+            except ValueError as err:
+                raise QuantdetError(f"{where}: {err}") from err
+            if not np.array_equal(matches.image_ids, image_ids):
+                raise QuantdetError(f"{where}: split {split} does not hold the clean split's images, "
+                                    "so its resamples cannot be paired with them")
+            replicates = ResampledAP(matches)(counts)
+            expected = result["metrics"]["AP"]
+            if not abs(replicates[0] - expected) <= AP_TOLERANCE:
+                raise QuantdetError(f"{where}: AP recomputed from {result['detections']} is {replicates[0]:.6f}, "
+                                    f"the evaluation says {expected:.6f} (stale detections?)")
+            ap[(condition, int(result["severity"]))] = replicates
+    return ap
+
+
+def _resolve(root: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else root / path
+
+
+# ---------------------------------------------------------------------------- comparisons
+def comparison_pairs(models: list[str], params: dict) -> list[dict]:
+    """Each paired comparison among ``models``, its (treatment, baseline) pairs one per seed:
+    each quantized model against its FP32 source (group "fp32"); the method comparisons the
+    report makes (QRID, zero-shot, mimic: `quantdet.report.tables.study_comparisons`) at each
+    bit width; each deployed (onnxruntime) model against its simulated twin; the teacher
+    against the student. Seeds: the study seed and the repeat seeds where both models exist."""
+    from quantdet.report.tables import study_comparisons
+
+    names = {m: study.parse_model_name(m) for m in models}
+    students = {}   # (family, method, bits) -> {seed: model}, PyTorch students only
+    for model, name in names.items():
+        if name.role == "student" and name.runtime == "torch":
+            family = name.stage if name.quantized else "fp32"
+            key = (family, name.method or "fp32", name.bits_label)
+            students.setdefault(key, {})[name.run_seed(params)] = model
+    fp32 = students.get(("fp32", "fp32", "fp32"), {})
+
+    def paired(group, label, bits, treatment, baseline):
+        seeds = sorted(set(treatment) & set(baseline))
+        if not seeds:
+            return []
+        return [{"group": group, "comparison": label, "bits": bits, "seeds": seeds,
+                 "treatment": [treatment[s] for s in seeds], "baseline": [baseline[s] for s in seeds]}]
+
+    records = []
+    for (family, method, bits), by_seed in students.items():
+        if family != "fp32":
+            records += paired("fp32", f"{family} {method} vs FP32", bits, by_seed, fp32)
+    for group, label, treat, base in study_comparisons(params):
+        for bits in dict.fromkeys(key[2] for key in students):
+            records += paired(group, label, bits, students.get((*treat, bits), {}),
+                              students.get((*base, bits), {}))
+    for model, name in names.items():
+        twin, seed = name.model, name.run_seed(params)   # twin: the same model in PyTorch
+        if name.runtime == "onnxruntime" and twin in names:
+            records += paired("deployed", f"{name.stage} {name.method} deployed (onnxruntime) vs simulated "
+                              "(PyTorch)", name.bits_label, {seed: model}, {seed: twin})
+        if name.runtime == "onnxruntime" and name.fp32_source in names:
+            records += paired("fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
+                              {seed: model}, {seed: name.fp32_source})
+    if "teacher-fp32" in names and "student-fp32" in names:
+        seed = names["student-fp32"].run_seed(params)
+        records += paired("teacher", "teacher vs student (FP32)", "fp32",
+                          {seed: "teacher-fp32"}, {seed: "student-fp32"})
+    return records
+
+
+def _comparison(record: dict, figures: dict, level: float) -> dict:
+    treatments = [figures[m] for m in record["treatment"]]
+    baselines = [figures[m] for m in record["baseline"]]
+    per_seed = [{"seed": seed, "treatment": t, "baseline": b,
+                 "differences": {metric: summary(figures[t][metric] - figures[b][metric], level)
+                                 for metric in DIFFERENCE_METRICS if metric in figures[t] and metric in figures[b]}}
+                for seed, t, b in zip(record["seeds"], record["treatment"], record["baseline"])]
+    return {**record, "differences": paired_differences(treatments, baselines, DIFFERENCE_METRICS, level),
+            "per_seed": per_seed}
+
+
+def _model_summary(figures: dict, level: float) -> dict:
+    """Intervals of a model's figures, cut to where they can lie: AP in [0, 1], rPC >= 0."""
+    def bounded(name, values):
+        return summary(values, level, (0.0, math.inf) if name == "rPC" else (0.0, 1.0))
+
+    return {name: ({str(key): bounded(name, v) for key, v in values.items()} if isinstance(values, dict)
+                   else bounded(name, values))
+            for name, values in figures.items()}
+
+
+def _finite(value):
+    """JSON has no NaN: non-finite numbers become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
