@@ -70,6 +70,27 @@ def test_second_repro_does_nothing_and_a_key_reruns_only_its_readers(dvc_study):
     assert all(p.startswith(("export", "evaluate")) for p in prefixes), stale
 
 
+def test_appending_a_method_makes_dvc_status_list_only_the_new_stages(dvc_study):
+    """After appending to the matrix and regenerating dvc.yaml, `dvc status` lists the new
+    method's stages and the report, nothing else."""
+    from quantdet import study
+    from quantdet.config import load_params
+
+    before = {j.name for j in study.jobs(load_params(dvc_study / "params.yaml"))}
+    files = {f: (dvc_study / f).read_text() for f in ("params.yaml", "dvc.yaml")}
+    params = yaml.safe_load(files["params.yaml"])
+    params["matrix"]["ptq"].append("ema_minmax")
+    (dvc_study / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        _run(dvc_study, str(BIN / "quantdet"), "dvc-yaml", "--params", "params.yaml")
+        stale = set(json.loads(_run(dvc_study, str(BIN / "dvc"), "status", "--json")))
+        after = {j.name for j in study.jobs(load_params(dvc_study / "params.yaml"))}
+    finally:
+        for name, text in files.items():
+            (dvc_study / name).write_text(text)
+    assert stale == (after - before) | {"report"}, stale
+
+
 def _commit(repo: Path, message: str) -> None:
     _run(repo, "git", "add", "-A")
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
