@@ -71,6 +71,10 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    if data["source"] == "yolo" and not data["yolo"]["data_yaml"]:
+        raise ParamsError(f"{source}: data.yolo.data_yaml: required when data.source is yolo")
+    for role in ("teacher", "student"):
+        _check_backbone(params["models"][role]["backbone"], f"models.{role}.backbone", source)
     repeat, quant = params["study"]["repeat"], params["quant"]
     for family, runs in (("ptq", quant["ptq"]["methods"]), ("qat", quant["qat"]["recipes"])):
         extra = [m for m in repeat[family] if m not in runs] if repeat["seeds"] else []
@@ -103,6 +107,23 @@ def _check_consistency(params: dict, source: str) -> None:
                 raise ParamsError(f"{source}: quant.zeroshot.{key}: {method} reads generated set "
                                   f"{ZEROSHOT_GENERATOR[method]!r}, which quant.zeroshot.generators "
                                   "does not list")
+
+
+def _check_backbone(name: str, key: str, source: str) -> None:
+    """A backbone timm does not have fails here, at validation, not when `pretrain` starts."""
+    import difflib
+
+    import timm  # lazily: it imports torch, which reading params does not otherwise need
+
+    # Hub and local weights name no registered architecture; a `.tag` names pretrained weights.
+    if ":" in name:
+        return
+    known = timm.list_models()
+    architecture = name.split(".", 1)[0]
+    if architecture not in known:
+        close = difflib.get_close_matches(architecture, known, n=5)
+        hint = f" (close names: {', '.join(close)})" if close else " (timm.list_models() lists them)"
+        raise ParamsError(f"{source}: {key}: timm has no model {name!r}{hint}")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
