@@ -22,9 +22,9 @@ TRAIN = {  # image: (width, height, label file text or None for no label file)
 }
 
 
-def write_image(path, width, height):
+def write_image(path, width, height, pixels=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(path)
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8) if pixels is None else pixels).save(path)
 
 
 def write_label(path, text):
@@ -160,3 +160,52 @@ def test_failed_prepare_leaves_no_output(dataset, tmp_path):
     with pytest.raises(DataError, match=re.escape(str(root / "labels" / "val" / "v1.txt")) + ": line 1: class id 7"):
         prepare_dataset(yolo_params(data_yaml), tmp_path / "prepared")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "shapes"]
+
+
+def write_shapes_dataset(root, num_train, num_val, seed=0):
+    """A YOLO dataset of bright squares (class 0) and dark bars (class 1) on noise, a few per image;
+    every fourth image is a background image without a label file."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("val", num_val)):
+        for index in range(count):
+            width, height = int(rng.integers(56, 80)), int(rng.integers(48, 64))
+            pixels = rng.integers(60, 120, (height, width, 3), dtype=np.uint8)
+            lines = []
+            for _ in range(0 if index % 4 == 3 else int(rng.integers(1, 3))):
+                class_id = int(rng.integers(0, 2))
+                w, h = (14, 14) if class_id == 0 else (24, 8)
+                x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                pixels[y:y + h, x:x + w] = 240 if class_id == 0 else 10
+                lines.append(f"{class_id} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "
+                             f"{w / width:.6f} {h / height:.6f}")
+            write_image(root / "images" / split / f"{index:03d}.jpg", width, height, pixels)
+            if lines:
+                write_label(root / "labels" / split / f"{index:03d}.txt", "\n".join(lines) + "\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
+                                                    "names": {0: "square", 1: "bar"}}))
+    return root / "data.yaml"
+
+
+@pytest.mark.slow  # trains a detector for an epoch (~20 s of CPU)
+def test_yolo_dataset_through_prepare_and_pretrain(tmp_path, monkeypatch):
+    """The smoke study's params with data.source: yolo, through `quantdet prepare` and `quantdet pretrain`."""
+    from quantdet.cli import main
+    from tests.conftest import SMOKE
+
+    data_yaml = write_shapes_dataset(tmp_path / "shapes", num_train=24, num_val=8)
+    params = yaml.safe_load(SMOKE.read_text())
+    params["data"] = {"source": "yolo", "yolo": {"data_yaml": str(data_yaml)}, "calib_size": 8}
+    params["models"]["teacher"].update(epochs=1)
+    params["train"].update(epochs=1, batch_size=8)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(study)
+    monkeypatch.setenv("QUANTDET_TRACKING", "off")
+    assert main(["prepare", "--params", "params.yaml", "--out", "data/prepared"]) == 0
+    summary = json.loads((study / "data" / "prepared" / "summary.json").read_text())
+    assert summary["classes"] == ["square", "bar"]
+    assert {k: v["images"] for k, v in summary["splits"].items()} == {"train": 24, "val": 8, "calib": 8}
+    assert main(["pretrain", "--params", "params.yaml", "--role", "student"]) == 0
+    trained = json.loads((study / "results" / "models" / "student-fp32.train.json").read_text())
+    assert len(trained["history"]["epochs"]) == 1
