@@ -61,7 +61,7 @@ def test_folder_split_with_background_images(dataset):
     assert coco["categories"] == [{"id": 1, "name": "ring", "supercategory": "yolo"},
                                   {"id": 2, "name": "spot", "supercategory": "yolo"}]
     names = [image["file_name"] for image in coco["images"]]
-    assert names == [f"images/train/{name}" for name in sorted(TRAIN)]  # c and d kept: background
+    assert names == sorted(TRAIN)  # c and d kept: background
     ring, spot, full = coco["annotations"]
     assert ring["bbox"] == [10.0, 5.0, 20.0, 10.0] and ring["category_id"] == 1 and ring["image_id"] == 1
     assert spot["bbox"] == pytest.approx([6.0, 3.0, 8.0, 4.0]) and spot["category_id"] == 2
@@ -75,8 +75,18 @@ def test_list_file_split_and_names_map(dataset):
     write_label(data_yaml.parents[1] / "shapes" / "labels" / "val" / "v1.txt", "3 0.5 0.5 0.4 0.4\n")
     coco, _ = yolo_to_coco(data_yaml, "val")
     assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "ring"), (4, "spot")]
-    assert [i["file_name"] for i in coco["images"]] == ["images/val/v1.jpg"]
+    assert [i["file_name"] for i in coco["images"]] == ["v1.jpg"]
     assert coco["annotations"][0]["category_id"] == 4 and coco["annotations"][0]["bbox"] == pytest.approx([9, 9, 12, 12])
+
+
+def test_a_split_of_several_folders_numbers_names_they_share(dataset):
+    data_yaml, root, spec = dataset
+    write_image(root / "images" / "extra" / "a.jpg", 16, 16)
+    write_label(root / "labels" / "extra" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    rewrite(data_yaml, spec, train=["images/train", "images/extra"])
+    coco, paths = yolo_to_coco(data_yaml, "train")
+    assert [i["file_name"] for i in coco["images"]] == [*sorted(TRAIN), "000005_a.jpg"]
+    assert paths[5] == root / "images" / "extra" / "a.jpg" and coco["annotations"][-1]["image_id"] == 5
 
 
 def label_of(root, stem):
@@ -149,7 +159,7 @@ def test_prepare_links_images_and_keeps_background(dataset, tmp_path):
     train = summary["splits"]["train"]
     assert (train["images"], train["objects"], train["per_class"]) == (4, 3, {"ring": 1, "spot": 2})
     assert summary["splits"]["val"]["images"] == 1
-    linked = out / "train" / "images" / "images" / "train" / "b.png"  # linked or copied, never re-encoded
+    linked = out / "train" / "images" / "b.png"  # linked or copied, never re-encoded
     assert linked.read_bytes() == (root / "images" / "train" / "b.png").read_bytes()
     assert json.loads((out / "summary.json").read_text()) == summary
 

@@ -82,15 +82,19 @@ def yolo_to_coco(data_yaml, split):
     """Return (COCO dict, {image_id: absolute image path}) of `split` ("train" or "val") of a data.yaml.
 
     Category ids are the YOLO class ids + 1 (COCO's are 1-based), named by `names`. File names
-    in the split are the images' paths under the dataset root (a numbered name outside it).
+    are the images' own, numbered by image id where two in the split share one: split folders
+    are flat, as later stages list their images/ folder.
     """
-    root, entries, names = read_data_yaml(data_yaml)
-    images, annotations, image_paths = [], [], {}
+    _, entries, names = read_data_yaml(data_yaml)
+    images, annotations, image_paths, used = [], [], {}, set()
     for image_path in split_images(entries[split], data_yaml, split):
         width, height = image_size(image_path)
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": split_file_name(image_path, root, image_id),
-                       "width": width, "height": height})
+        file_name = image_path.name
+        while file_name in used:
+            file_name = f"{image_id:06d}_{file_name}"
+        used.add(file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         image_paths[image_id] = image_path
         for class_id, bbox in read_label_file(label_path(image_path), names, width, height):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": class_id + 1,
@@ -201,13 +205,6 @@ def image_size(path):
             return opened.size
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: cannot read image: {error}") from None
-
-
-def split_file_name(image_path, root, image_id):
-    try:
-        return image_path.relative_to(root).as_posix()
-    except ValueError:  # listed from outside the dataset root
-        return f"external/{image_id:06d}_{image_path.name}"
 
 
 def read_text(path):
