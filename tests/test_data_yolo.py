@@ -89,6 +89,13 @@ def test_a_split_of_several_folders_numbers_names_they_share(dataset):
     assert paths[5] == root / "images" / "extra" / "a.jpg" and coco["annotations"][-1]["image_id"] == 5
 
 
+def test_roboflow_relative_folders(dataset):
+    data_yaml, root, spec = dataset
+    beside = root / "data.yaml"  # no path; `../` on folders beside it, as Roboflow exports write them
+    beside.write_text(yaml.safe_dump({"train": "../images/train", "val": "../images/val", "names": spec["names"]}))
+    assert len(yolo_to_coco(beside, "train")[0]["images"]) == len(TRAIN)
+
+
 def label_of(root, stem):
     return root / "labels" / "train" / f"{stem}.txt"
 

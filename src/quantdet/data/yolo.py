@@ -48,8 +48,17 @@ def read_data_yaml(data_yaml):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, str) and v for v in values):
             raise DataError(f"{data_yaml}: {split}: expected a folder of images or a .txt list of images, got {value!r}")
-        entries[split] = [normal(root / v) for v in values]
+        entries[split] = [split_entry(root, v) for v in values]
     return root, entries, class_names(spec, data_yaml)
+
+
+def split_entry(root, value):
+    entry = normal(root / value)
+    # Roboflow exports write `../train/images` for a folder beside their data.yaml; Ultralytics
+    # falls back to the path without `../` then, and so do we.
+    if not entry.exists() and value.startswith("../") and (root / value[3:]).exists():
+        return normal(root / value[3:])
+    return entry
 
 
 def class_names(spec, data_yaml):
@@ -148,8 +157,8 @@ def check_orphan_labels(image_dir, images):
     expected = {label_path(image) for image in images}
     for label in sorted(labels_dir.rglob("*.txt")):
         if label not in expected and label.name not in CLASS_LIST_FILES:
-            raise DataError(f"{label}: label file without an image (no {label.stem}.* image in "
-                            f"{image_dir / label.parent.relative_to(labels_dir)})")
+            raise DataError(f"{label}: label file without an image (no {label.stem} with a suffix of "
+                            f"{', '.join(IMAGE_SUFFIXES)} in {image_dir / label.parent.relative_to(labels_dir)})")
 
 
 def label_path(image_path):
