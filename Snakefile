@@ -11,7 +11,7 @@ configfile: "params.yaml"
 # and checked (schema, method registry) as every `quantdet` command does.
 from quantdet.config import validate_params
 
-config.update(validate_params(config, source="params.yaml"))
+config.update(validate_params(config, source="params.yaml", check_backbones=True))
 
 
 validate(config, schema="workflow/schemas/params.schema.yaml")

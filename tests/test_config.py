@@ -72,6 +72,51 @@ def test_coco_source_needs_its_paths():
         validate_params(params)
 
 
+def test_yolo_source_needs_its_data_yaml():
+    params = load_params("params.yaml")
+    params["data"]["source"] = "yolo"
+    with pytest.raises(ParamsError, match="params.yaml: data.yolo.data_yaml: required when data.source is yolo"):
+        validate_params(params, source="params.yaml")
+    params["data"]["yolo"]["data_yaml"] = "data/raw/shapes/data.yaml"
+    validate_params(params)
+
+
+@pytest.mark.parametrize("classes, valid", [
+    ("auto", True), (["white_ring", "scratch"], True), ("Auto", False), ([], False), (["a", "a"], False),
+])
+def test_voc_classes_are_a_list_or_auto(classes, valid):
+    params = load_params("params.yaml")
+    params["data"]["voc"]["classes"] = classes
+    if valid:
+        assert validate_params(params)["data"]["voc"]["classes"] == classes
+    else:
+        with pytest.raises(ParamsError, match="data.voc.classes"):
+            validate_params(params)
+
+
+def test_voc_classes_default_to_the_20_voc_classes():
+    from quantdet.data.voc import VOC_CLASSES
+
+    assert validate_params({"models": {"teacher": {"backbone": "resnet18"}, "student": {"backbone": "resnet10t"}}}
+                           )["data"]["voc"]["classes"] == list(VOC_CLASSES)
+    assert load_params("params.yaml")["data"]["voc"]["classes"] == list(VOC_CLASSES)
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_a_backbone_timm_does_not_know_is_refused_with_close_names(role):
+    params = load_params("params.yaml")
+    params["models"][role]["backbone"] = "resnet10x"
+    with pytest.raises(ParamsError, match=rf"params.yaml: models.{role}.backbone: timm has no model 'resnet10x' "
+                                          r"\(close names: resnet10t, "):
+        validate_params(params, source="params.yaml", check_backbones=True)
+
+
+def test_a_backbone_with_a_weights_tag_is_known():
+    params = load_params("params.yaml")
+    params["models"]["teacher"]["backbone"] = "resnet18d.ra2_in1k"
+    validate_params(params, check_backbones=True)
+
+
 def test_a_heldout_corruption_cannot_also_be_a_benchmark_one():
     params = load_params("params.yaml")
     params["corruptions"]["heldout"] = ["gaussian_noise", "spatter"]
@@ -92,3 +137,11 @@ def test_cli_reports_unreadable_params(tmp_path, capsys):
     bad.write_text("study: [unclosed\n")
     assert main(["validate", "--params", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_cli_validate_refuses_an_unknown_backbone(tmp_path, capsys):
+    params = yaml.safe_load(open("params.yaml"))
+    params["models"]["student"]["backbone"] = "resnet10x"
+    assert main(["validate", "--params", str(_write(tmp_path, params))]) == 2
+    err = capsys.readouterr().err
+    assert "models.student.backbone: timm has no model 'resnet10x'" in err and "Traceback" not in err

@@ -269,3 +269,15 @@ def test_zero_shot_and_mimic_comparisons_and_report_sections(tmp_path):
     mimic_text = _mimic(robustness, summary, params)
     assert "`student-mimic-qmimic-w8a8`" in mimic_text and "quantization mimic vs plain mimic" in mimic_text
 
+
+
+def test_report_names_the_dataset_and_its_prepared_classes(tmp_path, monkeypatch):
+    eval_files, export_files = write_synthetic_study(tmp_path)
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "summary.json").write_text(json.dumps({"classes": ["ring", "spot"]}))
+    monkeypatch.chdir(tmp_path)  # a study folder: the report finds data/prepared there
+    params = study_params()
+    params["data"].update(source="yolo", yolo={"data_yaml": "data/raw/shapes/data.yaml"})
+    write_study_report(eval_files, export_files, params, out_root=tmp_path / "results")
+    text = (tmp_path / "results" / "report.md").read_text()
+    assert "- **Dataset**: YOLO-format data (`data/raw/shapes/data.yaml`), 2 classes (ring, spot); evaluated" in text

@@ -88,7 +88,7 @@ def run(args, argv: list[str] | None = None) -> object:
 
     if args.stage == "compose":
         return _compose(args)
-    params = load_params(args.params)
+    params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = params["train"]["processes"]
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
         logging.getLogger("quantdet").info("%s: %d data-parallel processes under torchrun",

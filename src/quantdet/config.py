@@ -69,8 +69,11 @@ def _key_path(error) -> str:
     return "".join(parts) or "(top level)"
 
 
-def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None) -> dict:
-    """Merge onto the base study and validate; raise ParamsError naming the first bad key."""
+def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None,
+                    check_backbones: bool = False) -> dict:
+    """Merge onto the base study and validate; raise ParamsError naming the first bad key.
+    check_backbones: also ask timm for the backbones (imports torch: `quantdet validate` and
+    Snakemake's start do, once; the stage commands do not pay for it)."""
     import jsonschema
 
     schema = schema or load_schema()
@@ -81,6 +84,9 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
         lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors[:10]]
         raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
     _check_consistency(params, source)
+    if check_backbones:
+        for role in ("teacher", "student"):
+            _check_backbone(params["models"][role]["backbone"], f"models.{role}.backbone", source)
     return params
 
 
@@ -93,6 +99,8 @@ def _check_consistency(params: dict, source: str) -> None:
             raise ParamsError(f"{source}: data.coco.{missing[0]}: required when data.source is coco")
     if data["source"] == "voc" and not data["voc"]["root"]:
         raise ParamsError(f"{source}: data.voc.root: required when data.source is voc")
+    if data["source"] == "yolo" and not data["yolo"]["data_yaml"]:
+        raise ParamsError(f"{source}: data.yolo.data_yaml: required when data.source is yolo")
     _check_matrix(params["matrix"], source)
     corr = params["corruptions"]
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
@@ -133,9 +141,26 @@ def _check_matrix(matrix: dict, source: str) -> None:
                               f"matrix.{family} (a repeat re-runs methods the study runs)")
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def _check_backbone(name: str, key: str, source: str) -> None:
+    """A backbone timm does not have fails here, at validation, not when `pretrain` starts."""
+    import difflib
+
+    import timm  # lazily: it imports torch, which reading params does not otherwise need
+
+    # Hub and local weights name no registered architecture; a `.tag` names pretrained weights.
+    if ":" in name:
+        return
+    known = timm.list_models()
+    architecture = name.split(".", 1)[0]
+    if architecture not in known:
+        close = difflib.get_close_matches(architecture, known, n=5)
+        hint = f" (close names: {', '.join(close)})" if close else " (timm.list_models() lists them)"
+        raise ParamsError(f"{source}: {key}: timm has no model {name!r}{hint}")
+
+
+def load_params(path: str | Path = "params.yaml", check_backbones: bool = False) -> dict:
     """A params file (the base study or an overlay on it), merged and validated."""
-    return validate_params(read_yaml(path), source=str(path))
+    return validate_params(read_yaml(path), source=str(path), check_backbones=check_backbones)
 
 
 def select(params: dict, keys: list[str]) -> dict:

@@ -28,11 +28,12 @@ def load_coco(annotation_path, image_dir, check_images=True):
     Boxes up to BOX_SLACK_PX outside their image are clipped to it; `iscrowd` and `area`
     are filled in where absent. Raises DataError naming the file and the entry.
     """
-    path = Path(annotation_path)
+    # The full path: a train and a val file of the same name must be told apart.
+    path = Path(annotation_path).absolute()
     coco = read_json(path)
-    validate_coco(coco, path.name)
+    validate_coco(coco, str(path))
     if check_images:
-        check_image_files(coco, Path(image_dir), path.name)
+        check_image_files(coco, Path(image_dir), str(path))
     return coco
 
 
@@ -47,7 +48,7 @@ def read_json(path):
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(
-            f"{Path(path).name}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from None
 
 

@@ -9,7 +9,8 @@ from quantdet.io_utils import atomic_directory
 from quantdet.data.coco import load_coco
 from quantdet.data.embedded import generate_embedded
 from quantdet.data.split import IMAGES, link_image, split_statistics, subset, write_annotations
-from quantdet.data.voc import voc_to_coco
+from quantdet.data.voc import VOC_CLASSES, voc_class_names, voc_to_coco
+from quantdet.data.yolo import yolo_to_coco
 from quantdet.errors import DataError, ParamsError
 
 SPLITS = ("train", "val", "calib")
@@ -24,17 +25,26 @@ def prepare_dataset(params, out_dir):
             embedded = data["embedded"]
             generate_embedded(staging, embedded["num_train"], embedded["num_val"], data["image_size"], seed)
         elif data["source"] == "coco":
-            write_user_split(staging / "train", *read_coco_source(data["coco"], "train"))
-            write_user_split(staging / "val", *read_coco_source(data["coco"], "val"))
+            train, val = (read_coco_source(data["coco"], split) for split in ("train", "val"))
+            check_same_categories(train[0], val[0], data["coco"])
+            write_user_split(staging / "train", *train)
+            write_user_split(staging / "val", *val)
         elif data["source"] == "voc":
-            root = required(data["voc"], "voc", "root")
-            write_user_split(staging / "train", *voc_to_coco(root, data["voc"]["train_sets"]))
-            write_user_split(staging / "val", *voc_to_coco(root, data["voc"]["val_sets"]))
+            voc = data["voc"]
+            root = required(voc, "voc", "root")
+            classes = voc.get("classes", VOC_CLASSES)
+            if classes == "auto":  # one list for both splits: a class seen in val only still gets its id
+                classes = voc_class_names(root, voc["train_sets"] + voc["val_sets"])
+            write_user_split(staging / "train", *voc_to_coco(root, voc["train_sets"], classes))
+            write_user_split(staging / "val", *voc_to_coco(root, voc["val_sets"], classes))
+        elif data["source"] == "yolo":
+            data_yaml = required(data["yolo"], "yolo", "data_yaml")
+            write_user_split(staging / "train", *yolo_to_coco(data_yaml, "train"))
+            write_user_split(staging / "val", *yolo_to_coco(data_yaml, "val"))
         else:
-            raise ParamsError(f"data.source: unknown source {data['source']!r} (embedded, coco or voc)")
+            raise ParamsError(f"data.source: unknown source {data['source']!r} (embedded, coco, voc or yolo)")
         train = json.loads((staging / "train" / "annotations.json").read_text())
         val = json.loads((staging / "val" / "annotations.json").read_text())
-        check_same_categories(train, val)
         calib = write_calib_split(staging, train, data["calib_size"], seed)
         summary = {
             "source": data["source"],
@@ -73,10 +83,12 @@ def write_calib_split(staging, train, calib_size, seed):
     return calib
 
 
-def check_same_categories(train, val):
+def check_same_categories(train, val, coco_params):
+    """COCO files each declare their categories; VOC and YOLO splits share one class list."""
     names = [{c["id"]: c["name"] for c in coco["categories"]} for coco in (train, val)]
     if names[0] != names[1]:
-        raise DataError(f"val categories {names[1]} differ from train categories {names[0]}")
+        train_file, val_file = (Path(coco_params[f"{split}_annotations"]).absolute() for split in ("train", "val"))
+        raise DataError(f"{val_file}: categories {names[1]} differ from those of {train_file} {names[0]}")
 
 
 def required(section, section_name, key):

@@ -9,9 +9,10 @@ import pandas as pd
 
 from quantdet.report import tables as t
 from quantdet.report.files import atomic_write, atomic_write_json, atomic_write_text, finite_numbers
-from quantdet.report.inputs import read_evaluation_rows, read_exports
+from quantdet.report.inputs import read_evaluation_rows, read_exports, read_json
 from quantdet.report.markdown import render_study_report
 from quantdet.report.plots import plot_ap_per_corruption, plot_ap_vs_severity, plot_rpc_per_model
+from quantdet.study import PREPARED
 
 ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
                       "P_AP50": "AP50_clean", "mPC_AP50": "mPC_AP50", "rPC_AP50": "rPC_AP50"}
@@ -74,11 +75,21 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
                                                                       mixed_bits or {}, grids,
-                                                                      generated_info or {}))
+                                                                      generated_info or {}, _dataset_classes()))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},
             "outputs": {key: str(path) for key, path in written.items()}}
+
+
+def _dataset_classes() -> list[str] | None:
+    """The classes `prepare` found (a VOC `auto` list, a YOLO data.yaml's names), where the
+    study's prepared data is at hand: params alone do not say them."""
+    path = Path(PREPARED) / "summary.json"
+    if not path.is_file():
+        return None
+    classes = read_json(path).get("classes")
+    return classes if isinstance(classes, list) else None
 
 
 def _robustness_metrics(robustness: pd.DataFrame) -> dict:

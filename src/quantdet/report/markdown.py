@@ -13,14 +13,15 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         plots: dict[str, str], num_images: list[int],
                         mixed_bits: dict[str, dict] | None = None,
                         generated_grids: dict[str, str] | None = None,
-                        generated_info: dict[str, dict] | None = None) -> str:
+                        generated_info: dict[str, dict] | None = None,
+                        classes: list[str] | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
-    relative to the report."""
+    relative to the report; ``classes`` are those of the prepared data, where known."""
     corruptions = params["corruptions"]["names"]
     summary = tables.get("comparison_summary", pd.DataFrame())
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
-        _study_description(params, tables["robustness"], num_images),
+        _study_description(params, tables["robustness"], num_images, classes),
         _methods(params),
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
@@ -204,15 +205,20 @@ def _seed_spread(spread: pd.DataFrame) -> str:
             + markdown_table(["model", "bits", "seeds", "P", "mPC", "rPC"], rows, align_right_from=3))
 
 
-def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int]) -> str:
+def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int],
+                       classes: list[str] | None = None) -> str:
     data, models, quant, corr = params["data"], params["models"], params["quant"], params["corruptions"]
     if data["source"] == "embedded":
         dataset = (f"the embedded synthetic dataset ({data['embedded']['num_train']} train / "
                    f"{data['embedded']['num_val']} val images, {data['image_size']} px)")
     elif data["source"] == "coco":
         dataset = f"COCO-format data (val annotations: `{data['coco']['val_annotations']}`)"
-    else:
+    elif data["source"] == "voc":
         dataset = f"Pascal VOC (val sets: {', '.join('/'.join(s) for s in data['voc']['val_sets'])})"
+    else:
+        dataset = f"YOLO-format data (`{data['yolo']['data_yaml']}`)"
+    if classes:
+        dataset += f", {len(classes)} classes ({', '.join(classes)})"
     images = sorted(set(num_images))
     ptq = quant.get("ptq", {})
     matrix = params["matrix"]
