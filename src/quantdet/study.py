@@ -351,7 +351,8 @@ def find_job(params: dict, stage: str, target: str) -> Job:
 
 
 def report_inputs(params: dict) -> list[str]:
-    inputs = [eval_dir(m) for m in evaluated_models(params)]
+    inputs = [PREPARED]  # its summary.json: the dataset's classes
+    inputs += [eval_dir(m) for m in evaluated_models(params)]
     inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
                for s in method_of(parse_model_name(q)).extra_outputs]
