@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                           "and severity of the study")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder for the model's results (one subfolder per condition)")
+    p = stage("intervals", "95% intervals of every model's figures and every comparison "
+                           "(image bootstrap, paired; results/metrics/intervals.json)")
+    p.add_argument("--out", default="results/metrics/intervals.json")
     p = stage("report", "P/mPC/rPC tables, plots and results/report.md")
     p.add_argument("--out", default="results", help="results root")
     return parser
@@ -134,6 +137,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.export(params, args.model, args.out)
     if args.stage == "evaluate":
         return stages.evaluate(params, args.model, args.out)
+    if args.stage == "intervals":
+        return stages.intervals(params, args.out)
     if args.stage == "report":
         return stages.report(params, args.out)
     raise AssertionError(args.stage)

@@ -34,7 +34,7 @@ def _dvc_deps(job: study.Job) -> list[str]:
     """The job's inputs; a folder stands for many inputs under it (every corrupted split; the
     report's evaluations and model files), as DVC tracks folders."""
     collapse = {study.CORRUPTED: study.CORRUPTED}
-    if job.stage == "report":
+    if job.stage in ("intervals", "report"):
         collapse.update({study.EVAL: study.EVAL, study.MODELS: study.MODELS})
     deps = []
     for path in job.inputs:
@@ -45,6 +45,8 @@ def _dvc_deps(job: study.Job) -> list[str]:
 
 
 def _dvc_outs(job: study.Job) -> tuple[list[str], list[str]]:
+    if job.stage == "intervals":
+        return list(job.outputs), []
     if job.stage == "report":
         outs = ["results/report.md", "results/plots", "results/tables", "results/study.tsv"]
         return outs, list(METRICS)

@@ -237,15 +237,18 @@ STAGE_READS = {
     "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
     "export": ("models.input_size", "export", "evaluate"),
     "evaluate": ("models.input_size", "evaluate"),
-    "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill"),
+    "intervals": ("study", "matrix", "corruptions", "statistics"),
+    "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill", "statistics"),
 }
+INTERVALS = "results/metrics/intervals.json"
 CLI = {"zeroshot_data": "zeroshot-data"}  # stage -> `quantdet` subcommand, where they differ
 
 
 @dataclass(frozen=True)
 class Job:
     """One job of the study: the `quantdet` command that makes `outputs` from `inputs`."""
-    stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic export evaluate report
+    stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic export evaluate
+                                      # intervals report
     target: str                       # the model, corrupted split (`fog/3`), generator or `report`
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] = ()
@@ -338,6 +341,9 @@ def jobs(params: dict) -> list[Job]:
                         tuple(job_reads("evaluate")), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime=name.runtime,
                         log=f"logs/evaluate/{m}.log"))
+    rows.append(Job("intervals", "intervals", (INTERVALS,),
+                    (PREPARED, *splits, *(eval_dir(m) for m in evaluated_models(params))),
+                    tuple(job_reads("intervals")), log="logs/intervals.log"))
     rows.append(Job("report", "report", REPORT_OUTPUTS, tuple(report_inputs(params)),
                     tuple(job_reads("report")), log="logs/report.log", out="results"))
     return rows
@@ -351,7 +357,7 @@ def find_job(params: dict, stage: str, target: str) -> Job:
 
 
 def report_inputs(params: dict) -> list[str]:
-    inputs = [PREPARED]  # its summary.json: the dataset's classes
+    inputs = [PREPARED, INTERVALS]  # the summary's classes; every figure's interval
     inputs += [eval_dir(m) for m in evaluated_models(params)]
     inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
@@ -361,6 +367,7 @@ def report_inputs(params: dict) -> list[str]:
 
 REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/plots/rpc_per_model.png", "results/plots/ap_per_corruption.png",
+                  "results/plots/accuracy_vs_robustness.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",

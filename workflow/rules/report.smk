@@ -18,6 +18,11 @@ rule report:
             category="Plots",
         ),
         report(
+            "results/plots/accuracy_vs_robustness.png",
+            caption="../report/accuracy_vs_robustness.rst",
+            category="Plots",
+        ),
+        report(
             "results/plots/ap_per_corruption.png",
             caption="../report/ap_per_corruption.rst",
             category="Plots",
@@ -41,3 +46,21 @@ rule report:
         "logs/report.log",
     shell:
         "quantdet report --params params.yaml --out results --log {log}"
+
+
+rule intervals:
+    input:
+        job_inputs("intervals", lambda wildcards: "intervals"),
+    output:
+        "results/metrics/intervals.json",
+    params:
+        read=job_params("intervals", lambda wildcards: "intervals"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/intervals.log",
+    benchmark:
+        "benchmarks/intervals.tsv"
+    threads: config["statistics"]["processes"]
+    shell:
+        "quantdet intervals --params params.yaml --out {output} --log {log}"

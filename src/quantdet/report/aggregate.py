@@ -11,7 +11,8 @@ from quantdet.report import tables as t
 from quantdet.report.files import atomic_write, atomic_write_json, atomic_write_text, finite_numbers
 from quantdet.report.inputs import read_evaluation_rows, read_exports, read_json
 from quantdet.report.markdown import render_study_report
-from quantdet.report.plots import plot_ap_per_corruption, plot_ap_vs_severity, plot_rpc_per_model
+from quantdet.report.plots import (plot_accuracy_vs_robustness, plot_ap_per_corruption, plot_ap_vs_severity,
+                                   plot_rpc_per_model)
 from quantdet.study import PREPARED
 
 ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
@@ -21,7 +22,8 @@ ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
 def write_study_report(eval_files, export_files, params: dict, out_root="results",
                        mixed_bits: dict[str, dict] | None = None,
                        generated_grids: dict[str, Path] | None = None,
-                       generated_info: dict[str, dict] | None = None) -> dict:
+                       generated_info: dict[str, dict] | None = None,
+                       intervals: dict | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log."""
     out = Path(out_root)
@@ -30,6 +32,10 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
 
     ap = t.ap_by_condition(rows, params)
     robustness = t.robustness_table(ap, params)
+    if intervals:  # the 95% interval of every figure, beside it
+        from quantdet.report.answers import interval_columns
+
+        robustness = robustness.merge(interval_columns(intervals), on="model", how="left")
     order = list(robustness["model"])
     tables = {
         "ap_by_condition": ap,
@@ -60,6 +66,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                                                                     plots_dir / "ap_vs_severity.png"),
         "rPC per model": plot_rpc_per_model(robustness, plots_dir / "rpc_per_model.png"),
         "AP per corruption": plot_ap_per_corruption(t.ap_per_corruption(ap), plots_dir / "ap_per_corruption.png"),
+        "Accuracy against robustness (P vs mPC, 95% intervals)":
+            plot_accuracy_vs_robustness(robustness, plots_dir / "accuracy_vs_robustness.png"),
     }
     written.update({f"{p.stem}_plot": p for p in plots.values()})
     grids = {}
@@ -75,7 +83,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
                                                                       mixed_bits or {}, grids,
-                                                                      generated_info or {}, _dataset_classes()))
+                                                                      generated_info or {}, _dataset_classes(),
+                                                                      intervals))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},
@@ -92,8 +101,13 @@ def _dataset_classes() -> list[str] | None:
     return classes if isinstance(classes, list) else None
 
 
+INTERVAL_METRICS = ("P_low", "P_high", "mPC_low", "mPC_high", "rPC_low", "rPC_high")
+
+
 def _robustness_metrics(robustness: pd.DataFrame) -> dict:
-    return {row["model"]: finite_numbers({name: row[column] for column, name in ROBUSTNESS_METRICS.items()})
+    """DVC metrics: each figure, and the ends of its 95% interval where measured."""
+    columns = {**ROBUSTNESS_METRICS, **{c: c for c in INTERVAL_METRICS if c in robustness}}
+    return {row["model"]: finite_numbers({name: row[column] for column, name in columns.items()})
             for _, row in robustness.iterrows()}
 
 

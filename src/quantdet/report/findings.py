@@ -12,15 +12,18 @@ DEPLOYMENT_TOLERANCE_POINTS = 0.5
 
 def study_findings(ap: pd.DataFrame, robustness: pd.DataFrame, drop: pd.DataFrame,
                    sim_dep: pd.DataFrame, export: pd.DataFrame, corruptions: list[str],
-                   comparisons: pd.DataFrame | None = None, mimic_lambda: float = 1.0) -> list[str]:
-    """``mimic_lambda``: λ of the mimic variants that name none (distill.mimic.lambda)."""
+                   comparisons: pd.DataFrame | None = None, mimic_lambda: float = 1.0,
+                   deployment: bool = True) -> list[str]:
+    """``mimic_lambda``: λ of the mimic variants that name none (distill.mimic.lambda).
+    ``comparisons`` None and ``deployment`` False: those answers come with intervals
+    (quantdet.report.answers) and are not repeated here without them."""
     return [line for line in (
         _robustness_ranking(robustness),
         _quantization_overview(drop),
         *_qrid_answers(comparisons if comparisons is not None else pd.DataFrame()),
         *_zero_shot_answers(comparisons if comparisons is not None else pd.DataFrame()),
         *_mimic_answers(comparisons if comparisons is not None else pd.DataFrame(), robustness, mimic_lambda),
-        _deployment_summary(sim_dep),
+        _deployment_summary(sim_dep) if deployment else "",
         _hardest_corruption(ap, corruptions),
         _export_speed(export),
     ) if line]

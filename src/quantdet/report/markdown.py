@@ -14,26 +14,32 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         mixed_bits: dict[str, dict] | None = None,
                         generated_grids: dict[str, str] | None = None,
                         generated_info: dict[str, dict] | None = None,
-                        classes: list[str] | None = None) -> str:
+                        classes: list[str] | None = None, intervals: dict | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
-    relative to the report; ``classes`` are those of the prepared data, where known."""
+    relative to the report; ``classes`` are those of the prepared data, where known;
+    ``intervals``: results/metrics/intervals.json, whose answers replace the interval-less
+    comparison sentences (a direction only where the interval excludes zero)."""
     corruptions = params["corruptions"]["names"]
     summary = tables.get("comparison_summary", pd.DataFrame())
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
+        _answers(intervals),
         _study_description(params, tables["robustness"], num_images, classes),
         _methods(params),
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
                                                    tables["quantization_drop"], tables["simulated_vs_deployed"],
-                                                   tables["export"], corruptions, summary,
-                                                   params.get("distill", {}).get("mimic", {}).get("lambda", 1.0))),
+                                                   tables["export"], corruptions,
+                                                   None if intervals else summary,
+                                                   params.get("distill", {}).get("mimic", {}).get("lambda", 1.0),
+                                                   deployment=not intervals)),
         _ranking(tables.get("method_ranking", pd.DataFrame())),
         _comparisons(summary, params),
         _seed_spread(tables.get("seed_spread", pd.DataFrame())),
         _zero_shot(tables["robustness"], summary, params, generated_grids or {}, generated_info or {}),
         _mimic(tables["robustness"], summary, params),
-        "## Every model\n\n" + _headline(tables["robustness"]),
+        "## Every model\n\n" + (_models_with_intervals(tables["robustness"], intervals) if intervals
+                                  else _headline(tables["robustness"])),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         _export(tables["export"], exports),
@@ -246,6 +252,23 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         "every corruption × severity; rPC = mPC / P. AP is given in points (AP × 100), rPC in percent.",
     ]
     return "\n".join(lines)
+
+
+def _answers(intervals: dict | None) -> str:
+    if not intervals:
+        return ""
+    from quantdet.report.answers import answers, method_note
+
+    lines = [line for line in answers(intervals) if line]
+    return ("## Answers, with 95% intervals\n\n" + method_note(intervals) + "\n\n"
+            + "\n".join(f"- {line}" for line in lines))
+
+
+def _models_with_intervals(robustness: pd.DataFrame, intervals: dict) -> str:
+    from quantdet.report.answers import models_table
+
+    return ("Each figure with its 95% interval (AP points; rPC in percent); AP50 figures and the per-corruption "
+            "tables are in the appendix below.\n\n" + models_table(robustness, intervals))
 
 
 def _methods(params: dict) -> str:

@@ -58,14 +58,25 @@ def plot_ap_vs_severity(curves: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _error(frame: pd.DataFrame, column: str, scale: float = 100.0):
+    """matplotlib's (2, n) error lengths from the interval columns, or None without them."""
+    if f"{column}_low" not in frame:
+        return None
+    value = scale * frame[column].astype(float)
+    low = (value - scale * frame[f"{column}_low"].astype(float)).clip(lower=0).fillna(0)
+    high = (scale * frame[f"{column}_high"].astype(float) - value).clip(lower=0).fillna(0)
+    return [list(low), list(high)]
+
+
 def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
-    # horizontal bars: the long model names stay readable on the y axis
+    # horizontal bars: the long model names stay readable on the y axis; whiskers: 95% interval
     models = list(robustness["model"])
     colours = model_colours(models)
     rpc = 100 * robustness["rPC"].astype(float)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(models) + 1.5))
     bars = ax.barh(range(len(models)), rpc.fillna(0), color=[colours[m] for m in models],
-                   edgecolor="black", linewidth=0.5)
+                   edgecolor="black", linewidth=0.5, xerr=_error(robustness, "rPC"),
+                   error_kw={"elinewidth": 0.8, "capsize": 2})
     for bar, model in zip(bars, models):
         if _deployed(model):
             bar.set_hatch("//")
@@ -78,7 +89,31 @@ def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
     top = rpc.max(skipna=True)
     ax.set_xlim(0, max(100.0, 0.0 if pd.isna(top) else top + 10))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Relative performance under corruption (hatched: onnxruntime)")
+    ax.set_title("Relative performance under corruption (hatched: onnxruntime"
+                 + ("; whiskers: 95% interval)" if "rPC_low" in robustness else ")"))
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_robustness(robustness: pd.DataFrame, path: Path) -> Path:
+    """P against mPC per model with their 95% intervals, one panel per bit width (the FP32
+    models in each as the reference): the accuracy-robustness trade-off at a glance."""
+    rows = robustness[robustness["runtime"] == "torch"]
+    bits = {m: parse_model_name(m).bits_label for m in rows["model"]}
+    widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
+    colours = model_colours(list(rows["model"]))
+    fig, axes = plt.subplots(1, len(widths), figsize=(6.5 * len(widths), 5.5), squeeze=False)
+    for ax, width in zip(axes[0], widths):
+        panel = rows[[bits[m] in ("fp32", width) for m in rows["model"]]]
+        for i, r in enumerate(panel.itertuples()):
+            one = panel.iloc[[i]]
+            ax.errorbar(100 * r.P, 100 * r.mPC, xerr=_error(one, "P"), yerr=_error(one, "mPC"),
+                        fmt="s" if bits[r.model] == "fp32" else "o", color=colours[r.model], capsize=2,
+                        elinewidth=0.8, label=r.model)
+        ax.set_xlabel("P: AP@[.5:.95] on clean images (points)")
+        ax.set_ylabel("mPC: mean AP under corruption (points)")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"Accuracy and robustness: {width}" + (" (FP32: squares)" if width != "fp32" else ""))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     return _save(fig, path)
 
 

@@ -21,8 +21,9 @@ def report(params: dict, out_root: str = "results") -> dict:
     generators = study.generators(params)
     grids = {g: require(Path(study.synthetic_dir(g)) / "grid.png") for g in generators}
     generated = {g: read_json(require(Path(study.synthetic_dir(g)) / "summary.json")) for g in generators}
+    intervals = read_json(require(study.INTERVALS))
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
-                                 generated_grids=grids, generated_info=generated)
+                                 generated_grids=grids, generated_info=generated, intervals=intervals)
     table = Path(out_root) / "study.tsv"
     with atomic_path(table) as tmp:
         Path(tmp).write_text(study.study_table(params))

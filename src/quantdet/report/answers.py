@@ -1,0 +1,150 @@
+"""The study's answers, each with its 95% interval (results/metrics/intervals.json).
+
+The wording rule: a comparison states a direction ("higher", "lower") only when its interval
+excludes zero; otherwise it says "no measurable difference", with the interval, whatever the
+sign of the estimate."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from quantdet.report.formatting import markdown_table
+
+NO_DIFFERENCE = "no measurable difference"
+GROUP_TITLES = {"qrid": "Degradation-aware methods against their clean-data baselines",
+                "zeroshot": "Zero-shot against real calibration data",
+                "mimic": "Mimic distillation",
+                "teacher": "Teacher against student"}
+
+
+def verdict(difference: dict) -> str:
+    """'higher' or 'lower' when the interval excludes zero, else 'no measurable difference'."""
+    low, high = difference.get("low"), difference.get("high")
+    if low is None or high is None or any(map(math.isnan, (low, high))):
+        return "not measured"
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return NO_DIFFERENCE
+
+
+def _scale(metric: str) -> float:
+    return 100.0  # AP and rPC fractions as points / percentage points
+
+
+def with_interval(value: dict, metric: str, signed: bool = False) -> str:
+    """`12.3 [10.1, 14.0]` (AP points; rPC in percent)."""
+    if not value or value.get("estimate") is None:
+        return "–"
+    s = _scale(metric)
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    unit = "%" if metric == "rPC" and not signed else ""
+    return (f"{fmt.format(s * value['estimate'])}{unit} "
+            f"[{fmt.format(s * value['low'])}, {fmt.format(s * value['high'])}]")
+
+
+def difference_phrase(differences: dict, metric: str) -> str:
+    d = differences.get(metric)
+    if not d:
+        return ""
+    unit = "percentage points" if metric == "rPC" else "points"
+    return f"Δ{metric} {with_interval(d, metric, signed=True)} {unit}: {verdict(d)}"
+
+
+def _seeds(record: dict) -> str:
+    seeds = record["seeds"]
+    if len(seeds) == 1:
+        return "one seed: images only"
+    return f"seeds {', '.join(map(str, seeds))}: images and seed-to-seed spread"
+
+
+def comparison_answers(intervals: dict) -> list[str]:
+    """One sentence per method comparison (QRID, zero-shot, mimic, teacher), per bit width."""
+    lines = []
+    for record in intervals.get("comparisons", []):
+        if record["group"] not in GROUP_TITLES:
+            continue
+        d = record["differences"]
+        parts = [difference_phrase(d, m) for m in ("mPC", "rPC", "P")]
+        label = record["comparison"][0].upper() + record["comparison"][1:]
+        lines.append(f"**{label} at {record['bits']}** ({_seeds(record)}): "
+                     + "; ".join(p for p in parts if p) + ".")
+    return lines
+
+
+def quantization_answers(intervals: dict) -> list[str]:
+    """Does quantization amplify the loss under corruption? rPC of each quantized model
+    (simulated) against its FP32 source, per bit width."""
+    by_bits: dict[str, dict[str, list[str]]] = {}
+    for record in intervals.get("comparisons", []):
+        if record["group"] != "fp32" or "deployed" in record["comparison"]:
+            continue
+        d = record["differences"].get("rPC")
+        if not d:
+            continue
+        method = record["comparison"].removesuffix(" vs FP32")
+        by_bits.setdefault(record["bits"], {}).setdefault(verdict(d), []).append(
+            f"`{method}` {with_interval(d, 'rPC', signed=True)}")
+    lines = []
+    for bits, groups in by_bits.items():
+        counts = ", ".join(f"{kind} for {len(items)}" for kind, items in
+                           sorted(groups.items(), key=lambda kv: ("lower", "higher", NO_DIFFERENCE).index(kv[0])
+                                  if kv[0] in ("lower", "higher", NO_DIFFERENCE) else 3))
+        detail = "; ".join(item for items in groups.values() for item in items)
+        lines.append(f"**Does {bits} quantization amplify the loss under corruption?** rPC against the FP32 "
+                     f"student, beyond its 95% interval: {counts} (ΔrPC in percentage points: {detail}).")
+    return lines
+
+
+def deployment_answer(intervals: dict) -> str:
+    """Deployed (onnxruntime) against simulated (PyTorch): where they measurably differ."""
+    records = [r for r in intervals.get("comparisons", []) if r["group"] == "deployed"]
+    if not records:
+        return ""
+    differ = [r for r in records if verdict(r["differences"].get("P", {})) != NO_DIFFERENCE
+              or verdict(r["differences"].get("mPC", {})) != NO_DIFFERENCE]
+    text = (f"**Deployed against simulated**: of {len(records)} exported models, "
+            f"{len(records) - len(differ)} show no measurable difference in P and mPC between onnxruntime "
+            "and PyTorch")
+    if differ:
+        text += "; measurably different: " + "; ".join(
+            f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}" for r in differ)
+    return text + "."
+
+
+def answers(intervals: dict) -> list[str]:
+    return [*quantization_answers(intervals), *comparison_answers(intervals), deployment_answer(intervals)]
+
+
+def interval_columns(intervals: dict) -> pd.DataFrame:
+    """Per model: the low and high ends of P, mPC, rPC and held-out mPC (fractions)."""
+    rows = []
+    for model, figures in intervals.get("models", {}).items():
+        row = {"model": model}
+        for name, column in (("P", "P"), ("mPC", "mPC"), ("rPC", "rPC"), ("mPC_heldout", "mPC_heldout")):
+            value = figures.get(name) or {}
+            row[f"{column}_low"], row[f"{column}_high"] = value.get("low"), value.get("high")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def models_table(robustness: pd.DataFrame, intervals: dict) -> str:
+    """Every model's P, mPC, rPC and held-out mPC with their 95% intervals."""
+    figures = intervals.get("models", {})
+    rows = []
+    for r in robustness.itertuples():
+        f = figures.get(r.model, {})
+        rows.append([f"`{r.model}`", r.bits, r.runtime, with_interval(f.get("P"), "P"),
+                     with_interval(f.get("mPC"), "mPC"), with_interval(f.get("rPC"), "rPC"),
+                     with_interval(f.get("mPC_heldout"), "mPC")])
+    return markdown_table(["model", "bits", "runtime", "P", "mPC", "rPC", "mPC held-out"], rows,
+                          align_right_from=3)
+
+
+def method_note(intervals: dict) -> str:
+    return (f"Intervals: {100 * intervals['level']:.0f}% basic bootstrap intervals from {intervals['resamples']} "
+            f"resamples of the {intervals['num_images']} val images, the same resample for every model and every "
+            "corrupted copy of an image (paired); a comparison over repeat seeds adds the seed-to-seed spread. "
+            "A direction is stated only where the interval excludes zero.")
