@@ -1,5 +1,5 @@
 """Extending a finished smoke study: appending to the matrix (a PTQ method, a QAT recipe, a bit
-width, a repeat seed) plans exactly the new jobs and the report; changing one method's setting
+width, a repeat seed) plans exactly the new jobs and the study-wide ones (intervals, report); changing one method's setting
 reruns that method's chain only; a method of the user's own, from one file, runs end to end."""
 import json
 import os
@@ -49,7 +49,7 @@ def _planned(work, env=None) -> set[str]:
 
 def _new_jobs(before: Path, after: Path) -> set[str]:
     old = {j.name for j in study.jobs(load_params(before / "params.yaml"))}
-    return {j.name for j in study.jobs(load_params(after / "params.yaml"))} - old | {"report"}
+    return {j.name for j in study.jobs(load_params(after / "params.yaml"))} - old | {"intervals", "report"}
 
 
 @pytest.mark.parametrize("change", [
@@ -85,7 +85,8 @@ def test_changing_one_methods_setting_reruns_only_its_chain(smoke_study, tmp_pat
     jobs = study.jobs(load_params(work / "params.yaml"))
     expected = _chain(jobs, {j.name for j in jobs if "quant.qat.outlier" in j.reads})
     assert expected == {"qat-student-qat-oaqat-w8a8", "export-student-qat-oaqat-w8a8",
-                        "evaluate-student-qat-oaqat-w8a8", "evaluate-student-qat-oaqat-w8a8-ort", "report"}
+                        "evaluate-student-qat-oaqat-w8a8", "evaluate-student-qat-oaqat-w8a8-ort",
+                        "intervals", "report"}
     assert _planned(work) == expected
 
 
