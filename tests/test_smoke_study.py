@@ -38,7 +38,7 @@ def test_report_and_metrics_cover_every_model(smoke_study):
     report = (smoke_study / "results/report.md").read_text()
     for model in study.evaluated_models(params):
         assert model in report
-    for plot in ("ap_vs_severity", "rpc_per_model", "ap_per_corruption"):
+    for plot in ("ap_vs_severity", "rpc_per_model", "ap_per_corruption", "accuracy_vs_robustness"):
         assert (smoke_study / f"results/plots/{plot}.png").stat().st_size > 1000
 
 
@@ -86,7 +86,7 @@ def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     stages = {c.data.tags["quantdet.stage"] for c in children}
     assert stages == {"prepare", "corrupt", "pretrain", "zeroshot_data", "ptq", "qat", "mimic", "export",
-                      "evaluate", "report"}
+                      "evaluate", "intervals", "report"}
     params = load_params(smoke_study / "params.yaml")
     n_eval = len(study.evaluated_models(params))     # one evaluation job per model
     assert sum(c.data.tags["quantdet.stage"] == "evaluate" for c in children) == n_eval
@@ -103,7 +103,20 @@ def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study
     (changed / "params.yaml").write_text(yaml.safe_dump(params))
     dry = _snakemake(changed, "-n", "--cores", "1")
     rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M)) - {"all"}
-    assert rules == {"evaluate", "export", "report"}, dry.stdout[-3000:]
+    assert rules == {"evaluate", "export", "intervals", "report"}, dry.stdout[-3000:]
+
+
+def test_every_figure_has_its_interval_and_the_study_table_is_written(smoke_study):
+    params = load_params(smoke_study / "params.yaml")
+    intervals = json.loads((smoke_study / "results/metrics/intervals.json").read_text())
+    assert set(intervals["models"]) == set(study.evaluated_models(params))
+    robustness = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
+    for values in robustness.values():  # DVC metrics carry the bounds
+        assert values["P_low"] <= values["P"] <= values["P_high"]
+    report = (smoke_study / "results/report.md").read_text()
+    assert "## Answers, with 95% intervals" in report
+    table = (smoke_study / "results/study.tsv").read_text().splitlines()
+    assert len(table) == len(study.jobs(params)) + 1
 
 
 def test_snakemake_html_report_embeds_the_plots(smoke_study):
