@@ -63,7 +63,7 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     plots_dir = out / "plots"
     plots = {
         "Mean AP over corruptions vs severity": plot_ap_vs_severity(tables["ap_vs_severity"],
-                                                                    plots_dir / "ap_vs_severity.png"),
+                                                                    plots_dir / "ap_vs_severity.png", intervals),
         "rPC per model": plot_rpc_per_model(robustness, plots_dir / "rpc_per_model.png"),
         "AP per corruption": plot_ap_per_corruption(t.ap_per_corruption(ap), plots_dir / "ap_per_corruption.png"),
         "Accuracy against robustness (P vs mPC, 95% intervals)":

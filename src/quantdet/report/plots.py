@@ -31,31 +31,69 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
-def plot_ap_vs_severity(curves: pd.DataFrame, path: Path) -> Path:
-    """One panel per bit width (the FP32 models in each, as the reference), so that a study
-    of 50-odd models stays readable."""
+MAX_SERIES = 8  # per panel: more lines than this cannot be told apart
+
+
+def severity_panels(models: list[str]) -> list[tuple[str, list[str]]]:
+    """(title, models) per panel: per bit width, the FP32 student and at most MAX_SERIES - 1
+    quantized students simulated in PyTorch, of the study seed (deployed twins and repeat seeds
+    are compared in their own tables, with intervals)."""
+    names = {m: parse_model_name(m) for m in models}
+    torch_models = [m for m in models if names[m].runtime == "torch" and names[m].seed is None]
+    reference = [m for m in torch_models if not names[m].quantized and names[m].role == "student"
+                 and names[m].seed is None][:1]
+    widths = list(dict.fromkeys(names[m].bits_label for m in torch_models if names[m].quantized))
+    panels = []
+    for width in widths:
+        members = [m for m in torch_models if names[m].bits_label == width]
+        step = MAX_SERIES - len(reference)
+        chunks = [members[i:i + step] for i in range(0, len(members), step)]
+        for k, chunk in enumerate(chunks):
+            part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            panels.append((f"{width}{part}", reference + chunk))
+    return panels or [("fp32", [m for m in torch_models if not names[m].quantized][:MAX_SERIES])]
+
+
+def plot_ap_vs_severity(curves: pd.DataFrame, path: Path, intervals: dict | None = None) -> Path:
+    """One panel per bit width (the FP32 student in each, as the reference), at most
+    MAX_SERIES lines each, with their 95% interval bands where measured."""
     models = list(curves["model"].unique())
     colours = model_colours(models)
-    bits = {m: parse_model_name(m).bits_label for m in models}
-    widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
-    shown = {w: [m for m in models if bits[m] in ("fp32", w)] for w in widths}
-    heights = [max(4.5, 0.22 * len(shown[w]) + 0.8) for w in widths]  # each legend beside its panel
-    fig, axes = plt.subplots(len(widths), 1, figsize=(8, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, width in zip(axes[:, 0], widths):
-        for model in shown[width]:
+    panels = severity_panels(models)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.2 * len(panels)), squeeze=False,
+                             layout="constrained")
+    figures = (intervals or {}).get("models", {})
+    for ax, (title, shown) in zip(axes[:, 0], panels):
+        for model in shown:
             curve = curves[curves["model"] == model]
-            ax.plot(curve["severity"], 100 * curve["AP"], marker="o", color=colours[model],
-                    linestyle="--" if _deployed(model) else "-", label=model)
+            ax.plot(curve["severity"], 100 * curve["AP"], marker="o", color=colours[model], label=model,
+                    linewidth=2.2 if not parse_model_name(model).quantized else 1.5)
+            band = _severity_band(figures.get(model), list(curve["severity"]))
+            if band is not None:
+                ax.fill_between(curve["severity"], band[0], band[1], color=colours[model], alpha=0.12,
+                                linewidth=0)
         ax.set_xticks(sorted(curves["severity"].unique()))
         ax.set_xlabel("corruption severity (0 = clean)")
-        ax.set_ylabel("AP@[.5:.95] (points), mean over corruptions")
+        ax.set_ylabel("AP@[.5:.95] (points)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, title="model")
-        ax.set_title("Accuracy as corruptions get stronger"
-                     + (f": {width} (FP32 for reference; dashed: onnxruntime)" if width != "fp32" else ""))
+        ax.set_title(f"Mean AP over corruptions vs severity: {title}"
+                     + ("; bands: 95% intervals" if figures else ""))
     return _save(fig, path)
+
+
+def _severity_band(figures: dict | None, severities: list[int]):
+    """Low and high ends (points) at each severity: P's interval at 0, then each severity's."""
+    if not figures:
+        return None
+    values = []
+    for s in severities:
+        v = figures.get("P") if s == 0 else figures.get("severities", {}).get(str(s))
+        if not v or v.get("low") is None:
+            return None
+        values.append((100 * v["low"], 100 * v["high"]))
+    return [lo for lo, _ in values], [hi for _, hi in values]
 
 
 def _error(frame: pd.DataFrame, column: str, scale: float = 100.0):
@@ -97,7 +135,8 @@ def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
 def plot_accuracy_vs_robustness(robustness: pd.DataFrame, path: Path) -> Path:
     """P against mPC per model with their 95% intervals, one panel per bit width (the FP32
     models in each as the reference): the accuracy-robustness trade-off at a glance."""
-    rows = robustness[robustness["runtime"] == "torch"]
+    rows = robustness[(robustness["runtime"] == "torch")
+                      & [parse_model_name(m).seed is None for m in robustness["model"]]]  # study seed
     bits = {m: parse_model_name(m).bits_label for m in rows["model"]}
     widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
     colours = model_colours(list(rows["model"]))
