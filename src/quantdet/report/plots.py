@@ -135,8 +135,8 @@ def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
 def plot_accuracy_vs_robustness(robustness: pd.DataFrame, path: Path) -> Path:
     """P against mPC per model with their 95% intervals, one panel per bit width (the FP32
     models in each as the reference): the accuracy-robustness trade-off at a glance."""
-    rows = robustness[(robustness["runtime"] == "torch")
-                      & [parse_model_name(m).seed is None for m in robustness["model"]]]  # study seed
+    study_seed = robustness["model"].map(lambda m: parse_model_name(m).seed is None)
+    rows = robustness[(robustness["runtime"] == "torch") & study_seed]
     bits = {m: parse_model_name(m).bits_label for m in rows["model"]}
     widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
     colours = model_colours(list(rows["model"]))
