@@ -58,7 +58,8 @@ def _new_jobs(before: Path, after: Path) -> set[str]:
     lambda p: p["matrix"].update(bits=[8, 4]),
     lambda p: p["matrix"]["repeat"]["seeds"].append(2),
     lambda p: p["matrix"]["mimic"].append("alone"),
-], ids=["ptq-method", "qat-recipe", "bit-width", "repeat-seed", "mimic-variant"])
+    lambda p: p["matrix"]["peer"].append("ort_entropy"),
+], ids=["ptq-method", "qat-recipe", "bit-width", "repeat-seed", "mimic-variant", "peer"])
 def test_appending_to_the_matrix_plans_only_the_new_jobs(smoke_study, tmp_path, change):
     work = _copy(smoke_study, tmp_path, change)
     planned = _planned(work)
@@ -114,3 +115,23 @@ def test_aciq_runs_end_to_end(smoke_study, tmp_path):
     assert 0.0 <= robustness["student-ptq-aciq-w8a8-ort"]["P"] <= 1.0
     export = json.loads((work / "results/models/student-ptq-aciq-w8a8.export.json").read_text())
     assert export["graph"]["integer_weights"] > 10
+
+
+def test_a_peer_quantizer_is_evaluated_deployed_and_ranked(smoke_study):
+    """onnxruntime's quantize_static (methods/ort_static.py, the smoke study's peer): an integer
+    ONNX model from the FP32 ONNX one, on the same calibration images, evaluated deployed only,
+    and compared in the report with each of our deployed models."""
+    robustness = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
+    assert "student-peer-ort_minmax-w8a8-ort" in robustness
+    assert "student-peer-ort_minmax-w8a8" not in robustness  # no PyTorch twin
+    import onnx
+
+    model = onnx.load(str(smoke_study / "results/models/student-peer-ort_minmax-w8a8.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    ptq = json.loads((smoke_study / "results/models/student-ptq-minmax-w8a8.export.json").read_text())
+    assert meta["quantdet.calibration_fingerprint"] == ptq["calibration"]["fingerprint"]
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    intervals = json.loads((smoke_study / "results/metrics/intervals.json").read_text())
+    peer = [c for c in intervals["comparisons"] if c["group"] == "peer"]
+    assert peer and all(c["baseline"] == ["student-peer-ort_minmax-w8a8-ort"] for c in peer)
+    assert "**Does a quantdet method beat the best peer at W8A8?**" in (smoke_study / "results/report.md").read_text()

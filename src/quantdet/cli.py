@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("qat", "quantization-aware training of an FP32 model (a named recipe)"),
                        ("mimic", "quantization mimic: fine-tune the quantized student against "
                                  "the FP32 teacher's features"),
+                       ("peer", "another tool's quantizer (a registered peer method) applied to "
+                                "the FP32 ONNX model"),
                        ("export", "export a model to ONNX (QDQ for quantized models), "
                                   "measure latency and simulated-vs-deployed agreement")):
         p = stage(name, text)
@@ -129,6 +131,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.zeroshot_data(params, args.generator, args.out)
     if args.stage == "mimic":
         return stages.mimic(params, args.model, args.out)
+    if args.stage == "peer":
+        return stages.peer(params, args.model, args.out)
     if args.stage == "ptq":
         return stages.ptq(params, args.model, args.out)
     if args.stage == "qat":

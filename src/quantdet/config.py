@@ -126,7 +126,7 @@ def _check_matrix(matrix: dict, source: str) -> None:
 
     if "mixed" in matrix["ptq"]:
         raise ParamsError(f"{source}: matrix.ptq: mixed: list mixed-precision budgets in matrix.mixed")
-    for family in ("ptq", "qat", "mimic"):
+    for family in ("ptq", "qat", "peer", "mimic"):
         for method in matrix[family]:
             try:
                 get_method(family, method)

@@ -19,8 +19,10 @@ Model names are built here and parsed back here, nowhere else:
     student-ptq-zeroq-w8a8, student-ptq-gdfq-w8a8    zero-shot PTQ: calibrated on generated images
     student-qat-ait-w4a4                             zero-shot QAT: AIT on GDFQ generator samples
     student-mimic-qmimic-w8a8                        quantization mimic of the teacher (distill.mimic)
+    student-peer-ort_minmax-w8a8-ort                 another tool's quantizer (a peer), from the FP32
+                                                     ONNX model, evaluated deployed only
 
-The part after the family (ptq, qat, mimic) is a method of the registry of that family.
+The part after the family (ptq, qat, mimic, peer) is a method of the registry of that family.
 
 A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
 benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
@@ -35,7 +37,7 @@ MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
-    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic)-(?P<method>[a-z0-9_]+)"
+    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
     r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-s(?P<seed>\d+))?(?P<ort>-ort)?$"
 )
 
@@ -152,6 +154,15 @@ def quantized_models(params: dict) -> list[str]:
     return ptq_models(params) + qat_models(params) + mimic_models(params)
 
 
+def peer_models(params: dict) -> list[str]:
+    """Other tools' quantized ONNX models, at the study's widths the tool supports."""
+    from quantdet.methods import get_method
+
+    m = matrix(params)
+    return [quantized_model_name("student", "peer", p, b, b) for p in m.get("peer", [])
+            for b in m["bits"] if b in get_method("peer", p).bits]
+
+
 def generators(params: dict) -> list[str]:
     """The generated sets the study's methods calibrate or train on, in matrix order."""
     from quantdet.methods import get_method
@@ -196,6 +207,7 @@ def evaluated_models(params: dict) -> list[str]:
     names = ["teacher-fp32", "student-fp32"]
     for q in quantized_models(params):
         names += [q, q + ORT_SUFFIX]
+    names += [p + ORT_SUFFIX for p in peer_models(params)]  # deployed only
     return names + repeat_models(params)
 
 
@@ -284,7 +296,7 @@ def job_reads(stage: str, role: str = "student", model: str | None = None,
 
     if generator is not None:
         return method_reads("generate", generator)
-    if stage in ("ptq", "qat", "mimic"):
+    if stage in ("ptq", "qat", "mimic", "peer"):
         if model is None:
             raise ValueError(f"{stage}: the params a job reads depend on its model's method")
         return method_reads(stage, parse_model_name(model).method)
@@ -300,6 +312,10 @@ def _model_job(params: dict, model: str) -> Job:
         return Job("pretrain", model, (model_file(model),), (PREPARED,),
                    tuple(job_reads("pretrain", name.role)), options, seed=name.seed, log=log)
     method = method_of(name)
+    if name.stage == "peer":  # from the FP32 ONNX model to an integer ONNX model
+        return Job("peer", model, (onnx_file(model),), (onnx_file(name.fp32_source), PREPARED),
+                   tuple(job_reads("peer", model=model)), (("model", model),), method=name.method,
+                   bits=name.bits_label, runtime="onnxruntime", log=log, out=onnx_file(model))
     inputs = [model_file(name.fp32_source), calibration_input(name)]
     if method.teacher:
         inputs.insert(1, model_file("teacher-fp32"))
@@ -323,9 +339,9 @@ def jobs(params: dict) -> list[Job]:
         rows.append(Job("zeroshot_data", g, (synthetic_dir(g),), (model_file("student-fp32"), PREPARED),
                         tuple(job_reads("zeroshot_data", generator=g)), (("generator", g),),
                         method=g, log=f"logs/zeroshot_data/{g}.log"))
-    rows += [_model_job(params, m) for m in trained_models(params)[2:]]
+    rows += [_model_job(params, m) for m in trained_models(params)[2:] + peer_models(params)]
     exported = quantized_models(params)
-    sources = list(dict.fromkeys(parse_model_name(q).fp32_source for q in exported))
+    sources = list(dict.fromkeys(parse_model_name(q).fp32_source for q in exported + peer_models(params)))
     for m in sources + exported:  # FP32 sources first: the baselines of the latency figures
         name = parse_model_name(m)
         inputs = (model_file(m), PREPARED) + ((onnx_file(name.fp32_source),) if name.quantized else ())

@@ -4,6 +4,8 @@ rule export:
     output:
         onnx="results/models/{model}.onnx",
         report="results/models/{model}.export.json",
+    wildcard_constraints:
+        model=EXPORTED_MODEL,
     params:
         read=job_params("export", by_model),
     conda:

@@ -61,3 +61,24 @@ rule qat:
         gpu=0,
     shell:
         "quantdet qat --params params.yaml --model {wildcards.model} --out {output} --log {log}"
+
+
+# other tools' quantizers: the FP32 ONNX model in, an integer ONNX model out (evaluated deployed)
+rule peer:
+    input:
+        job_inputs("peer", by_model),
+    output:
+        "results/models/{model}.onnx",
+    wildcard_constraints:
+        model=PEER_MODEL,
+    params:
+        read=job_params("peer", by_model),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/peer/{model}.log",
+    benchmark:
+        "benchmarks/peer/{model}.tsv"
+    threads: config["export"]["threads"]
+    shell:
+        "quantdet peer --params params.yaml --model {wildcards.model} --out {output} --log {log}"

@@ -59,7 +59,8 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
     figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
                                             list(params["corruptions"]["severities"]), corruption_groups(params))
                for model, ap in zip(models, replicates)}
-    comparisons = [_comparison(record, figures, level) for record in comparison_pairs(models, params)]
+    pairs = comparison_pairs(models, params) + peer_pairs(models, figures)
+    comparisons = [_comparison(record, figures, level) for record in pairs]
     log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
              len(image_ids), time.perf_counter() - started)
     return {
@@ -170,6 +171,22 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
         seed = names["student-fp32"].run_seed(params)
         records += paired("teacher", "teacher vs student (FP32)", "fp32",
                           {seed: "teacher-fp32"}, {seed: "student-fp32"})
+    return records
+
+
+def peer_pairs(models: list[str], figures: dict) -> list[dict]:
+    """Group "peer": at each bit width, each of our deployed models against the best peer (other
+    tools' quantizers, by P on the full image set), all from the same FP32 ONNX model."""
+    names = {m: study.parse_model_name(m) for m in models}
+    records = []
+    for bits in dict.fromkeys(n.bits_label for n in names.values() if n.stage == "peer"):
+        peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits]
+        best = max(peers, key=lambda m: figures[m]["P"][0])
+        ours = [m for m, n in names.items() if n.runtime == "onnxruntime" and n.stage != "peer"
+                and n.bits_label == bits and n.seed is None]
+        records += [{"group": "peer", "comparison": f"{names[m].stage} {names[m].method} (deployed) vs the "
+                     f"best peer, {names[best].method}", "bits": bits, "seeds": [0], "treatment": [m],
+                     "baseline": [best]} for m in ours]
     return records
 
 

@@ -209,3 +209,14 @@ def graph_summary(proto: onnx.ModelProto) -> dict:
     int_inits = sum(1 for i in proto.graph.initializer
                     if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
     return {"op_counts": ops, "integer_initializers": int_inits}
+
+
+def add_metadata(path: str | Path, metadata: dict) -> None:
+    """Set metadata_props of an ONNX file in place (keys already there are replaced)."""
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    onnx.save(proto, str(path))

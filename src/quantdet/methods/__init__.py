@@ -2,8 +2,9 @@
 
 A method declares, in one place, what the study needs to know about it:
 
-- ``family``: the stage that makes its models (``ptq``, ``qat``, ``mimic``; ``generate`` for
-  the zero-shot data generators, which make calibration sets, not models);
+- ``family``: the stage that makes its models (``ptq``, ``qat``, ``mimic``; ``peer`` for other
+  tools' quantizers, which make an integer ONNX model from the FP32 ONNX one and are evaluated
+  deployed only; ``generate`` for the zero-shot data generators, which make calibration sets);
 - ``reads``: the params leaves it reads beyond its family's own (a job records only these, so
   changing another method's setting, or appending a method to the study matrix, reruns nothing
   of this one's);
@@ -30,7 +31,7 @@ import importlib
 import os
 import pkgutil
 
-FAMILIES = ("ptq", "qat", "mimic", "generate")
+FAMILIES = ("ptq", "qat", "mimic", "peer", "generate")
 
 # Params leaves every method of a family reads (its driver reads them for all of its methods).
 CALIBRATION_READS = ("study.seed", "models.input_size", "train.threads",
@@ -41,6 +42,8 @@ FAMILY_READS = {
                                 "train.weight_decay", "train.processes", "train.workers"),
     "mimic": CALIBRATION_READS + ("quant.ptq.percentile", "quant.qat.ema_momentum",
                                   "train.weight_decay", "train.processes", "train.workers"),
+    "peer": ("models.input_size", "quant.ptq.calib_batches", "quant.ptq.calib_batch_size",
+             "export.threads"),
     "generate": ("study.seed", "models.input_size", "train.threads"),
 }
 

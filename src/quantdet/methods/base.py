@@ -119,6 +119,18 @@ class MimicMethod(Method):
     teacher = True
 
 
+class PeerMethod(Method):
+    """Another tool's quantizer: from the FP32 ONNX model and the calibration images to an
+    integer ONNX model, evaluated deployed only (its model names end in -ort)."""
+    family = "peer"
+    bits: tuple[int, ...] = (8,)     # the widths the tool quantizes to (W{b}A{b})
+
+    def quantize_onnx(self, fp32_onnx, out, calibration, params: dict) -> dict:
+        """Write the quantized model to `out` from `fp32_onnx`, calibrating on `calibration`
+        (an iterable of float image batches, B×3×S×S tensors); return its settings."""
+        raise NotImplementedError
+
+
 class DataGenerator(Method):
     """A zero-shot data generator: makes a calibration set from the FP32 student alone."""
     family = "generate"

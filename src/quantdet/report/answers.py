@@ -98,6 +98,27 @@ def quantization_answers(intervals: dict) -> list[str]:
     return lines
 
 
+def peer_answers(intervals: dict) -> list[str]:
+    """Does any quantdet method beat the best peer (another tool's quantizer) at a bit width,
+    on P, mPC and rPC, beyond the interval? (deployed against deployed)"""
+    by_bits: dict[str, list[dict]] = {}
+    for record in intervals.get("comparisons", []):
+        if record["group"] == "peer":
+            by_bits.setdefault(record["bits"], []).append(record)
+    lines = []
+    for bits, records in by_bits.items():
+        best = records[0]["baseline"][0]
+        parts = []
+        for metric in ("P", "mPC", "rPC"):
+            better = [r["treatment"][0] for r in records if verdict(r["differences"].get(metric, {})) == "higher"]
+            worse = [r["treatment"][0] for r in records if verdict(r["differences"].get(metric, {})) == "lower"]
+            parts.append(f"on {metric}, higher for {', '.join(f'`{m}`' for m in better) or 'none'}, lower for "
+                         f"{len(worse)}, no measurable difference for {len(records) - len(better) - len(worse)}")
+        lines.append(f"**Does a quantdet method beat the best peer at {bits}?** Against `{best}` (the peer "
+                     f"with the highest P), of our {len(records)} deployed models: " + "; ".join(parts) + ".")
+    return lines
+
+
 def deployment_answer(intervals: dict) -> str:
     """Deployed (onnxruntime) against simulated (PyTorch): where they measurably differ."""
     records = [r for r in intervals.get("comparisons", []) if r["group"] == "deployed"]
@@ -115,7 +136,8 @@ def deployment_answer(intervals: dict) -> str:
 
 
 def answers(intervals: dict) -> list[str]:
-    return [*quantization_answers(intervals), *comparison_answers(intervals), deployment_answer(intervals)]
+    return [*quantization_answers(intervals), *peer_answers(intervals), *comparison_answers(intervals),
+            deployment_answer(intervals)]
 
 
 def interval_columns(intervals: dict) -> pd.DataFrame:

@@ -6,10 +6,10 @@ from quantdet.stages.data import corrupt, prepare
 from quantdet.stages.evaluate import evaluate
 from quantdet.stages.export import export
 from quantdet.stages.intervals import intervals
-from quantdet.stages.quantize import mimic, ptq, qat
+from quantdet.stages.quantize import mimic, peer, ptq, qat
 from quantdet.stages.report import report
 from quantdet.stages.train import detector_config, pretrain, use_mixed_precision
 from quantdet.stages.zeroshot import zeroshot_data
 
 __all__ = ["CalibrationSet", "split_fingerprint", "prepare", "corrupt", "pretrain", "detector_config",
-           "use_mixed_precision", "zeroshot_data", "ptq", "qat", "mimic", "export", "evaluate", "intervals", "report"]
+           "use_mixed_precision", "zeroshot_data", "ptq", "qat", "mimic", "peer", "export", "evaluate", "intervals", "report"]

@@ -3,6 +3,7 @@ hands the method of the model's name (quantdet.methods) a QuantizeJob, and saves
 what comes back. No method is named here: what differs between methods is in their modules."""
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from quantdet import study
 from quantdet.errors import QuantdetError
-from quantdet.io_utils import write_json
+from quantdet.io_utils import atomic_path, write_json
 from quantdet.stages.common import CalibrationSet, log_job, require, set_threads
 from quantdet.train import distributed
 
@@ -208,3 +209,43 @@ def _save_trained(params, stage, name, out, qmodel, payload, quant, history, sta
                       **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
              tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
                    "bits": name.bits_label, **tags})
+
+
+def peer(params: dict, model: str, out: str | None = None) -> dict:
+    """Another tool's quantizer (a registered peer method): the FP32 ONNX model quantized on
+    the study's calibration images (the same batches and fingerprint as our PTQ), written with
+    our metadata so that `evaluate` runs it like our exports."""
+    import onnx
+
+    from quantdet.export.onnx_export import add_metadata
+
+    name = study.parse_model_name(model)
+    if name.stage != "peer":
+        raise QuantdetError(f"{model}: not a peer model (student-peer-<method>-w<b>a<b>)")
+    try:
+        method = study.method_of(name)
+    except KeyError as e:
+        raise QuantdetError(f"{model}: {e.args[0]}") from None
+    if name.weight_bits not in method.bits or name.act_bits != name.weight_bits:
+        raise QuantdetError(f"{model}: {method.name} quantizes to W{method.bits[0]}A{method.bits[0]} only")
+    set_threads(params["export"]["threads"])
+    fp32_onnx = require(study.onnx_file(name.fp32_source))
+    out = Path(out or study.onnx_file(name.model))
+    calib = CalibrationSet(params, seed=params["study"]["seed"])
+    batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        settings = method.quantize_onnx(fp32_onnx, tmp, batches, params)
+        calibration = calib.info()
+        source = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
+        add_metadata(tmp, {**source, "quantdet.model": name.model, "quantdet.bits": name.bits_label,
+                           "quantdet.method": name.method,
+                           "quantdet.calibration_fingerprint": calibration["fingerprint"]})
+    seconds = time.perf_counter() - start
+    summary = {"model": name.model, "method": name.method, "tool": method.description,
+               "settings": settings, "calibration": calibration, "source": str(fp32_onnx),
+               "size_bytes": out.stat().st_size, "seconds": round(seconds, 1)}
+    log_job(params, "peer", model=name.model, metrics={"size_bytes": out.stat().st_size, "seconds": seconds},
+            tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
+                  "method": name.method}, onnx_models={name.model: out})
+    return summary
