@@ -61,7 +61,7 @@ CPU_FEATURES = {
     "amx_tile": "AMX tile registers (needed by both of the above)",
 }
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "NUMEXPR_NUM_THREADS", "QUANTDET_THREADS")
+                    "NUMEXPR_NUM_THREADS")
 
 
 def canonical(name: str) -> str:
@@ -73,7 +73,7 @@ def installed() -> dict[str, str]:
     """{canonical name: version} of the installed distributions, the first on sys.path winning.
 
     Read from the `<name>-<version>.dist-info` folder names (what pip writes), so no metadata
-    file is opened: 20 times faster than `importlib.metadata.distributions()`."""
+    file is opened (6 ms here for 235 packages; `importlib.metadata.distributions()`: 340 ms)."""
     out: dict[str, str] = {}
     for entry in sys.path:
         try:
