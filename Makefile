@@ -27,6 +27,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && \
 	  $(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TOOLS); }
+	$(LOCK_VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and \
+	  "make lock: resolve with Python 3.11, the Python of make venv")'
 	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
 	  --output-file requirements.lock requirements.txt
