@@ -1,19 +1,37 @@
 # Two commands a new user needs:  `make study` (the default study) and `make test`.
-# Both create .venv and install the pinned dependencies and the package first.
+# Both create .venv and install the locked dependencies and the package first.
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv study dvc-study test test-fast lint report-html clean
+# `make lock` runs pip-tools from its own small venv, so the project's venv holds only the lock.
+LOCK_VENV  := .venv-lock
+LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
+# LOCK_FLAGS=--upgrade make lock: re-resolve every package, not only what requirements.txt changed
+LOCK_FLAGS :=
+
+.PHONY: venv lock study dvc-study test test-fast lint report-html clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# Every package, pip and setuptools included, at the version and sha256 of requirements.lock.
+# The interpreter's own pip installs the lock (upgrading itself to the locked pip); the package
+# is then built with the locked setuptools, without fetching anything.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
-	$(PYTHON) -m pip install --quiet --no-deps -e .
+	$(PYTHON) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+## requirements.lock from requirements.txt: exact versions and hashes of every dependency
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && \
+	  $(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TOOLS); }
+	$(LOCK_VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and \
+	  "make lock: resolve with Python 3.11, the Python of make venv")'
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
+	  --output-file requirements.lock requirements.txt
 
 ## the default study, end to end, with Snakemake on every core
 study: venv

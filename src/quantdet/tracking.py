@@ -3,6 +3,9 @@
 The tracking URI is MLFLOW_TRACKING_URI, or `sqlite:///mlflow.db` in the directory the study
 runs in. With a SQLite store every interaction holds an exclusive file lock: parallel jobs
 would otherwise race on the first table creation and on SQLite's single writer.
+The study run carries the whole environment (environment.json and `quantdet.env.*` tags, see
+environment.py); each job run carries its fingerprint and key versions as tags, and its own
+environment.json where it differs from the study run's.
 Set QUANTDET_TRACKING=off to skip tracking (the stage's files are written regardless).
 """
 from __future__ import annotations
@@ -15,9 +18,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from quantdet import environment
+
 EXPERIMENT = "quantdet"
 STUDY_TAG = "quantdet.study"
 ROLE_TAG = "quantdet.role"
+ENV_TAG = "quantdet.env.fingerprint"
+ENV_ARTIFACT = "environment.json"
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +88,32 @@ def _find_or_create_study_run(client, experiment_id: str, study: str) -> str:
     return run.info.run_id
 
 
+def _record_environment(client, run_id: str, env: dict) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_dict(run_id, env, ENV_ARTIFACT)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in environment.tags(env).items()])
+
+
+def _study_environment(client, run_id: str, env: dict) -> str:
+    """The study run's environment fingerprint; recorded from `env` if it has none yet."""
+    recorded = client.get_run(run_id).data.tags.get(ENV_TAG)
+    if recorded is None:
+        _record_environment(client, run_id, env)
+        recorded = environment.fingerprint(env)
+    return recorded
+
+
 def study_run(params: dict) -> str | None:
     """The study's parent run id, created on first use (idempotent, safe in parallel)."""
     if not enabled():
         return None
+    env = environment.environment()
     with _store_lock():
         client = _client()
-        return _find_or_create_study_run(client, _experiment_id(client), params["study"]["name"])
+        run_id = _find_or_create_study_run(client, _experiment_id(client), params["study"]["name"])
+        _study_environment(client, run_id, env)
+        return run_id
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -113,13 +139,17 @@ def log_job(params: dict, *, stage: str, model: str | None, params_read: dict, p
     from mlflow.entities import Metric, Param
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    env = environment.environment()
+    env_tags = environment.tags(env)
     with _store_lock():
         client = _client()
         exp = _experiment_id(client)
         parent = _find_or_create_study_run(client, exp, params["study"]["name"])
+        differs = _study_environment(client, parent, env) != env_tags[ENV_TAG]
         run_tags = {MLFLOW_PARENT_RUN_ID: parent, STUDY_TAG: params["study"]["name"],
                     ROLE_TAG: "job", "quantdet.stage": stage, "quantdet.model": model or "",
                     "quantdet.params_hash": params_hash, "git_commit": git_commit(),
+                    **env_tags, "quantdet.env.differs_from_study": str(differs).lower(),
                     **{k: str(v) for k, v in (tags or {}).items()}}
         slurm_job = os.environ.get("SLURM_JOB_ID")
         if slurm_job:
@@ -127,6 +157,8 @@ def log_job(params: dict, *, stage: str, model: str | None, params_read: dict, p
         name = f"{stage}:{model}" if model else stage
         run = client.create_run(exp, run_name=name, tags=run_tags)
         run_id = run.info.run_id
+        if differs:  # another machine or venv than the study run's: keep its whole environment
+            client.log_dict(run_id, env, ENV_ARTIFACT)
         flat = {k: str(v)[:6000] for k, v in _flatten(params_read).items()}
         numeric = {k: float(v) for k, v in _flatten(metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}

@@ -12,6 +12,7 @@ from quantdet.data.split import IMAGES, link_image, split_statistics, subset, wr
 from quantdet.data.voc import VOC_CLASSES, voc_class_names, voc_to_coco
 from quantdet.data.yolo import yolo_to_coco
 from quantdet.errors import DataError, ParamsError
+from quantdet.stages import split_fingerprint
 
 SPLITS = ("train", "val", "calib")
 
@@ -51,6 +52,8 @@ def prepare_dataset(params, out_dir):
             "seed": seed,
             "classes": [c["name"] for c in sorted(train["categories"], key=lambda c: c["id"])],
             "splits": {name: split_statistics(coco) for name, coco in zip(SPLITS, (train, val, calib))},
+            # identity of each split's annotations and image bytes (as in the calibration records)
+            "fingerprints": {name: split_fingerprint(staging / name) for name in SPLITS},
         }
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
