@@ -12,7 +12,7 @@ from quantdet.data.split import IMAGES, link_image, split_statistics, subset, wr
 from quantdet.data.voc import VOC_CLASSES, voc_class_names, voc_to_coco
 from quantdet.data.yolo import yolo_to_coco
 from quantdet.errors import DataError, ParamsError
-from quantdet.stages import split_fingerprint
+from quantdet.stages.common import split_fingerprint
 
 SPLITS = ("train", "val", "calib")
 

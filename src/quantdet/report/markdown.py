@@ -14,7 +14,8 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         mixed_bits: dict[str, dict] | None = None,
                         generated_grids: dict[str, str] | None = None,
                         generated_info: dict[str, dict] | None = None,
-                        classes: list[str] | None = None, intervals: dict | None = None) -> str:
+                        classes: list[str] | None = None, intervals: dict | None = None,
+                        environment: str = "") -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report; ``classes`` are those of the prepared data, where known;
     ``intervals``: results/metrics/intervals.json, whose answers replace the interval-less
@@ -46,6 +47,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _outlier_side_paths(exports),
         _mixed_precision(mixed_bits or {}),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path})" for title, path in plots.items()),
+        environment,
         _per_model_grids(tables["ap_by_condition"]),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"

@@ -21,9 +21,14 @@ def report(params: dict, out_root: str = "results") -> dict:
     generators = study.generators(params)
     grids = {g: require(Path(study.synthetic_dir(g)) / "grid.png") for g in generators}
     generated = {g: read_json(require(Path(study.synthetic_dir(g)) / "summary.json")) for g in generators}
+    from quantdet.environment import environment, environment_markdown
+
     intervals = read_json(require(study.INTERVALS))
+    data_summary = Path(study.PREPARED) / "summary.json"
+    env = environment_markdown(environment(), read_json(data_summary) if data_summary.is_file() else None)
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
-                                 generated_grids=grids, generated_info=generated, intervals=intervals)
+                                 generated_grids=grids, generated_info=generated, intervals=intervals,
+                                 environment=env)
     table = Path(out_root) / "study.tsv"
     with atomic_path(table) as tmp:
         Path(tmp).write_text(study.study_table(params))
