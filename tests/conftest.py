@@ -24,3 +24,12 @@ def smoke_study(tmp_path_factory):
                           "--cores", "2"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-5000:]
     return workdir
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh folder as the working directory, tracked to its own MLflow SQLite store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("QUANTDET_TRACKING", "on")
+    return tmp_path

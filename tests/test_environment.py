@@ -123,14 +123,6 @@ def test_environment_markdown_names_packages_cpu_features_lock_and_data():
 
 
 # ------------------------------------------------------------------------------------- MLflow
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("QUANTDET_TRACKING", "on")
-    return tmp_path
-
-
 def _runs(tmp_path):
     from mlflow.tracking import MlflowClient
 

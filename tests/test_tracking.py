@@ -14,14 +14,6 @@ tracking.log_job(params, stage="evaluate", model="student-fp32", params_read={"e
 """
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("QUANTDET_TRACKING", "on")
-    return tmp_path
-
-
 def _runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
