@@ -123,9 +123,9 @@ def test_exp_run_a_variant_and_diff_its_metrics(dvc_study):
     _commit(dvc_study, "smoke study")
     out = _run(dvc_study, dvc, "exp", "run", "-S", "quant.qat.epochs=2")
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    # only the QAT model's branch: its training, export, evaluations, and the report
-    assert "report" in ran and any(s.startswith("qat-") for s in ran), out[-2000:]
-    assert all("qat" in s for s in ran - {"report"}), sorted(ran)
+    # only the QAT models' branches: training, export, evaluations; then intervals and report
+    assert {"intervals", "report"} <= ran and any(s.startswith("qat-") for s in ran), out[-2000:]
+    assert all("qat" in s for s in ran - {"intervals", "report"}), sorted(ran)
     diff = json.loads(_run(dvc_study, dvc, "metrics", "diff", "--json"))
     changed = diff["results/metrics/robustness.json"]
     assert changed, diff
