@@ -85,8 +85,8 @@ def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):
     assert len(parents) == 1
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     stages = {c.data.tags["quantdet.stage"] for c in children}
-    assert stages == {"prepare", "corrupt", "pretrain", "zeroshot_data", "ptq", "qat", "mimic", "export",
-                      "evaluate", "intervals", "report"}
+    assert stages == {"prepare", "corrupt", "pretrain", "zeroshot_data", "ptq", "qat", "mimic", "peer",
+                      "export", "evaluate", "intervals", "report"}
     params = load_params(smoke_study / "params.yaml")
     n_eval = len(study.evaluated_models(params))     # one evaluation job per model
     assert sum(c.data.tags["quantdet.stage"] == "evaluate" for c in children) == n_eval

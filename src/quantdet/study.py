@@ -300,6 +300,8 @@ def job_reads(stage: str, role: str = "student", model: str | None = None,
         if model is None:
             raise ValueError(f"{stage}: the params a job reads depend on its model's method")
         return method_reads(stage, parse_model_name(model).method)
+    if stage == "export" and model is not None and not parse_model_name(model).quantized:
+        return ["models.input_size", "export"]  # no detections compared: `evaluate` unread
     return [k.format(role=role) for k in STAGE_READS[stage]]
 
 
@@ -346,7 +348,7 @@ def jobs(params: dict) -> list[Job]:
         name = parse_model_name(m)
         inputs = (model_file(m), PREPARED) + ((onnx_file(name.fp32_source),) if name.quantized else ())
         rows.append(Job("export", m, (onnx_file(m), f"{MODELS}/{m}.export.json"), inputs,
-                        tuple(job_reads("export")), (("model", m),), method=name.method,
+                        tuple(job_reads("export", model=m)), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime="onnxruntime",
                         log=f"logs/export/{m}.log", out=onnx_file(m)))
     splits = tuple(split_dir(c, s) for c in corruptions(params) for s in params["corruptions"]["severities"])

@@ -16,7 +16,7 @@ def _onnx_metadata(name, payload, params) -> dict:
             "quantdet.input_size": payload["input_size"],
             "quantdet.category_ids": ",".join(map(str, payload["classes"]["category_ids"])),
             "quantdet.class_names": ",".join(payload["classes"]["names"]),
-            "quantdet.params_hash": params_hash(select(params, study.job_reads("export")))}
+            "quantdet.params_hash": params_hash(select(params, study.job_reads("export", model=name.model)))}
     if quant:
         meta.update({"quantdet.bits": name.bits_label, "quantdet.method": quant["method"],
                      "quantdet.calibration_fingerprint": quant["calibration"]["fingerprint"]})
