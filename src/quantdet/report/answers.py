@@ -131,7 +131,8 @@ def deployment_answer(intervals: dict) -> str:
             "and PyTorch")
     if differ:
         text += "; measurably different: " + "; ".join(
-            f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}" for r in differ)
+            f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}, "
+            f"{difference_phrase(r['differences'], 'mPC')}" for r in differ)
     return text + "."
 
 
