@@ -131,6 +131,20 @@ class PeerMethod(Method):
         raise NotImplementedError
 
 
+def onnx_feeds(fp32_onnx, calibration, per_image: bool = False):
+    """The calibration batches as an ONNX model's input feeds ({input name: float32 array}),
+    one per batch, or one per image (`per_image`, each 1×3×S×S): what every peer calibrates on,
+    so that they all see the same images with the same preprocessing."""
+    import numpy as np
+    import onnx
+
+    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
+    for images in calibration:
+        array = images.numpy().astype(np.float32)
+        for part in (np.split(array, len(array)) if per_image else (array,)):
+            yield {input_name: part}
+
+
 class DataGenerator(Method):
     """A zero-shot data generator: makes a calibration set from the FP32 student alone."""
     family = "generate"

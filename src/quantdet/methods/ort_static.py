@@ -4,31 +4,26 @@ activations (U8S8), calibrated on the study's calibration images with MinMax, Pe
 (its default 99.999) or Entropy. A peer baseline: it starts from our FP32 ONNX export and is
 evaluated deployed only."""
 from quantdet.methods import register_method
-from quantdet.methods.base import PeerMethod
+from quantdet.methods.base import PeerMethod, onnx_feeds
 
 
 class _OrtStatic(PeerMethod):
     calibrate_method = ""
 
     def quantize_onnx(self, fp32_onnx, out, calibration, params):
-        import numpy as np
-        import onnx
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                               QuantType, quantize_static)
 
-        class Batches(CalibrationDataReader):
-            def __init__(self, batches, input_name):
-                self.batches, self.input_name = iter(batches), input_name
+        class Feeds(CalibrationDataReader):
+            def __init__(self, feeds):
+                self.feeds = feeds
 
             def get_next(self):
-                images = next(self.batches, None)
-                return None if images is None else {self.input_name: images.numpy().astype(np.float32)}
+                return next(self.feeds, None)
 
-        model = onnx.load(str(fp32_onnx))
-        input_name = model.graph.input[0].name
         settings = {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
                     "weight_type": "QInt8", "calibrate_method": self.calibrate_method}
-        quantize_static(str(fp32_onnx), str(out), Batches(calibration, input_name),
+        quantize_static(str(fp32_onnx), str(out), Feeds(onnx_feeds(fp32_onnx, calibration)),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, self.calibrate_method))
