@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def _snakemake(workdir, *args, env=None):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "off",
-           "PYTHONPATH": str(ROOT), **(env or {})}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **(env or {})}
     return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
                            *args], capture_output=True, text=True, env=env, check=True)
 
@@ -103,7 +103,7 @@ def test_a_method_of_ones_own_runs_from_one_file(smoke_study, tmp_path):
         assert 0.0 <= robustness[model]["P"] <= 1.0
     assert "toy: min/max ranges shrunk by 10%" in (work / "results/report.md").read_text()
     listed = subprocess.run([str(BIN / "quantdet"), "methods"], capture_output=True, text=True,
-                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=True).stdout
+                            env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}, check=True).stdout
     assert "toy_shrunk_minmax" in listed
 
 
@@ -135,3 +135,31 @@ def test_a_peer_quantizer_is_evaluated_deployed_and_ranked(smoke_study):
     peer = [c for c in intervals["comparisons"] if c["group"] == "peer"]
     assert peer and all(c["baseline"] == ["student-peer-ort_minmax-w8a8-ort"] for c in peer)
     assert "**Does a quantdet method beat the best peer at W8A8?**" in (smoke_study / "results/report.md").read_text()
+
+
+def test_the_nncf_peers_run_end_to_end(smoke_study, tmp_path):
+    """OpenVINO NNCF's nncf.quantize, default and mixed presets (methods/nncf_peer.py), appended
+    to the smoke study: made from the same FP32 ONNX model and calibration images as the
+    onnxruntime peer, evaluated deployed on every condition, and ranked beside ours."""
+    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["peer"].extend(["nncf", "nncf_mixed"]))
+    _snakemake(work, "--cores", "2")
+    robustness = json.loads((work / "results/metrics/robustness.json").read_text())
+    peers = [f"student-peer-{p}-w8a8-ort" for p in ("ort_minmax", "nncf", "nncf_mixed")]
+    for model in peers[1:]:
+        assert 0.0 <= robustness[model]["P"] <= 1.0 and 0.0 <= robustness[model]["mPC"] <= 1.0
+        assert model.removesuffix("-ort") not in robustness  # no PyTorch twin
+    import onnx
+
+    ptq = json.loads((work / "results/models/student-ptq-minmax-w8a8.export.json").read_text())
+    for preset, peer in (("default", "nncf"), ("mixed", "nncf_mixed")):
+        path = work / f"results/models/student-peer-{peer}-w8a8.onnx"
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert meta["quantdet.calibration_fingerprint"] == ptq["calibration"]["fingerprint"]
+        conditions = {p.name for p in (work / f"results/eval/student-peer-{peer}-w8a8-ort").iterdir()}
+        assert conditions == {p.name for p in (work / "results/eval/student-fp32").iterdir()}
+    intervals = json.loads((work / "results/metrics/intervals.json").read_text())
+    peer = [c for c in intervals["comparisons"] if c["group"] == "peer"]
+    assert peer and all(c["baseline"][0] in peers for c in peer)
+    report = (work / "results/report.md").read_text()
+    assert "OpenVINO NNCF nncf.quantize (ONNX backend), mixed preset" in report
+    assert "student-peer-nncf_mixed-w8a8-ort" in report
