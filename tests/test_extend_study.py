@@ -137,29 +137,32 @@ def test_a_peer_quantizer_is_evaluated_deployed_and_ranked(smoke_study):
     assert "**Does a quantdet method beat the best peer at W8A8?**" in (smoke_study / "results/report.md").read_text()
 
 
-def test_the_nncf_peers_run_end_to_end(smoke_study, tmp_path):
-    """OpenVINO NNCF's nncf.quantize, default and mixed presets (methods/nncf_peer.py), appended
-    to the smoke study: made from the same FP32 ONNX model and calibration images as the
+def test_the_other_tools_peers_run_end_to_end(smoke_study, tmp_path):
+    """OpenVINO NNCF's nncf.quantize, default and mixed presets (methods/nncf_peer.py), and
+    NVIDIA ModelOpt's ONNX INT8 PTQ where it is installed (methods/modelopt_peer.py), appended to
+    the smoke study: made from the same FP32 ONNX model and calibration images as the
     onnxruntime peer, evaluated deployed on every condition, and ranked beside ours."""
-    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["peer"].extend(["nncf", "nncf_mixed"]))
-    _snakemake(work, "--cores", "2")
-    robustness = json.loads((work / "results/metrics/robustness.json").read_text())
-    peers = [f"student-peer-{p}-w8a8-ort" for p in ("ort_minmax", "nncf", "nncf_mixed")]
-    for model in peers[1:]:
-        assert 0.0 <= robustness[model]["P"] <= 1.0 and 0.0 <= robustness[model]["mPC"] <= 1.0
-        assert model.removesuffix("-ort") not in robustness  # no PyTorch twin
+    import importlib.util
+
     import onnx
 
+    added = ["nncf", "nncf_mixed"] + (["modelopt"] if importlib.util.find_spec("modelopt") else [])
+    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["peer"].extend(added))
+    _snakemake(work, "--cores", "2")
+    robustness = json.loads((work / "results/metrics/robustness.json").read_text())
+    peers = [f"student-peer-{p}-w8a8-ort" for p in ["ort_minmax", *added]]
     ptq = json.loads((work / "results/models/student-ptq-minmax-w8a8.export.json").read_text())
-    for preset, peer in (("default", "nncf"), ("mixed", "nncf_mixed")):
-        path = work / f"results/models/student-peer-{peer}-w8a8.onnx"
-        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    report = (work / "results/report.md").read_text()
+    for peer in added:
+        model = f"student-peer-{peer}-w8a8"
+        assert 0.0 <= robustness[f"{model}-ort"]["P"] <= 1.0 and 0.0 <= robustness[f"{model}-ort"]["mPC"] <= 1.0
+        assert model not in robustness  # no PyTorch twin
+        meta = {p.key: p.value for p in onnx.load(str(work / f"results/models/{model}.onnx")).metadata_props}
         assert meta["quantdet.calibration_fingerprint"] == ptq["calibration"]["fingerprint"]
-        conditions = {p.name for p in (work / f"results/eval/student-peer-{peer}-w8a8-ort").iterdir()}
+        conditions = {p.name for p in (work / f"results/eval/{model}-ort").iterdir()}
         assert conditions == {p.name for p in (work / "results/eval/student-fp32").iterdir()}
+        assert f"{model}-ort" in report
     intervals = json.loads((work / "results/metrics/intervals.json").read_text())
     peer = [c for c in intervals["comparisons"] if c["group"] == "peer"]
     assert peer and all(c["baseline"][0] in peers for c in peer)
-    report = (work / "results/report.md").read_text()
     assert "OpenVINO NNCF nncf.quantize (ONNX backend), mixed preset" in report
-    assert "student-peer-nncf_mixed-w8a8-ort" in report

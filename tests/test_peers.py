@@ -1,6 +1,8 @@
-"""The peer quantizers (methods/ort_static.py, methods/nncf_peer.py) on a tiny FP32 ONNX model:
-each writes a QDQ model with int8 weight initializers that onnxruntime loads and whose outputs
-stay near the FP32 model's; the registry lists them without importing their tools."""
+"""The peer quantizers (methods/ort_static.py, nncf_peer.py, modelopt_peer.py) on a tiny FP32
+ONNX model: each writes a QDQ model with int8 weight initializers that onnxruntime loads and
+whose outputs stay near the FP32 model's; the registry lists them without importing their tools."""
+import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,11 +30,18 @@ def _calibration():
     return [torch.rand(4, 3, 32, 32, generator=generator) for _ in range(3)]
 
 
-@pytest.mark.parametrize("peer", ["ort_minmax", "nncf", "nncf_mixed"])
+MODELOPT = pytest.mark.skipif(importlib.util.find_spec("modelopt") is None,
+                              reason="nvidia-modelopt is not installed (requirements.lock has it)")
+
+
+@pytest.mark.parametrize("peer", ["ort_minmax", "nncf", "nncf_mixed",
+                                  pytest.param("modelopt", marks=MODELOPT)])
 def test_a_peer_writes_a_qdq_model_with_int8_weights_onnxruntime_runs(fp32_onnx, tmp_path, peer):
     method = get_method("peer", peer)
     out = tmp_path / f"{peer}.onnx"
+    before = hashlib.sha256(fp32_onnx.read_bytes()).hexdigest()
     settings = method.quantize_onnx(fp32_onnx, out, iter(_calibration()), {})
+    assert hashlib.sha256(fp32_onnx.read_bytes()).hexdigest() == before  # its input left as it was
     json.dumps(settings)  # the peer stage writes them to its summary
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
@@ -42,10 +51,14 @@ def test_a_peer_writes_a_qdq_model_with_int8_weights_onnxruntime_runs(fp32_onnx,
     producers = {o: n for n in proto.graph.node for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(convs) == 6
-    for conv in convs:  # every conv weight: an int8 initializer behind a DequantizeLinear
+    quantized_convs = [c for c in convs if c.input[1] in producers]
+    for conv in quantized_convs:  # a quantized conv's weight: an int8 initializer behind a DequantizeLinear
         dq = producers[conv.input[1]]
         assert dq.op_type == "DequantizeLinear"
         assert inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+    # ModelOpt places QDQ where TensorRT fuses them: on this toy it leaves the conv after the
+    # max-pool and the two prediction convs (after an Add) in FP32; on our detector, none
+    assert len(quantized_convs) == (3 if peer == "modelopt" else 6)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for fp32, quantized in zip(OrtDetector(fp32_onnx)(x), OrtDetector(out)(x)):
         assert fp32.shape == quantized.shape
@@ -71,9 +84,57 @@ def test_the_nncf_peers_record_the_tool_version_and_preset(fp32_onnx, tmp_path):
     assert zero_points[0] <= {0, 128} and not zero_points[1] <= {0, 128}
 
 
-def test_listing_the_peers_imports_neither_nncf_nor_torch():
+@MODELOPT
+def test_the_modelopt_peer_records_its_settings(fp32_onnx, tmp_path):
+    from importlib.metadata import version
+
+    settings = get_method("peer", "modelopt").quantize_onnx(fp32_onnx, tmp_path / "m.onnx",
+                                                           iter(_calibration()), {})
+    assert settings["version"] == version("nvidia-modelopt") and settings["calibration_images"] == 12
+    assert settings["quantize_mode"] == "int8" and settings["calibration_eps"] == ["cpu"]
+
+
+def test_listing_the_peers_imports_none_of_their_tools():
     code = ("import sys; from quantdet.methods import names; p = names('peer'); "
-            "assert {'ort_minmax', 'nncf', 'nncf_mixed'} <= set(p), p; "
-            "assert 'nncf' not in sys.modules and 'torch' not in sys.modules, "
-            "[m for m in ('nncf', 'torch') if m in sys.modules]")
+            "assert {'ort_minmax', 'nncf', 'nncf_mixed', 'modelopt', 'pt2e'} <= set(p), p; "
+            "tools = ('nncf', 'modelopt', 'torchao', 'torch'); "
+            "assert not any(t in sys.modules for t in tools), [t for t in tools if t in sys.modules]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                    reason="torchao is not installed (requirements.lock has it)")
+def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
+    """PT2E quantizes the FP32 PyTorch model (a small detector here, the study's own kind);
+    its converted graph, exported to ONNX, is a QDQ model with int8 weights onnxruntime runs."""
+    from quantdet import stages
+    from quantdet.config import load_params
+    from quantdet.models import build_detector
+    from quantdet.models.io import save_model
+    from tests.conftest import SMOKE
+
+    params = load_params(SMOKE)
+    size = params["models"]["input_size"]
+    torch.manual_seed(0)
+    detector = stages.detector_config(params, "student", 3)
+    model = build_detector(**detector).eval()
+    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
+               extra={"stride": 4, "input_size": size})
+    export_onnx(model, tmp_path / "fp32.onnx", size, 17)
+    method = get_method("peer", "pt2e")
+    assert method.source == "torch"
+    batches = [torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    settings = method.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "pt2e.onnx", iter(batches), params,
+                                    fp32_model=tmp_path / "fp32.pt")
+    assert settings["quantizer"] == "X86InductorQuantizer" and settings["calibration_images"] == 8
+    proto = onnx.load(str(tmp_path / "pt2e.onnx"))
+    onnx.checker.check_model(proto)
+    inits = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(producers[c.input[1]].op_type == "DequantizeLinear" for c in convs)
+    assert all(inits[producers[c.input[1]].input[0]].data_type == onnx.TensorProto.INT8 for c in convs)
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(9))
+    for fp32, quantized in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "pt2e.onnx")(x)):
+        assert fp32.shape == quantized.shape
+        assert float((fp32 - quantized).abs().max()) < 0.1 * float(fp32.abs().max()) + 1e-2

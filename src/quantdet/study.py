@@ -314,8 +314,10 @@ def _model_job(params: dict, model: str) -> Job:
         return Job("pretrain", model, (model_file(model),), (PREPARED,),
                    tuple(job_reads("pretrain", name.role)), options, seed=name.seed, log=log)
     method = method_of(name)
-    if name.stage == "peer":  # from the FP32 ONNX model to an integer ONNX model
-        return Job("peer", model, (onnx_file(model),), (onnx_file(name.fp32_source), PREPARED),
+    if name.stage == "peer":  # from the FP32 ONNX (or PyTorch) model to an integer ONNX model
+        sources = (onnx_file(name.fp32_source),) + (
+            (model_file(name.fp32_source),) if method.source == "torch" else ())
+        return Job("peer", model, (onnx_file(model),), sources + (PREPARED,),
                    tuple(job_reads("peer", model=model)), (("model", model),), method=name.method,
                    bits=name.bits_label, runtime="onnxruntime", log=log, out=onnx_file(model))
     inputs = [model_file(name.fp32_source), calibration_input(name)]

@@ -124,10 +124,14 @@ class PeerMethod(Method):
     integer ONNX model, evaluated deployed only (its model names end in -ort)."""
     family = "peer"
     bits: tuple[int, ...] = (8,)     # the widths the tool quantizes to (W{b}A{b})
+    # what the tool quantizes: "onnx", the FP32 ONNX export; "torch", the FP32 PyTorch model
+    # (its file is then an input of the job too, passed as `fp32_model`)
+    source: str = "onnx"
 
-    def quantize_onnx(self, fp32_onnx, out, calibration, params: dict) -> dict:
-        """Write the quantized model to `out` from `fp32_onnx`, calibrating on `calibration`
-        (an iterable of float image batches, B×3×S×S tensors); return its settings."""
+    def quantize_onnx(self, fp32_onnx, out, calibration, params: dict, fp32_model=None) -> dict:
+        """Write the quantized model to `out` from `fp32_onnx` (or from `fp32_model`, the FP32
+        model file, for a `source = "torch"` tool), calibrating on `calibration` (an iterable of
+        float image batches, B×3×S×S tensors); return its settings."""
         raise NotImplementedError
 
 

@@ -14,7 +14,7 @@ from quantdet.methods.base import PeerMethod, onnx_feeds
 class _NNCF(PeerMethod):
     preset = ""        # "" for nncf.quantize's default (None), else a QuantizationPreset name
 
-    def quantize_onnx(self, fp32_onnx, out, calibration, params):
+    def quantize_onnx(self, fp32_onnx, out, calibration, params, fp32_model=None):
         import nncf
         import onnx
         from nncf.onnx.quantization.backend_parameters import is_weight_compression_needed

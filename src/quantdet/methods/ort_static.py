@@ -10,7 +10,7 @@ from quantdet.methods.base import PeerMethod, onnx_feeds
 class _OrtStatic(PeerMethod):
     calibrate_method = ""
 
-    def quantize_onnx(self, fp32_onnx, out, calibration, params):
+    def quantize_onnx(self, fp32_onnx, out, calibration, params, fp32_model=None):
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                               QuantType, quantize_static)
 

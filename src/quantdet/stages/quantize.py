@@ -235,7 +235,9 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
     start = time.perf_counter()
     with atomic_path(out) as tmp:
-        settings = method.quantize_onnx(fp32_onnx, tmp, batches, params)
+        extra = ({"fp32_model": require(study.model_file(name.fp32_source))}
+                 if method.source == "torch" else {})
+        settings = method.quantize_onnx(fp32_onnx, tmp, batches, params, **extra)
         calibration = calib.info()
         source = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
         add_metadata(tmp, {**source, "quantdet.model": name.model, "quantdet.bits": name.bits_label,
