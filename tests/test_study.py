@@ -140,3 +140,15 @@ def test_the_local_study_only_adds_jobs_to_the_default_one():
         if job.stage not in ("intervals", "report"):
             assert job == local_jobs[job.name], job.name
             assert select(default, list(job.reads)) == select(local, list(job.reads)), job.name
+
+
+def test_a_peer_job_reads_the_fp32_model_its_tool_quantizes():
+    """ONNX peers start from the FP32 ONNX export; PT2E (methods/pt2e_peer.py) from the FP32
+    PyTorch model, whose file is then an input of its job too."""
+    params = load_params("params.yaml")
+    params["matrix"]["peer"] = ["ort_minmax", "nncf", "nncf_mixed", "modelopt", "pt2e"]
+    peers = {j.target: j for j in study.jobs(params) if j.stage == "peer"}
+    assert set(peers) == {f"student-peer-{p}-w8a8" for p in params["matrix"]["peer"]}
+    for model, job in peers.items():
+        assert job.outputs == (study.onnx_file(model),) and study.onnx_file("student-fp32") in job.inputs
+        assert (study.model_file("student-fp32") in job.inputs) == model.endswith("pt2e-w8a8")
