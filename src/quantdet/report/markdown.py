@@ -279,7 +279,7 @@ def _methods(params: dict) -> str:
 
     matrix = params["matrix"]
     rows = [[family, f"`{name}`", get_method(family, name).describe(name)]
-            for family in ("ptq", "qat", "mimic") for name in matrix[family]]
+            for family in ("ptq", "qat", "mimic", "peer") for name in matrix.get(family, [])]
     if matrix["mixed"]:
         rows.append(["ptq", "`mixed`", get_method("ptq", "mixed").description
                      + f" (budgets: {', '.join(map(str, matrix['mixed']))} bits)"])
