@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                           "and severity of the study")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder for the model's results (one subfolder per condition)")
+    p = stage("ablation", "where percentile clipping costs accuracy: percentile on every "
+                          "quantizer group but one, and on one alone "
+                          "(results/metrics/percentile_ablation.json)")
+    p.add_argument("--out", default="results/metrics/percentile_ablation.json")
     p = stage("intervals", "95% intervals of every model's figures and every comparison "
                            "(image bootstrap, paired; results/metrics/intervals.json)")
     p.add_argument("--out", default="results/metrics/intervals.json")
@@ -143,6 +147,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.evaluate(params, args.model, args.out)
     if args.stage == "intervals":
         return stages.intervals(params, args.out)
+    if args.stage == "ablation":
+        return stages.ablation(params, args.out)
     if args.stage == "report":
         return stages.report(params, args.out)
     raise AssertionError(args.stage)

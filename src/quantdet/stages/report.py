@@ -13,7 +13,7 @@ def report(params: dict, out_root: str = "results") -> dict:
 
     evals = [study.eval_metrics_file(m, c)
              for m in study.evaluated_models(params) for c in study.conditions(params)]
-    exports = [f"{study.MODELS}/{q}.export.json" for q in study.quantized_models(params)]
+    exports = [f"{study.MODELS}/{q}.export.json" for q in study.exported_models(params)]
     for path in evals + exports:
         require(path)
     mixed = {m: read_json(require(study.bits_file(m))) for m in study.quantized_models(params)
@@ -24,11 +24,12 @@ def report(params: dict, out_root: str = "results") -> dict:
     from quantdet.environment import environment, environment_markdown
 
     intervals = read_json(require(study.INTERVALS))
+    ablation = read_json(require(study.ABLATION)) if study.ablation_needed(params) else None
     data_summary = Path(study.PREPARED) / "summary.json"
     env = environment_markdown(environment(), read_json(data_summary) if data_summary.is_file() else None)
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
                                  generated_grids=grids, generated_info=generated, intervals=intervals,
-                                 environment=env)
+                                 environment=env, ablation=ablation)
     table = Path(out_root) / "study.tsv"
     with atomic_path(table) as tmp:
         Path(tmp).write_text(study.study_table(params))
