@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     p = stage("study-table", "write the study table (one row per job) as TSV")
     p.add_argument("--out", default="-", help="a file, or - for standard output")
+    p = stage("measured", "the README's Measured section from a finished study's outputs")
+    p.add_argument("--root", default=".", help="the folder of the finished study")
+    p.add_argument("--readme", help="rewrite this README's measured block (default: print it)")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
@@ -112,6 +115,12 @@ def run(args, argv: list[str] | None = None) -> object:
     if args.stage == "dvc-yaml":
         from quantdet.dvc_yaml import write_dvc_yaml
         return write_dvc_yaml(params, args.out, check=args.check)
+    if args.stage == "measured":
+        from quantdet.report.measured import write_measured
+        block = write_measured(args.root, args.readme)
+        if not args.readme:
+            sys.stdout.write(block + "\n")
+        return block
     if args.stage == "study-table":
         from quantdet import study
         table = study.study_table(params)

@@ -305,7 +305,7 @@ STAGE_READS = {
     "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
     "export": ("models.input_size", "export", "evaluate"),
     "evaluate": ("models.input_size", "evaluate"),
-    "ablation": ("study.seed", "models.input_size", "matrix.bits", "quant.ptq", "quant.ablation", "evaluate"),
+    "ablation": ("study.seed", "models.input_size", "quant.ptq", "quant.ablation", "evaluate"),
     "intervals": ("study", "matrix", "corruptions", "statistics"),
     "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill", "statistics"),
 }
@@ -457,7 +457,7 @@ REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",
-                  "results/study.tsv")
+                  "results/study.tsv", "results/environment.json")
 
 TABLE_COLUMNS = ("job", "stage", "target", "method", "bits", "seed", "runtime", "inputs",
                  "outputs", "reads")

@@ -38,6 +38,7 @@ rule report:
         "results/metrics/robustness.json",
         "results/metrics/export.json",
         "results/study.tsv",
+        "results/environment.json",
     params:
         read=job_params("report", the_report),
     conda:

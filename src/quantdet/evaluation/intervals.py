@@ -179,8 +179,9 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
             records += paired("deployed", f"{name.stage} {name.method} deployed (onnxruntime) vs simulated "
                               "(PyTorch)", name.bits_label, {seed: model}, {seed: twin})
         if analysed != "onnxruntime" and name.fp32_source in names:
-            records += paired("fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
-                              {seed: model}, {seed: name.fp32_source})
+            records += [{**r, "twin": True} for r in paired(
+                "fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
+                {seed: model}, {seed: name.fp32_source})]
     if "teacher-fp32" in names and "student-fp32" in names:
         seed = names["student-fp32"].run_seed(params)
         records += paired("teacher", "teacher vs student (FP32)", "fp32",

@@ -75,11 +75,11 @@ def comparison_answers(intervals: dict) -> list[str]:
 
 
 def quantization_answers(intervals: dict) -> list[str]:
-    """Does quantization amplify the loss under corruption? rPC of each quantized model
-    (simulated) against its FP32 source, per bit width."""
+    """Does quantization amplify the loss under corruption? rPC of each quantized model (in the
+    analysed runtime) against its FP32 source, per bit width."""
     by_bits: dict[str, dict[str, list[str]]] = {}
     for record in intervals.get("comparisons", []):
-        if record["group"] != "fp32" or "deployed" in record["comparison"]:
+        if record["group"] != "fp32" or record.get("twin"):   # a deployed twin of a simulated model
             continue
         d = record["differences"].get("rPC")
         if not d:

@@ -1,5 +1,5 @@
 """ablation: where percentile clipping costs accuracy. The FP32 student is calibrated twice at
-the study's widest bit width, with the `percentile` observer at quant.ablation.gamma (FQN's
+quant.ablation.bits, with the `percentile` observer at quant.ablation.gamma (FQN's
 0.999 by default, the study's own PTQ may use another) and with
 min/max, on the same calibration batches; the activation quantizers are grouped by where they
 sit in the network, and each group is swapped: percentile everywhere but that group (min/max
@@ -75,7 +75,7 @@ def ablation(params: dict, out: str | None = None) -> dict:
     cfg = params["quant"]["ablation"]
     set_threads(params["evaluate"]["threads"])
     started = time.perf_counter()
-    bits = max(params["matrix"]["bits"])
+    bits = cfg["bits"]
     size = params["models"]["input_size"]
     model, payload = load_model(require(study.model_file("student-fp32")))
     stride = payload["stride"]
