@@ -222,6 +222,38 @@ def sparsify_side_paths(model: onnx.ModelProto) -> dict:
             "gather_index_bytes": index_bytes}
 
 
+def gather_before_dequantize(model: onnx.ModelProto) -> int:
+    """Gather(DequantizeLinear(q)) → DequantizeLinear(Gather(q)) for a per-tensor DQ.
+
+    The outlier side paths gather a few channels of a quantized input: gathering the integers
+    first dequantizes only those channels, where the float Gather needed the whole input
+    dequantized (and onnxruntime, which folds the main path's DQ into QLinearConv, ran that
+    DQ just for the side path). Exact: a per-tensor DQ is elementwise. Returns the count.
+    """
+    graph = model.graph
+    consts = _constant_values(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    moved = 0
+    for node in list(graph.node):
+        if node.op_type != "Gather" or node.input[0] not in producers:
+            continue
+        dq = producers[node.input[0]]
+        if dq.op_type != "DequantizeLinear" or any(
+                i not in consts or consts[i].size != 1 for i in dq.input[1:]):
+            continue
+        gathered = node.output[0] + "_quantized"
+        index = list(graph.node).index(node)
+        graph.node.insert(index + 1, onnx.helper.make_node(
+            "DequantizeLinear", [gathered, *dq.input[1:]], [node.output[0]],
+            name=(node.name or node.output[0]) + "_dequantize"))
+        node.input[0] = dq.input[0]
+        node.output[0] = gathered
+        moved += 1
+    if moved:
+        _topological_sort(graph)
+    return moved
+
+
 def _topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so every input is produced before it is used (ONNX requires it)."""
     ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {
@@ -268,6 +300,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
         integer_weights = integerize_weights(proto, layer_bits)
         integer_clips = integer_activation_clips(proto) if integer_weights else 0
         side_paths = sparsify_side_paths(proto) if integer_weights else None
+        if side_paths and side_paths["fp16_kernels"]:
+            side_paths["integer_gathers"] = gather_before_dequantize(proto)
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
