@@ -43,6 +43,28 @@ def _input_size(path: str) -> int:
     return int(meta["quantdet.input_size"])
 
 
+def _dense_copy(path: str) -> tuple[str, bool]:
+    """OpenVINO's ONNX reader does not take sparse initializers (the outlier side paths'
+    kernels): a temporary copy with them stored dense, same values."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(path)
+    if not proto.graph.sparse_initializer:
+        return path, False
+    for sparse in proto.graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        dense = np.zeros(int(np.prod(sparse.dims)), values.dtype)
+        dense[numpy_helper.to_array(sparse.indices).ravel()] = values
+        proto.graph.initializer.append(
+            numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del proto.graph.sparse_initializer[:]
+    fd, tmp = tempfile.mkstemp(suffix=".onnx")
+    os.close(fd)
+    onnx.save(proto, tmp)
+    return tmp, True
+
+
 def _session(path: str, runtime: str, threads: int, batch_shape):
     """A callable running one batch (numpy in, outputs discarded)."""
     if runtime == "onnxruntime":
@@ -59,6 +81,7 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         import openvino as ov
 
         core = ov.Core()
+        path, densified = _dense_copy(path)
         model = core.read_model(path)
         model.reshape({model.inputs[0].any_name: list(batch_shape)})
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
@@ -66,10 +89,15 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         if runtime == "openvino":
             config["INFERENCE_PRECISION_HINT"] = "f32"
         compiled = core.compile_model(model, "CPU", config)
+        if densified:
+            os.remove(path)
         request = compiled.create_infer_request()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-        return lambda x: request.infer({0: x}), {"version": ov.__version__, "precision_hint": hint}
+        info = {"version": ov.__version__, "precision_hint": hint}
+        if densified:
+            info["sparse_initializers_densified"] = True
+        return lambda x: request.infer({0: x}), info
     raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
 
 
@@ -143,13 +171,18 @@ def benchmark(models, runtimes=("onnxruntime",), baseline=None, **kwargs) -> dic
     results = []
     for runtime in runtimes:
         for model in models:
-            results.append(measure(model, runtime, **kwargs))
+            try:
+                results.append(measure(model, runtime, **kwargs))
+            except (RuntimeError, subprocess.TimeoutExpired) as e:  # one model's failure
+                results.append({"model": model, "runtime": runtime, "latency_ms": None,
+                                "error": str(e).strip().splitlines()[-1]})
     by_runtime: dict[str, dict[str, float]] = {}
     for r in results:
         by_runtime.setdefault(r["runtime"], {})[r["model"]] = r["latency_ms"]
     for r in results:
         base = by_runtime[r["runtime"]][baseline]
-        r["speedup_vs_baseline"] = round(base / r["latency_ms"], 3)
+        r["speedup_vs_baseline"] = (round(base / r["latency_ms"], 3)
+                                    if base and r["latency_ms"] else None)
     settings = {k: kwargs[k] for k in ("batch", "threads", "runs") if k in kwargs}
     return {"baseline": baseline, "settings": settings, "results": results}
 
@@ -157,9 +190,13 @@ def benchmark(models, runtimes=("onnxruntime",), baseline=None, **kwargs) -> dic
 def format_table(report: dict) -> str:
     rows = [("model", "runtime", "ms", "vs baseline", "reps (ms)")]
     for r in report["results"]:
-        rows.append((Path(r["model"]).name, r["runtime"] + (f" ({r['precision_hint']})"
-                                                            if "precision_hint" in r else ""),
-                     f"{r['latency_ms']:.2f}", f"{r['speedup_vs_baseline']:.2f}x",
+        runtime = r["runtime"] + (f" ({r['precision_hint']})" if "precision_hint" in r else "")
+        if r["latency_ms"] is None:
+            rows.append((Path(r["model"]).name, runtime, "-", "-", "failed: " + r["error"][:60]))
+            continue
+        ratio = r["speedup_vs_baseline"]
+        rows.append((Path(r["model"]).name, runtime, f"{r['latency_ms']:.2f}",
+                     "-" if ratio is None else f"{ratio:.2f}x",
                      ", ".join(f"{m:.2f}" for m in r["repetition_medians_ms"])
                      + ("" if r["converged"] else " (no 2 within tolerance)")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
