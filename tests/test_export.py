@@ -115,6 +115,12 @@ def test_low_bit_export_runs_integer_convolutions_in_onnxruntime(exported, tmp_p
     for clip in clips:
         assert producers[clip.input[0]].op_type == "QuantizeLinear"
         assert all(values[b].dtype == np.uint8 for b in clip.input[1:] if b)
+    if bits < 8:  # the float Clips, kept on request, are the same values
+        float_path = tmp_path / "float-clips.onnx"
+        assert export_onnx(q, float_path, 32, 17, integer_clips=False)["integer_clips"] == 0
+        x = torch.rand(4, 3, 32, 32)
+        for a, b in zip(OrtDetector(path)(x), OrtDetector(float_path)(x)):
+            assert torch.allclose(a, b, atol=1e-5)
     ops = _optimized_ops(path, tmp_path)
     # the tiny model: 4 convs whose output is quantized, 2 prediction convs with float outputs
     assert ops.count("QLinearConv") == 4

@@ -164,7 +164,7 @@ def benchmark(models, runtimes=("onnxruntime",), baseline=None, **kwargs) -> dic
     Ratios are the baseline's latency over each model's (a speedup: > 1 is faster), per
     runtime; the baseline is the first model unless given.
     """
-    models = [str(m) for m in models]
+    models = list(dict.fromkeys(str(m) for m in models))
     baseline = str(baseline) if baseline is not None else models[0]
     if baseline not in models:
         models = [baseline, *models]
