@@ -156,11 +156,6 @@ class OutlierQuantConv2d(QuantConv2d):
                 mix = torch.cat([mix, mix.new_zeros(mix.shape[0], pad, 1, 1)], dim=1)
                 in_channel = torch.cat([in_channel, in_channel.new_zeros(pad)])
                 n += pad
-            rows = -mix.shape[0] % SIDE_PATH_CHANNEL_BLOCK
-            if rows:  # the 1×1 convolution's outputs too (zero rows, never placed)
-                mix = torch.cat([mix, mix.new_zeros(rows, *mix.shape[1:])])
-                if place is None:
-                    place = torch.arange(self.out_channels, device=dw.device)
             dw, mix, in_channel = _constant(dw), _constant(mix), _constant(in_channel)
             place = None if place is None else _constant(place)
         y = F.conv2d(x.index_select(1, in_channel), dw, None, self.stride, self.padding,
