@@ -445,7 +445,7 @@ def report_inputs(params: dict) -> list[str]:
     inputs = [PREPARED, INTERVALS]  # the summary's classes; every figure's interval
     inputs += [ABLATION] if ablation_needed(params) else []
     inputs += [eval_dir(m) for m in evaluated_models(params)]
-    inputs += [f"{MODELS}/{q}.export.json" for q in exported_models(params)]
+    inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
                for s in method_of(parse_model_name(q)).extra_outputs]
     return inputs + [synthetic_dir(g) for g in generators(params)]
