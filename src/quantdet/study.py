@@ -12,6 +12,7 @@ Model names are built here and parsed back here, nowhere else:
     teacher-fp32, student-fp32                       FP32 detectors from `pretrain`
     student-ptq-percentile-w8a8                      a quantized model, fake-quantized in PyTorch
     student-ptq-percentile-w8a8-ort                  the same model, exported and run in onnxruntime
+    student-ptq-percentile-w8a8-ov                   the same ONNX model run in OpenVINO (f32 precision)
     student-qat-daqat-w4a4-r1                        a repeat of a method with seed 1 from the study's
                                                      FP32 model (calibration draw, QAT order re-seeded)
     student-fp32-s1, student-qat-daqat-w4a4-s1       a repeat of the headline chain with seed 1
@@ -36,12 +37,15 @@ import re
 from dataclasses import dataclass, field
 
 ORT_SUFFIX = "-ort"
+OV_SUFFIX = "-ov"
+SUFFIXES = {"torch": "", "onnxruntime": ORT_SUFFIX, "openvino": OV_SUFFIX}  # runtime -> name suffix
+DEPLOYED = ("onnxruntime", "openvino")  # runtimes that run the exported integer ONNX model
 MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
     r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
-    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<ort>-ort)?$"
+    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov)?$"
 )
 
 
@@ -52,7 +56,7 @@ class ModelName:
     method: str | None        # observer / recipe / zero-shot method / mimic variant; None for FP32
     weight_bits: int | None
     act_bits: int | None
-    runtime: str              # torch | onnxruntime
+    runtime: str              # torch | onnxruntime | openvino
     seed: int | None = None   # a repeat seed; None: the study's seed
     retrained: bool = True    # with a seed: its FP32 source retrained with it (-s), or the
                               # study's FP32 model, the method alone re-seeded (-r)
@@ -77,7 +81,7 @@ class ModelName:
 
     @property
     def name(self) -> str:
-        return self.model + (ORT_SUFFIX if self.runtime == "onnxruntime" else "")
+        return self.model + SUFFIXES[self.runtime]
 
     @property
     def fp32_source(self) -> str:
@@ -113,7 +117,7 @@ def parse_model_name(name: str) -> ModelName:
     m = _NAME.match(name)
     if m is None:
         raise ValueError(f"not a quantdet model name: {name!r}")
-    runtime = "onnxruntime" if m["ort"] else "torch"
+    runtime = {v: k for k, v in SUFFIXES.items()}[m["rt"] or ""]
     seed = None if m["seed"] is None else int(m["seed"])
     if m["fp32"]:
         if m["repeat"] == "r":
@@ -228,7 +232,7 @@ def runtimes(params: dict) -> list[str]:
 def analysed_runtime(params: dict) -> str:
     """The runtime whose quantized models the study's method comparisons use: the simulation
     where the study evaluates it, else the deployed models."""
-    return "torch" if "torch" in runtimes(params) else "onnxruntime"
+    return next(r for r in ("torch", "onnxruntime", "openvino") if r in runtimes(params))
 
 
 def teacher_needed(params: dict) -> bool:
@@ -246,22 +250,24 @@ def exported_models(params: dict) -> list[str]:
     """The quantized models exported to integer ONNX: every one of the study seed, and the
     repeats where the study evaluates deployed models."""
     repeats = [m for m in repeat_models(params) if parse_model_name(m).quantized]
-    return quantized_models(params) + (repeats if "onnxruntime" in runtimes(params) else [])
+    return quantized_models(params) + (repeats if set(DEPLOYED) & set(runtimes(params)) else [])
 
 
 def evaluated_models(params: dict) -> list[str]:
     """Every model the study evaluates: the FP32 teacher (when needed) and student, each
     quantized model in each runtime of `matrix.runtimes` (fake-quantized in PyTorch; its
-    exported ONNX model in onnxruntime), the peers (deployed only), then the repeats."""
+    exported ONNX model in onnxruntime, in OpenVINO), the peers (deployed only: in onnxruntime,
+    and OpenVINO where listed), then the repeats."""
     names = fp32_models(params)
     rt = runtimes(params)
 
     def evaluations(q):
-        return ([q] if "torch" in rt else []) + ([q + ORT_SUFFIX] if "onnxruntime" in rt else [])
+        return [q + SUFFIXES[r] for r in ("torch", "onnxruntime", "openvino") if r in rt]
 
     for q in quantized_models(params):
         names += evaluations(q)
-    names += [p + ORT_SUFFIX for p in peer_models(params)]  # deployed only
+    for p in peer_models(params):
+        names += [p + SUFFIXES[r] for r in DEPLOYED if r == "onnxruntime" or r in rt]
     for r in repeat_models(params):
         names += evaluations(r) if parse_model_name(r).quantized else [r]
     return names
@@ -413,7 +419,7 @@ def jobs(params: dict) -> list[Job]:
     splits = tuple(split_dir(c, s) for c in corruptions(params) for s in params["corruptions"]["severities"])
     for m in evaluated_models(params):
         name = parse_model_name(m)
-        model = onnx_file(name.model) if name.runtime == "onnxruntime" else model_file(name.model)
+        model = onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
         rows.append(Job("evaluate", m, (eval_dir(m),), (model, PREPARED, *splits),
                         tuple(job_reads("evaluate")), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime=name.runtime,

@@ -172,13 +172,20 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
             records += paired(group, label, bits, students.get((*treat, bits), {}),
                               students.get((*base, bits), {}))
     for model, name in names.items():
-        if name.runtime != "onnxruntime" or name.stage == "peer":
+        if name.runtime not in study.DEPLOYED:
             continue
-        twin, seed = name.model, name.run_seed(params)   # twin: the same model in PyTorch
+        seed = name.run_seed(params)
+        ort_twin = name.model + study.ORT_SUFFIX   # the same ONNX model in onnxruntime
+        if name.runtime == "openvino" and ort_twin in names:
+            records += paired("runtime", f"{name.stage} {name.method} in OpenVINO vs onnxruntime", name.bits_label,
+                              {seed: model}, {seed: ort_twin})
+        if name.stage == "peer":
+            continue
+        twin = name.model   # the same model in PyTorch
         if twin in names:
-            records += paired("deployed", f"{name.stage} {name.method} deployed (onnxruntime) vs simulated "
+            records += paired("deployed", f"{name.stage} {name.method} deployed ({name.runtime}) vs simulated "
                               "(PyTorch)", name.bits_label, {seed: model}, {seed: twin})
-        if analysed != "onnxruntime" and name.fp32_source in names:
+        if name.runtime == "onnxruntime" and analysed != "onnxruntime" and name.fp32_source in names:
             records += [{**r, "twin": True} for r in paired(
                 "fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
                 {seed: model}, {seed: name.fp32_source})]
@@ -195,7 +202,8 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
     names = {m: study.parse_model_name(m) for m in models}
     records = []
     for bits in dict.fromkeys(n.bits_label for n in names.values() if n.stage == "peer"):
-        peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits]
+        peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits
+                 and n.runtime == "onnxruntime"]
         best = max(peers, key=lambda m: figures[m]["P"][0])
         ours = [m for m, n in names.items() if n.runtime == "onnxruntime" and n.stage != "peer"
                 and n.bits_label == bits and n.seed is None]

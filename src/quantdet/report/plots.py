@@ -22,7 +22,7 @@ def model_colours(models: list[str]) -> dict[str, tuple]:
 
 
 def _deployed(model: str) -> bool:
-    return parse_model_name(model).runtime == "onnxruntime"
+    return parse_model_name(model).runtime in ("onnxruntime", "openvino")
 
 
 def _save(fig, path: Path) -> Path:
