@@ -47,5 +47,5 @@ def test_answers_from_an_intervals_file():
     assert "ΔP -3.0 [-5.0, -1.0] points: lower" in qrid
     [w4] = quantization_answers(intervals)
     assert "lower for 1, no measurable difference for 1" in w4
-    deployed = answers(intervals)[-1]
+    deployed = [a for a in answers(intervals) if a.startswith("**Deployed")][0]
     assert deployed.startswith("**Deployed against simulated**: of 1 exported models, 1 show no measurable")

@@ -296,5 +296,5 @@ def test_study_intervals_refuse_stale_detections(fake_study, tmp_path):
     gt = json.loads(annotations.read_text())
     gt["images"].append({"id": 99, "width": 128, "height": 128})
     annotations.write_text(json.dumps(gt))
-    with pytest.raises(QuantdetError, match="gaussian_noise/1 does not hold the clean split's images"):
+    with pytest.raises(QuantdetError, match="gaussian_noise/1 holds images the clean split has not"):
         study_intervals(params, copy, resamples=10, models=["student-ptq-minmax-w8a8"])

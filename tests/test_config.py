@@ -15,7 +15,7 @@ def _write(tmp_path, params):
 def test_a_params_file_is_an_overlay_on_the_base_study(tmp_path):
     """One set of defaults: the project's params.yaml; a study file holds what differs."""
     params = load_params("params.yaml")
-    assert params["quant"]["ptq"]["percentile"] == 0.999
+    assert params["quant"]["ptq"]["percentile"] == 0.9999
     overlay = _write(tmp_path, {"models": {"teacher": {"backbone": "resnet18"}},
                                 "matrix": {"bits": [4]}})
     merged = load_params(overlay)

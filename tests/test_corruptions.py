@@ -98,3 +98,23 @@ def test_import_stays_light():
     code = "import sys, quantdet.corruptions; print(sorted({'torch', 'imagecorruptions', 'cv2'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_a_condition_draws_its_own_images_from_the_split(split, tmp_path):
+    """corruptions.images: each (corruption, severity) holds a seeded draw of the split's images,
+    different between conditions, the same on every run; its annotations follow the images."""
+    from quantdet.corruptions.corrupted_split import condition_images
+
+    ids = list(range(1, 241))
+    draws = {(c, s): condition_images(ids, 0, c, s, 32) for c in ("fog", "snow") for s in (1, 2)}
+    assert all(len(d) == 32 and d == sorted(set(d)) and set(d) <= set(ids) for d in draws.values())
+    assert len({tuple(d) for d in draws.values()}) == 4
+    assert condition_images(ids, 0, "fog", 1, 32) == draws[("fog", 1)]
+    assert condition_images(ids, 1, "fog", 1, 32) != draws[("fog", 1)]
+    assert condition_images(ids, 0, "fog", 1, None) == ids == condition_images(ids, 0, "fog", 1, 500)
+    summary = corrupt_split(split, "fog", 1, seed=0, out_dir=tmp_path / "one", images=1)
+    coco = json.loads((tmp_path / "one" / "annotations.json").read_text())
+    kept = {i["id"] for i in coco["images"]}
+    assert summary["images"] == 1 and kept == set(condition_images([1, 2], 0, "fog", 1, 1))
+    assert all(a["image_id"] in kept for a in coco["annotations"])
+    assert len(list((tmp_path / "one" / "images").iterdir())) == 1

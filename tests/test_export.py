@@ -3,7 +3,7 @@ import onnx
 import pytest
 import torch
 
-from quantdet.export.fidelity import compare_latency, output_agreement
+from quantdet.export.fidelity import output_agreement
 from quantdet.export.onnx_export import export_onnx
 from quantdet.export.runner import OrtDetector
 from quantdet.quant.graph import activation_quantizers
@@ -90,10 +90,76 @@ def test_fp32_export_matches_pytorch(tmp_path):
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_latency_comparison_reports_each_session(exported, tmp_path):
-    _, _, path, _ = exported
-    fp32 = tmp_path / "fp32.onnx"
-    export_onnx(tiny_model(), fp32, 32, 17)
-    images = np.random.rand(2, 3, 32, 32).astype(np.float32)
-    lat = compare_latency({"fp32": OrtDetector(fp32), "int8": OrtDetector(path)}, images, runs=3)
-    assert set(lat) == {"fp32", "int8"} and all(v > 0 for v in lat.values())
+def _optimized_ops(path, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_low_bit_export_runs_integer_convolutions_in_onnxruntime(exported, tmp_path):
+    """A 4-bit grid rides on 8-bit integer kernels: the activation clamps are integer Clips
+    after QuantizeLinear, so onnxruntime fuses every quantized-output conv into QLinearConv."""
+    bits, q, path, info = exported
+    proto = onnx.load(str(path))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    clips = [n for n in proto.graph.node if n.op_type == "Clip"]
+    if bits < 8:
+        assert info["integer_clips"] == len(clips) > 0
+    else:
+        assert info["integer_clips"] == 0 and not clips
+    # every Clip works on integers: its input is a QuantizeLinear's output, its bounds uint8
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for clip in clips:
+        assert producers[clip.input[0]].op_type == "QuantizeLinear"
+        assert all(values[b].dtype == np.uint8 for b in clip.input[1:] if b)
+    if bits < 8:  # the float Clips, kept on request, are the same values
+        float_path = tmp_path / "float-clips.onnx"
+        assert export_onnx(q, float_path, 32, 17, integer_clips=False)["integer_clips"] == 0
+        x = torch.rand(4, 3, 32, 32)
+        for a, b in zip(OrtDetector(path)(x), OrtDetector(float_path)(x)):
+            assert torch.allclose(a, b, atol=1e-5)
+    ops = _optimized_ops(path, tmp_path)
+    # the tiny model: 4 convs whose output is quantized, 2 prediction convs with float outputs
+    assert ops.count("QLinearConv") == 4
+    assert ops.count("Conv") + ops.count("FusedConv") == 2
+    assert ops.count("QLinearAdd") == 2
+
+
+def test_integer_clip_is_exactly_the_float_clip(tmp_path):
+    """Q(clip(x, a, b)) == clip(Q(x), Q(a), Q(b)): the rewrite changes no value, for bounds on
+    the grid or off it, either bound alone, any zero point."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from quantdet.export.onnx_export import integer_activation_clips
+
+    x = np.concatenate([np.random.default_rng(0).normal(0, 3, 20000),
+                        np.arange(-400, 400) * 0.025]).astype(np.float32)  # ties at half steps
+    for lo, hi, scale, zp in ((0.0, 0.75, 0.05, 0), (-0.4, 0.35, 0.05, 8), (-0.37, 1.23, 0.01, 40),
+                              (None, 0.7, 0.1, 3), (-1.0, None, 0.02, 200), (-50.0, 50.0, 0.05, 0)):
+        inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+                 helper.make_tensor("z", TensorProto.UINT8, [], [zp])]
+        bounds = []
+        for name, v in (("lo", lo), ("hi", hi)):
+            if v is None:
+                bounds.append("")
+            else:
+                inits.append(helper.make_tensor(name, TensorProto.FLOAT, [], [v]))
+                bounds.append(name)
+        nodes = [helper.make_node("Clip", ["x", *bounds], ["c"]),
+                 helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        rewritten = onnx.ModelProto()
+        rewritten.CopyFrom(model)
+        assert integer_activation_clips(rewritten) == 1
+        onnx.checker.check_model(rewritten)
+        assert [n.op_type for n in rewritten.graph.node if n.op_type == "Clip"] in ([], ["Clip"])
+        run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {"x": x})[0] for m in (model, rewritten)]
+        np.testing.assert_array_equal(run[0], run[1])

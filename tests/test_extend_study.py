@@ -168,3 +168,21 @@ def test_the_other_tools_peers_run_end_to_end(smoke_study, tmp_path):
     peer = [c for c in intervals["comparisons"] if c["group"] == "peer"]
     assert peer and all(c["baseline"][0] in peers for c in peer)
     assert "OpenVINO NNCF nncf.quantize (ONNX backend), mixed preset" in report
+
+
+def test_openvino_is_a_second_runtime_for_the_same_onnx_models(smoke_study, tmp_path):
+    """matrix.runtimes + openvino: exactly the OpenVINO evaluations of the exported models (ours
+    and the peer's) are added; each is compared with the same file in onnxruntime."""
+    work = _copy(smoke_study, tmp_path, lambda p: p["matrix"]["runtimes"].append("openvino"))
+    planned = _planned(work)
+    assert planned == _new_jobs(smoke_study, work)
+    assert {"evaluate-student-ptq-minmax-w8a8-ov", "evaluate-student-peer-ort_minmax-w8a8-ov"} <= planned
+    assert all(j.startswith("evaluate-") and j.endswith("-ov") for j in planned - {"intervals", "report"})
+    _snakemake(work, "--cores", "2")
+    metrics = json.loads((work / "results/eval/student-ptq-minmax-w8a8-ov/clean/metrics.json").read_text())
+    assert metrics["runtime"] == "openvino" and metrics["runtime_info"]["precision_hint"] == "f32"
+    intervals = json.loads((work / "results/metrics/intervals.json").read_text())
+    runtime = {c["treatment"][0]: c for c in intervals["comparisons"] if c["group"] == "runtime"}
+    assert runtime["student-ptq-minmax-w8a8-ov"]["baseline"] == ["student-ptq-minmax-w8a8-ort"]
+    assert "student-peer-ort_minmax-w8a8-ov" in runtime
+    assert "**OpenVINO against onnxruntime**" in (work / "results/report.md").read_text()

@@ -232,3 +232,31 @@ def test_plain_quant_layers_are_unchanged():
     conv = next(m for m in q.modules() if isinstance(m, QuantConv2d))
     assert conv.grid_weight() is conv.weight
     assert select_outliers(q, 0.01) == {"weights_kept_fp16": 0, "weights": 0}
+
+
+def test_exported_side_paths_gather_integers_and_pad_to_the_nchwc_block(tmp_path):
+    """The side paths gather the quantized input's integers (then dequantize those channels
+    only) and pad their depthwise convolution to a multiple of 16 channels from 8 up (zero
+    kernels), so onnxruntime runs them in its NCHWc kernels; the values stay exact (checked
+    against the simulation in test_export_keeps_integer_convs_and_agrees_...)."""
+    from quantdet.quant.outlier import SIDE_PATH_CHANNEL_BLOCK
+
+    qmodel, _ = _oaqat(8)
+    qmodel.eval()
+    path = tmp_path / "oaqat.onnx"
+    info = export_onnx(qmodel, path, 32, 17)
+    layers = [m for m in outlier_layers(qmodel) if m.has_outliers]
+    assert info["side_paths"]["integer_gathers"] == len(layers)
+    proto = onnx.load(str(path))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"
+               and producers.get(n.input[0]) is not None
+               and producers[n.input[0]].op_type == "QuantizeLinear"]
+    assert len(gathers) == len(layers)
+    groups = sorted(next(a.i for a in n.attribute if a.name == "group")
+                    for n in proto.graph.node if n.op_type == "Conv"
+                    and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    counts = sorted(len(m._indices()["o"]) for m in layers if len(m._indices()["o"]) > 1)
+    expected = sorted(n + (-n % SIDE_PATH_CHANNEL_BLOCK if n >= SIDE_PATH_CHANNEL_BLOCK // 2 else 0)
+                      for n in counts)
+    assert groups == expected and any(g % SIDE_PATH_CHANNEL_BLOCK == 0 for g in groups)

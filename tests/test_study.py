@@ -7,12 +7,14 @@ from quantdet.config import load_params
 @pytest.mark.parametrize("name", ["teacher-fp32", "student-fp32", "student-ptq-percentile-w8a8",
                                   "student-ptq-ema_minmax-w4a4-ort", "student-qat-lsq-w4a8",
                                   "student-ptq-mixed-w5a8-ort", "student-ptq-zeroq-w8a8",
-                                  "student-qat-ait-w4a4", "student-mimic-qmimic_l0p1-w4a4-ort"])
+                                  "student-qat-ait-w4a4", "student-mimic-qmimic_l0p1-w4a4-ort",
+                                  "student-fp32-s1", "student-qat-fqn-w8a8-s1", "student-qat-fqn-w8a8-r2-ort"])
 def test_model_names_round_trip(name):
     assert study.parse_model_name(name).name == name
 
 
-@pytest.mark.parametrize("name", ["student", "student-ptq-w8a8", "pupil-fp32", "student-ptq-kl-w8"])
+@pytest.mark.parametrize("name", ["student", "student-ptq-w8a8", "pupil-fp32", "student-ptq-kl-w8",
+                                  "student-fp32-r1"])
 def test_malformed_model_names_are_rejected(name):
     with pytest.raises(ValueError, match="not a quantdet model name"):
         study.parse_model_name(name)
@@ -24,12 +26,33 @@ def test_quantized_model_knows_its_source_and_runtime():
         "student-fp32", "student-ptq-kl-w4a8", "onnxruntime", "W4A8")
 
 
+def test_repeat_seeds_retrain_or_reuse_the_fp32_model():
+    params = load_params("params.yaml")
+    retrained, reused = study.parse_model_name("student-ptq-dacal-w8a8-s1"), study.parse_model_name(
+        "student-ptq-dacal-w8a8-r1")
+    assert (retrained.fp32_source, reused.fp32_source) == ("student-fp32-s1", "student-fp32")
+    assert retrained.run_seed(params) == reused.run_seed(params) == 1
+    params["matrix"]["repeat"]["retrain"] = True
+    repeats = study.repeat_models(params)
+    assert "student-fp32-s2" in repeats and "student-qat-fqn-w8a8-s2" in repeats
+    assert study.find_job(params, "qat", "student-qat-fqn-w8a8-s2").inputs[0] == "results/models/student-fp32-s2.pt"
+    params["matrix"]["runtimes"] = ["torch"]   # simulated only: repeats are not exported
+    assert "student-qat-fqn-w8a8-s2" in study.evaluated_models(params)
+    assert "student-qat-fqn-w8a8-s2" not in study.exported_models(params)
+
+
 def test_default_study_matrix():
     params = load_params("params.yaml")
     models = study.evaluated_models(params)
-    assert models[:2] == ["teacher-fp32", "student-fp32"]
-    for q in study.quantized_models(params):
-        assert q in models and q + "-ort" in models
+    assert models[0] == "student-fp32" and "teacher-fp32" not in models  # no mimic: no teacher
+    for q in study.quantized_models(params):   # deployed only (matrix.runtimes)
+        assert q not in models and q + "-ort" in models
+    repeats = study.repeat_models(params)     # 3 seeds of the headline methods, same FP32 model
+    assert "student-qat-daqat-w4a4-r2" in repeats and "student-fp32-s1" not in repeats
+    assert study.parse_model_name("student-qat-daqat-w4a4-r2").fp32_source == "student-fp32"
+    assert "student-qat-daqat-w4a4-r2-ort" in models
+    assert study.find_job(params, "ablation", "ablation").inputs == ("results/models/student-fp32.pt",
+                                                                    "data/prepared")
     assert study.conditions(params)[0] == "clean" and len(study.conditions(params)) == 20
     assert study.heldout_corruptions(params) == ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
     assert not set(study.heldout_corruptions(params)) & set(study.benchmark_corruptions(params))

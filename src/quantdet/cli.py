@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     p = stage("study-table", "write the study table (one row per job) as TSV")
     p.add_argument("--out", default="-", help="a file, or - for standard output")
+    p = stage("measured", "the README's Measured section from a finished study's outputs")
+    p.add_argument("--root", default=".", help="the folder of the finished study")
+    p.add_argument("--readme", help="rewrite this README's measured block (default: print it)")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
@@ -60,9 +63,27 @@ def _parser() -> argparse.ArgumentParser:
                           "and severity of the study")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder for the model's results (one subfolder per condition)")
+    p = stage("ablation", "where percentile clipping costs accuracy: percentile on every "
+                          "quantizer group but one, and on one alone "
+                          "(results/metrics/percentile_ablation.json)")
+    p.add_argument("--out", default="results/metrics/percentile_ablation.json")
     p = stage("intervals", "95% intervals of every model's figures and every comparison "
                            "(image bootstrap, paired; results/metrics/intervals.json)")
     p.add_argument("--out", default="results/metrics/intervals.json")
+    p = stage("bench", "latency of ONNX models, each timed in its own process, with ratios "
+                       "against an FP32 baseline (the first model unless --baseline)")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("--runtime", nargs="+", default=["onnxruntime"],
+                   choices=["onnxruntime", "openvino", "openvino-default"],
+                   help="openvino: precision hint f32; openvino-default: its default hint")
+    p.add_argument("--baseline", help="the FP32 model the ratios are against")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per repetition")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--max-reps", type=int, default=5,
+                   help="repetitions at most, until two consecutive agree within 5%%")
+    p.add_argument("--out", help="also write the results as JSON")
     p = stage("report", "P/mPC/rPC tables, plots and results/report.md")
     p.add_argument("--out", default="results", help="results root")
     return parser
@@ -93,6 +114,8 @@ def run(args, argv: list[str] | None = None) -> object:
 
     if args.stage == "compose":
         return _compose(args)
+    if args.stage == "bench":
+        return _bench(args)
     params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = params["train"]["processes"]
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
@@ -108,6 +131,12 @@ def run(args, argv: list[str] | None = None) -> object:
     if args.stage == "dvc-yaml":
         from quantdet.dvc_yaml import write_dvc_yaml
         return write_dvc_yaml(params, args.out, check=args.check)
+    if args.stage == "measured":
+        from quantdet.report.measured import write_measured
+        block = write_measured(args.root, args.readme)
+        if not args.readme:
+            sys.stdout.write(block + "\n")
+        return block
     if args.stage == "study-table":
         from quantdet import study
         table = study.study_table(params)
@@ -143,6 +172,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.evaluate(params, args.model, args.out)
     if args.stage == "intervals":
         return stages.intervals(params, args.out)
+    if args.stage == "ablation":
+        return stages.ablation(params, args.out)
     if args.stage == "report":
         return stages.report(params, args.out)
     raise AssertionError(args.stage)
@@ -160,6 +191,19 @@ def _compose(args) -> dict:
         Path(tmp).write_text(f"# composed by `quantdet compose {' '.join(args.overlays)}` from the base "
                              "params.yaml\n" + yaml.safe_dump(params, sort_keys=False, width=100))
     return params
+
+
+def _bench(args) -> dict:
+    from quantdet.export.latency import benchmark, format_table
+    from quantdet.io_utils import write_json
+
+    report = benchmark(args.models, args.runtime, baseline=args.baseline, batch=args.batch,
+                       threads=args.threads, runs=args.runs, warmup=args.warmup,
+                       max_reps=args.max_reps)
+    print(format_table(report))
+    if args.out:
+        write_json(args.out, report)
+    return report
 
 
 def _list_methods() -> list:

@@ -182,6 +182,24 @@ def _torch_runtime() -> dict | None:
     return out
 
 
+def source_commit() -> dict | None:
+    """The git commit of the quantdet source that runs (where it is a git checkout), and
+    whether it has uncommitted changes."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
 def environment(lock: str | Path | None = None) -> dict:
     """Where and with what this process computes: see the module docstring."""
     found = installed()
@@ -212,6 +230,7 @@ def environment(lock: str | Path | None = None) -> dict:
             "usable_cpus": usable,
             "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
             "torch": _torch_runtime(),
+            "source": source_commit(),
         },
     }
 

@@ -12,8 +12,12 @@ Model names are built here and parsed back here, nowhere else:
     teacher-fp32, student-fp32                       FP32 detectors from `pretrain`
     student-ptq-percentile-w8a8                      a quantized model, fake-quantized in PyTorch
     student-ptq-percentile-w8a8-ort                  the same model, exported and run in onnxruntime
+    student-ptq-percentile-w8a8-ov                   the same ONNX model run in OpenVINO (f32 precision)
+    student-qat-daqat-w4a4-r1                        a repeat of a method with seed 1 from the study's
+                                                     FP32 model (calibration draw, QAT order re-seeded)
     student-fp32-s1, student-qat-daqat-w4a4-s1       a repeat of the headline chain with seed 1
-                                                     (FP32 training and quantization re-seeded)
+                                                     (FP32 training and quantization re-seeded:
+                                                     matrix.repeat.retrain)
     student-ptq-mixed-w5a8                           mixed-precision weights: w{b} is the budget,
                                                      the average weight bits (per parameter)
     student-ptq-zeroq-w8a8, student-ptq-gdfq-w8a8    zero-shot PTQ: calibrated on generated images
@@ -33,12 +37,15 @@ import re
 from dataclasses import dataclass, field
 
 ORT_SUFFIX = "-ort"
+OV_SUFFIX = "-ov"
+SUFFIXES = {"torch": "", "onnxruntime": ORT_SUFFIX, "openvino": OV_SUFFIX}  # runtime -> name suffix
+DEPLOYED = ("onnxruntime", "openvino")  # runtimes that run the exported integer ONNX model
 MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
 
 _NAME = re.compile(
     r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
-    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-s(?P<seed>\d+))?(?P<ort>-ort)?$"
+    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov)?$"
 )
 
 
@@ -49,8 +56,10 @@ class ModelName:
     method: str | None        # observer / recipe / zero-shot method / mimic variant; None for FP32
     weight_bits: int | None
     act_bits: int | None
-    runtime: str              # torch | onnxruntime
+    runtime: str              # torch | onnxruntime | openvino
     seed: int | None = None   # a repeat seed; None: the study's seed
+    retrained: bool = True    # with a seed: its FP32 source retrained with it (-s), or the
+                              # study's FP32 model, the method alone re-seeded (-r)
 
     @property
     def quantized(self) -> bool:
@@ -58,7 +67,9 @@ class ModelName:
 
     @property
     def _seed_suffix(self) -> str:
-        return "" if self.seed is None else f"-s{self.seed}"
+        if self.seed is None:
+            return ""
+        return f"-{'s' if self.retrained or not self.quantized else 'r'}{self.seed}"
 
     @property
     def model(self) -> str:
@@ -70,12 +81,12 @@ class ModelName:
 
     @property
     def name(self) -> str:
-        return self.model + (ORT_SUFFIX if self.runtime == "onnxruntime" else "")
+        return self.model + SUFFIXES[self.runtime]
 
     @property
     def fp32_source(self) -> str:
-        """The FP32 model this one was made from (of the same seed)."""
-        return f"{self.role}-fp32{self._seed_suffix}"
+        """The FP32 model this one was made from: of the same seed if retrained with it."""
+        return f"{self.role}-fp32{self._seed_suffix if self.retrained else ''}"
 
     @property
     def bits_label(self) -> str:
@@ -86,6 +97,11 @@ class ModelName:
         """The name without seed and runtime: the method at its bit width."""
         return ModelName(self.role, self.stage, self.method, self.weight_bits, self.act_bits,
                          "torch").model
+
+    @property
+    def deployed(self) -> str:
+        """The name of this model exported and run in onnxruntime."""
+        return self.model + ORT_SUFFIX
 
     def run_seed(self, params: dict) -> int:
         """The seed this model's training and calibration use."""
@@ -101,17 +117,19 @@ def parse_model_name(name: str) -> ModelName:
     m = _NAME.match(name)
     if m is None:
         raise ValueError(f"not a quantdet model name: {name!r}")
-    runtime = "onnxruntime" if m["ort"] else "torch"
+    runtime = {v: k for k, v in SUFFIXES.items()}[m["rt"] or ""]
     seed = None if m["seed"] is None else int(m["seed"])
     if m["fp32"]:
+        if m["repeat"] == "r":
+            raise ValueError(f"not a quantdet model name: {name!r} (an FP32 repeat is -s, retrained)")
         return ModelName(m["role"], "pretrain", None, None, None, runtime, seed)
     return ModelName(m["role"], m["stage"], m["method"], int(m["wbits"]), int(m["abits"]), runtime,
-                     seed)
+                     seed, m["repeat"] != "r")
 
 
 def quantized_model_name(role: str, stage: str, method: str, weight_bits: int, act_bits: int,
-                         seed: int | None = None) -> str:
-    return ModelName(role, stage, method, weight_bits, act_bits, "torch", seed).model
+                         seed: int | None = None, retrained: bool = True) -> str:
+    return ModelName(role, stage, method, weight_bits, act_bits, "torch", seed, retrained).model
 
 
 def method_of(name: ModelName):
@@ -186,34 +204,78 @@ def calibration_input(name: ModelName) -> str:
 
 
 def repeat_models(params: dict) -> list[str]:
-    """The headline chain again for each repeat seed: the FP32 student retrained, and the
-    headline PTQ methods and QAT recipes (those the study runs) re-run from it at every bit
-    width. Evaluated in PyTorch only: they measure run-to-run spread, not deployment."""
+    """The headline methods again for each repeat seed, at every bit width: from the study's
+    FP32 student with the method re-seeded (its calibration images redrawn from train, its QAT
+    data order re-seeded: `-r{seed}`), or, with `matrix.repeat.retrain`, from an FP32 student
+    retrained with the seed (`student-fp32-s{seed}`, then `-s{seed}` models). They measure the
+    seed-to-seed spread the headline comparisons carry."""
     m = matrix(params)
     repeat = m["repeat"]
+    retrain = repeat["retrain"]
     names = []
     for seed in repeat["seeds"]:
-        names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
-        names += [quantized_model_name("student", "ptq", p, b, b, seed)
+        if retrain:
+            names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
+        names += [quantized_model_name("student", "ptq", p, b, b, seed, retrain)
                   for p in repeat["ptq"] if p in m["ptq"] for b in m["bits"]]
-        names += [quantized_model_name("student", "qat", r, b, b, seed)
+        names += [quantized_model_name("student", "qat", r, b, b, seed, retrain)
                   for r in repeat["qat"] if r in m["qat"] for b in m["bits"]]
     return names
 
 
+def runtimes(params: dict) -> list[str]:
+    """Where the study evaluates its quantized models: `torch` (fake-quantized, simulated) and
+    `onnxruntime` (the exported integer model, deployed)."""
+    return list(matrix(params)["runtimes"])
+
+
+def analysed_runtime(params: dict) -> str:
+    """The runtime whose quantized models the study's method comparisons use: the simulation
+    where the study evaluates it, else the deployed models."""
+    return next(r for r in ("torch", "onnxruntime", "openvino") if r in runtimes(params))
+
+
+def teacher_needed(params: dict) -> bool:
+    """The FP32 teacher is trained (and evaluated) when a method of the study learns from it."""
+    from quantdet.methods import get_method
+
+    return any(get_method("mimic", v).teacher for v in matrix(params)["mimic"])
+
+
+def fp32_models(params: dict) -> list[str]:
+    return (["teacher-fp32"] if teacher_needed(params) else []) + ["student-fp32"]
+
+
+def exported_models(params: dict) -> list[str]:
+    """The quantized models exported to integer ONNX: every one of the study seed, and the
+    repeats where the study evaluates deployed models."""
+    repeats = [m for m in repeat_models(params) if parse_model_name(m).quantized]
+    return quantized_models(params) + (repeats if set(DEPLOYED) & set(runtimes(params)) else [])
+
+
 def evaluated_models(params: dict) -> list[str]:
-    """Every model the study evaluates: FP32 teacher and student, each quantized model
-    fake-quantized in PyTorch, and its exported ONNX model in onnxruntime, then the repeats."""
-    names = ["teacher-fp32", "student-fp32"]
+    """Every model the study evaluates: the FP32 teacher (when needed) and student, each
+    quantized model in each runtime of `matrix.runtimes` (fake-quantized in PyTorch; its
+    exported ONNX model in onnxruntime, in OpenVINO), the peers (deployed only: in onnxruntime,
+    and OpenVINO where listed), then the repeats."""
+    names = fp32_models(params)
+    rt = runtimes(params)
+
+    def evaluations(q):
+        return [q + SUFFIXES[r] for r in ("torch", "onnxruntime", "openvino") if r in rt]
+
     for q in quantized_models(params):
-        names += [q, q + ORT_SUFFIX]
-    names += [p + ORT_SUFFIX for p in peer_models(params)]  # deployed only
-    return names + repeat_models(params)
+        names += evaluations(q)
+    for p in peer_models(params):
+        names += [p + SUFFIXES[r] for r in DEPLOYED if r == "onnxruntime" or r in rt]
+    for r in repeat_models(params):
+        names += evaluations(r) if parse_model_name(r).quantized else [r]
+    return names
 
 
 def trained_models(params: dict) -> list[str]:
     """Every model file the study makes, FP32 and quantized, repeats included."""
-    names = ["teacher-fp32", "student-fp32", *quantized_models(params)]
+    names = [*fp32_models(params), *quantized_models(params)]
     return names + [m for m in repeat_models(params) if m not in names]
 
 
@@ -245,14 +307,16 @@ def severities_of(condition: str, params: dict) -> list[int]:
 # Params leaves read by the stages that are not a method's (a method's: quantdet.methods).
 STAGE_READS = {
     "prepare": ("study.seed", "data"),
-    "corrupt": ("corruptions.seed",),
+    "corrupt": ("corruptions.seed", "corruptions.images"),
     "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
     "export": ("models.input_size", "export", "evaluate"),
     "evaluate": ("models.input_size", "evaluate"),
+    "ablation": ("study.seed", "models.input_size", "quant.ptq", "quant.ablation", "evaluate"),
     "intervals": ("study", "matrix", "corruptions", "statistics"),
     "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill", "statistics"),
 }
 INTERVALS = "results/metrics/intervals.json"
+ABLATION = "results/metrics/percentile_ablation.json"
 CLI = {"zeroshot_data": "zeroshot-data"}  # stage -> `quantdet` subcommand, where they differ
 
 
@@ -337,14 +401,15 @@ def jobs(params: dict) -> list[Job]:
             rows.append(Job("corrupt", f"{c}/{s}", (split_dir(c, s),), (PREPARED,),
                             tuple(job_reads("corrupt")), (("corruption", c), ("severity", str(s))),
                             log=f"logs/corrupt/{c}/{s}.log"))
-    rows += [_model_job(params, m) for m in ("teacher-fp32", "student-fp32")]
+    fp32 = fp32_models(params)
+    rows += [_model_job(params, m) for m in fp32]
     for g in generators(params):
         # the val split is read only for the real row of grid.png
         rows.append(Job("zeroshot_data", g, (synthetic_dir(g),), (model_file("student-fp32"), PREPARED),
                         tuple(job_reads("zeroshot_data", generator=g)), (("generator", g),),
                         method=g, log=f"logs/zeroshot_data/{g}.log"))
-    rows += [_model_job(params, m) for m in trained_models(params)[2:] + peer_models(params)]
-    exported = quantized_models(params)
+    rows += [_model_job(params, m) for m in trained_models(params)[len(fp32):] + peer_models(params)]
+    exported = exported_models(params)
     sources = list(dict.fromkeys(parse_model_name(q).fp32_source for q in exported + peer_models(params)))
     for m in sources + exported:  # FP32 sources first: the baselines of the latency figures
         name = parse_model_name(m)
@@ -356,11 +421,14 @@ def jobs(params: dict) -> list[Job]:
     splits = tuple(split_dir(c, s) for c in corruptions(params) for s in params["corruptions"]["severities"])
     for m in evaluated_models(params):
         name = parse_model_name(m)
-        model = onnx_file(name.model) if name.runtime == "onnxruntime" else model_file(name.model)
+        model = onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
         rows.append(Job("evaluate", m, (eval_dir(m),), (model, PREPARED, *splits),
                         tuple(job_reads("evaluate")), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime=name.runtime,
                         log=f"logs/evaluate/{m}.log"))
+    if ablation_needed(params):
+        rows.append(Job("ablation", "ablation", (ABLATION,), (model_file("student-fp32"), PREPARED),
+                        tuple(job_reads("ablation")), log="logs/ablation.log"))
     rows.append(Job("intervals", "intervals", (INTERVALS,),
                     (PREPARED, *splits, *(eval_dir(m) for m in evaluated_models(params))),
                     tuple(job_reads("intervals")), log="logs/intervals.log"))
@@ -376,8 +444,14 @@ def find_job(params: dict, stage: str, target: str) -> Job:
     raise KeyError(f"no {stage} job for {target!r} in this study")
 
 
+def ablation_needed(params: dict) -> bool:
+    """The percentile ablation runs where the study runs percentile PTQ."""
+    return "percentile" in matrix(params)["ptq"]
+
+
 def report_inputs(params: dict) -> list[str]:
     inputs = [PREPARED, INTERVALS]  # the summary's classes; every figure's interval
+    inputs += [ABLATION] if ablation_needed(params) else []
     inputs += [eval_dir(m) for m in evaluated_models(params)]
     inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
@@ -391,7 +465,7 @@ REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",
-                  "results/study.tsv")
+                  "results/study.tsv", "results/environment.json")
 
 TABLE_COLUMNS = ("job", "stage", "target", "method", "bits", "seed", "runtime", "inputs",
                  "outputs", "reads")

@@ -27,10 +27,10 @@ wildcard_constraints:
     generator="|".join(m.name for m in methods("generate")),
 
 
-PTQ_MODEL = rf"(teacher|student)-ptq-{_names('ptq', False)}-w\da\d(-s\d+)?"
-PTQ_FILES_MODEL = rf"(teacher|student)-ptq-{_names('ptq', True)}-w\da\d(-s\d+)?"
-QAT_MODEL = rf"(teacher|student)-qat-{_names('qat', False)}-w\da\d(-s\d+)?"
-MIMIC_MODEL = rf"(teacher|student)-mimic-{_names('mimic', False)}-w\da\d(-s\d+)?"
+PTQ_MODEL = rf"(teacher|student)-ptq-{_names('ptq', False)}-w\da\d(-[sr]\d+)?"
+PTQ_FILES_MODEL = rf"(teacher|student)-ptq-{_names('ptq', True)}-w\da\d(-[sr]\d+)?"
+QAT_MODEL = rf"(teacher|student)-qat-{_names('qat', False)}-w\da\d(-[sr]\d+)?"
+MIMIC_MODEL = rf"(teacher|student)-mimic-{_names('mimic', False)}-w\da\d(-[sr]\d+)?"
 PEER_MODEL = rf"(teacher|student)-peer-{_names('peer', False)}-w\da\d"
 EXPORTED_MODEL = r"(teacher|student)-(?!peer-)[a-z0-9_-]+"  # our models; a peer's ONNX is its own job's
 

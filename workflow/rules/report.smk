@@ -38,6 +38,7 @@ rule report:
         "results/metrics/robustness.json",
         "results/metrics/export.json",
         "results/study.tsv",
+        "results/environment.json",
     params:
         read=job_params("report", the_report),
     conda:
@@ -64,3 +65,20 @@ rule intervals:
     threads: config["statistics"]["processes"]
     shell:
         "quantdet intervals --params params.yaml --out {output} --log {log}"
+
+
+rule ablation:
+    input:
+        job_inputs("ablation", lambda wildcards: "ablation"),
+    output:
+        "results/metrics/percentile_ablation.json",
+    params:
+        read=job_params("ablation", lambda wildcards: "ablation"),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/ablation.log",
+    benchmark:
+        "benchmarks/ablation.tsv"
+    shell:
+        "quantdet ablation --params params.yaml --out {output} --log {log}"

@@ -55,15 +55,32 @@ def corrupt_image(pixels, corruption, severity, seed):
     return corrupt(pixels, severity=severity, corruption_name=corruption, **extra)
 
 
-def corrupt_split(split_dir, corruption, severity, seed, out_dir):
+def condition_images(image_ids, seed, corruption, severity, count):
+    """The ids of the images one condition draws from its split: `count` of them, a seeded draw
+    that differs between conditions and depends on nothing else (sorted); all when count is
+    None or not smaller than the split."""
+    image_ids = sorted(image_ids)
+    if count is None or count >= len(image_ids):
+        return image_ids
+    digest = hashlib.sha256(f"{seed}/{corruption}/{severity}/images".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return sorted(int(i) for i in rng.choice(image_ids, size=count, replace=False))
+
+
+def corrupt_split(split_dir, corruption, severity, seed, out_dir, images=None):
     """Write `out_dir` as a split folder holding the corrupted copy of `split_dir`; return a summary.
 
-    Images are saved as PNG, losslessly, so the corruption (jpeg_compression included) is
-    exactly what the evaluation sees; file names change to .png where they were not.
+    `images`: how many of the split's images the condition holds (a seeded draw per condition,
+    `condition_images`); None: all. Images are saved as PNG, losslessly, so the corruption
+    (jpeg_compression included) is exactly what the evaluation sees; file names change to .png
+    where they were not.
     """
     check_condition(corruption, severity)
     split_dir = Path(split_dir)
     coco = load_coco(split_dir / ANNOTATIONS, split_dir / IMAGES, check_images=False)
+    drawn = set(condition_images([i["id"] for i in coco["images"]], seed, corruption, severity, images))
+    coco["images"] = [i for i in coco["images"] if i["id"] in drawn]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in drawn]
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:
         (staging / IMAGES).mkdir()
@@ -86,7 +103,8 @@ def corrupt_split(split_dir, corruption, severity, seed, out_dir):
             image["file_name"] = png_name
         write_annotations(staging, coco)
         # Provenance only; the time stays out of the folder so reruns produce identical bytes.
-        condition = {"corruption": corruption, "severity": severity, "seed": seed, "images": len(coco["images"])}
+        condition = {"corruption": corruption, "severity": severity, "seed": seed, "images": len(coco["images"]),
+                     "of": len(drawn) if images is None else images}
         (staging / "corruption.json").write_text(json.dumps(condition, indent=2) + "\n")
     return {**condition, "source": str(split_dir), "seconds": round(time.perf_counter() - started, 3)}
 

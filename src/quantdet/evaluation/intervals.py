@@ -110,10 +110,14 @@ def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
                 matches = match_images(ground_truth[split], detections)
             except ValueError as err:
                 raise QuantdetError(f"{where}: {err}") from err
-            if not np.array_equal(matches.image_ids, image_ids):
-                raise QuantdetError(f"{where}: split {split} does not hold the clean split's images, "
+            # a condition holds the clean split's images or a draw of them (corruptions.images):
+            # each resample of the clean split's images counts a condition's own images
+            columns = np.searchsorted(image_ids, matches.image_ids)
+            if (columns >= len(image_ids)).any() or not np.array_equal(image_ids[columns.clip(0, len(image_ids) - 1)],
+                                                                         matches.image_ids):
+                raise QuantdetError(f"{where}: split {split} holds images the clean split has not, "
                                     "so its resamples cannot be paired with them")
-            replicates = ResampledAP(matches)(counts)
+            replicates = ResampledAP(matches)(counts[:, columns])
             expected = result["metrics"]["AP"]
             if not abs(replicates[0] - expected) <= AP_TOLERANCE:
                 raise QuantdetError(f"{where}: AP recomputed from {result['detections']} is {replicates[0]:.6f}, "
@@ -136,13 +140,16 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
     from quantdet.report.tables import study_comparisons
 
     names = {m: study.parse_model_name(m) for m in models}
-    students = {}   # (family, method, bits) -> {seed: model}, PyTorch students only
-    for model, name in names.items():
-        if name.role == "student" and name.runtime == "torch":
-            family = name.stage if name.quantized else "fp32"
-            key = (family, name.method or "fp32", name.bits_label)
-            students.setdefault(key, {})[name.run_seed(params)] = model
-    fp32 = students.get(("fp32", "fp32", "fp32"), {})
+    analysed = study.analysed_runtime(params)
+    students = {}   # (family, method, bits) -> {seed: model}: FP32 and our quantized students,
+    for model, name in names.items():   # in the runtime the study analyses; peers: peer_pairs
+        if name.role != "student" or name.stage == "peer":
+            continue
+        if name.runtime != (analysed if name.quantized else "torch"):
+            continue
+        family = name.stage if name.quantized else "fp32"
+        key = (family, name.method or "fp32", name.bits_label)
+        students.setdefault(key, {})[name.run_seed(params)] = model
 
     def paired(group, label, bits, treatment, baseline):
         seeds = sorted(set(treatment) & set(baseline))
@@ -151,22 +158,37 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
         return [{"group": group, "comparison": label, "bits": bits, "seeds": seeds,
                  "treatment": [treatment[s] for s in seeds], "baseline": [baseline[s] for s in seeds]}]
 
+    def sources(by_seed):
+        """Each model's own FP32 source (the study's student for -r repeats), where evaluated."""
+        return {seed: names[m].fp32_source for seed, m in by_seed.items() if names[m].fp32_source in names}
+
+    deployed = " deployed" if analysed == "onnxruntime" else ""
     records = []
     for (family, method, bits), by_seed in students.items():
         if family != "fp32":
-            records += paired("fp32", f"{family} {method} vs FP32", bits, by_seed, fp32)
+            records += paired("fp32", f"{family} {method}{deployed} vs FP32", bits, by_seed, sources(by_seed))
     for group, label, treat, base in study_comparisons(params):
         for bits in dict.fromkeys(key[2] for key in students):
             records += paired(group, label, bits, students.get((*treat, bits), {}),
                               students.get((*base, bits), {}))
     for model, name in names.items():
-        twin, seed = name.model, name.run_seed(params)   # twin: the same model in PyTorch
-        if name.runtime == "onnxruntime" and twin in names:
-            records += paired("deployed", f"{name.stage} {name.method} deployed (onnxruntime) vs simulated "
+        if name.runtime not in study.DEPLOYED:
+            continue
+        seed = name.run_seed(params)
+        ort_twin = name.model + study.ORT_SUFFIX   # the same ONNX model in onnxruntime
+        if name.runtime == "openvino" and ort_twin in names:
+            records += paired("runtime", f"{name.stage} {name.method} in OpenVINO vs onnxruntime", name.bits_label,
+                              {seed: model}, {seed: ort_twin})
+        if name.stage == "peer":
+            continue
+        twin = name.model   # the same model in PyTorch
+        if twin in names:
+            records += paired("deployed", f"{name.stage} {name.method} deployed ({name.runtime}) vs simulated "
                               "(PyTorch)", name.bits_label, {seed: model}, {seed: twin})
-        if name.runtime == "onnxruntime" and name.fp32_source in names:
-            records += paired("fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
-                              {seed: model}, {seed: name.fp32_source})
+        if name.runtime == "onnxruntime" and analysed != "onnxruntime" and name.fp32_source in names:
+            records += [{**r, "twin": True} for r in paired(
+                "fp32", f"{name.stage} {name.method} deployed vs FP32", name.bits_label,
+                {seed: model}, {seed: name.fp32_source})]
     if "teacher-fp32" in names and "student-fp32" in names:
         seed = names["student-fp32"].run_seed(params)
         records += paired("teacher", "teacher vs student (FP32)", "fp32",
@@ -180,7 +202,8 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
     names = {m: study.parse_model_name(m) for m in models}
     records = []
     for bits in dict.fromkeys(n.bits_label for n in names.values() if n.stage == "peer"):
-        peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits]
+        peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits
+                 and n.runtime == "onnxruntime"]
         best = max(peers, key=lambda m: figures[m]["P"][0])
         ours = [m for m, n in names.items() if n.runtime == "onnxruntime" and n.stage != "peer"
                 and n.bits_label == bits and n.seed is None]

@@ -1,11 +1,7 @@
 """Simulated vs deployed: does onnxruntime's integer model compute what the fake-quantized
-PyTorch model computes? And how fast is it against the FP32 ONNX model?"""
+PyTorch model computes? (How fast it is: quantdet.export.latency, one process per model.)"""
 from __future__ import annotations
 
-import statistics
-import time
-
-import numpy as np
 import torch
 from torchvision.ops import box_iou
 
@@ -55,18 +51,3 @@ def detection_agreement(torch_model, ort_model, images, stride: int, decode_para
             same = labels[:, None] == b["labels"][None, :]
             matched += int(((iou >= 0.5) & same).any(dim=1).sum())
     return matched / total if total else float("nan")
-
-
-def compare_latency(sessions: dict, images: np.ndarray, runs: int, warmup: int = 5) -> dict:
-    """Median latency (ms) of each onnxruntime session on the same batch, runs interleaved so
-    both see the same machine load."""
-    for session in sessions.values():
-        for _ in range(warmup):
-            session.run_numpy(images)
-    times = {name: [] for name in sessions}
-    for _ in range(runs):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run_numpy(images)
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: round(statistics.median(t), 3) for name, t in times.items()}

@@ -30,3 +30,45 @@ class OrtDetector:
 
     def eval(self):
         return self
+
+
+class OvDetector:
+    """The same callable as OrtDetector, in OpenVINO on the CPU. Inference precision f32: the
+    CPU plugin's default on AVX-512-bf16/AMX machines is bf16, which is not the exported
+    model's arithmetic; the precision that ran is recorded in `info`."""
+
+    def __init__(self, path, threads: int = 1):
+        import onnx
+        import openvino as ov
+
+        from quantdet.export.latency import _dense_copy
+
+        self.metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        core = ov.Core()
+        readable, densified = _dense_copy(str(path))   # OpenVINO reads no sparse initializers
+        try:
+            model = core.read_model(readable)
+        finally:
+            if densified:
+                import os
+                os.remove(readable)
+        name = model.inputs[0].any_name
+        shape = list(model.inputs[0].get_partial_shape())
+        model.reshape({name: ov.PartialShape([-1, *[int(str(d)) for d in shape[1:]]])})   # any batch
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.info = {"runtime": "openvino", "version": ov.__version__,
+                     "precision_hint": hint.to_string() if hasattr(hint, "to_string") else str(hint)}
+        self.path = str(path)
+
+    def run_numpy(self, images: np.ndarray) -> list[np.ndarray]:
+        result = self.request.infer({0: np.ascontiguousarray(images, np.float32)})
+        return [np.array(result[output]) for output in self.compiled.outputs]
+
+    def __call__(self, images: torch.Tensor):
+        return tuple(torch.from_numpy(o) for o in self.run_numpy(images.numpy()))
+
+    def eval(self):
+        return self

@@ -35,7 +35,8 @@ class Method:
 
     def export_variants(self, torch_model, out, payload: dict, export_params: dict):
         """A context manager yielding other exports of the same model whose latency the export
-        stage measures beside it ({key: {"session", "size_bytes", ...}}), or None."""
+        stage measures beside it ({key: {"path", "size_bytes", ...}}: each file is timed in its
+        own process while the context is open), or None."""
         return nullcontext(None)
 
     def export_summary(self, variants: dict, latency: dict, graph: dict, out) -> dict:

@@ -31,12 +31,11 @@ class OutlierAwareQAT(QATMethod):
     @contextmanager
     def export_variants(self, torch_model, out, payload, export_params):
         """The ONNX exports with the outliers dropped ("plain": also without the 8-bit output
-        requantization; "no_side_paths": with it), in a temporary folder, as onnxruntime
-        sessions with their file sizes: what the FP16 side paths cost."""
+        requantization; "no_side_paths": with it), in a temporary folder, as paths with
+        their file sizes: what the FP16 side paths cost."""
         import tempfile
 
         from quantdet.export.onnx_export import export_onnx
-        from quantdet.export.runner import OrtDetector
         from quantdet.quant.outlier import outlier_layers, side_paths_disabled
 
         layers = [m for m in outlier_layers(torch_model) if m.has_outliers]
@@ -50,8 +49,8 @@ class OutlierAwareQAT(QATMethod):
                 path = Path(tmp) / f"{key}-{Path(out).name}"
                 with side_paths_disabled(torch_model, keep_output_quant=keep):
                     export_onnx(torch_model, path, payload["input_size"], export_params["opset"])
-                variants[key] = {"session": OrtDetector(path, threads=export_params["threads"]),
-                                 "size_bytes": path.stat().st_size, "outliers": outliers}
+                variants[key] = {"path": path, "size_bytes": path.stat().st_size,
+                                 "outliers": outliers}
             yield variants
 
     def export_summary(self, variants, latency, graph, out):

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from quantdet.quant.modules import QUANTIZE, ActQuantizer, QuantConv2d, _exporting
 
 OUT_BITS = 8  # the integer convolution's requantized output ahead of the float side path
+SIDE_PATH_CHANNEL_BLOCK = 16  # exported side paths pad their depthwise channels to a multiple
+                              # of this (onnxruntime's NCHWc block on AVX-512)
 
 
 def outlier_count(numel: int, fraction: float) -> int:
@@ -144,6 +146,16 @@ class OutlierQuantConv2d(QuantConv2d):
             place = torch.full((self.out_channels,), m, dtype=torch.long, device=dw.device)
             place[idx["outs"]] = torch.arange(m, device=dw.device)
         if _exporting():
+            pad = -n % SIDE_PATH_CHANNEL_BLOCK if n >= SIDE_PATH_CHANNEL_BLOCK // 2 else 0
+            if pad:
+                # zero kernels reading channel 0: onnxruntime runs a depthwise convolution
+                # whose channel count is a multiple of its block size in its fast NCHWc kernel
+                # (else one small GEMM per channel); not worth it below half a block, where
+                # the padding would cost more than it saves (OpenVINO pays for every channel)
+                dw = torch.cat([dw, dw.new_zeros(pad, *dw.shape[1:])])
+                mix = torch.cat([mix, mix.new_zeros(mix.shape[0], pad, 1, 1)], dim=1)
+                in_channel = torch.cat([in_channel, in_channel.new_zeros(pad)])
+                n += pad
             dw, mix, in_channel = _constant(dw), _constant(mix), _constant(in_channel)
             place = None if place is None else _constant(place)
         y = F.conv2d(x.index_select(1, in_channel), dw, None, self.stride, self.padding,

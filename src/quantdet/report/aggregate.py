@@ -23,7 +23,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                        mixed_bits: dict[str, dict] | None = None,
                        generated_grids: dict[str, Path] | None = None,
                        generated_info: dict[str, dict] | None = None,
-                       intervals: dict | None = None, environment: str = "") -> dict:
+                       intervals: dict | None = None, environment: str = "",
+                       ablation: dict | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log."""
     out = Path(out_root)
@@ -84,7 +85,7 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
                                                                       mixed_bits or {}, grids,
                                                                       generated_info or {}, _dataset_classes(),
-                                                                      intervals, environment))
+                                                                      intervals, environment, ablation))
 
     return {"models": order,
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},

@@ -75,11 +75,11 @@ def comparison_answers(intervals: dict) -> list[str]:
 
 
 def quantization_answers(intervals: dict) -> list[str]:
-    """Does quantization amplify the loss under corruption? rPC of each quantized model
-    (simulated) against its FP32 source, per bit width."""
+    """Does quantization amplify the loss under corruption? rPC of each quantized model (in the
+    analysed runtime) against its FP32 source, per bit width."""
     by_bits: dict[str, dict[str, list[str]]] = {}
     for record in intervals.get("comparisons", []):
-        if record["group"] != "fp32" or "deployed" in record["comparison"]:
+        if record["group"] != "fp32" or record.get("twin"):   # a deployed twin of a simulated model
             continue
         d = record["differences"].get("rPC")
         if not d:
@@ -136,9 +136,25 @@ def deployment_answer(intervals: dict) -> str:
     return text + "."
 
 
+def runtime_answer(intervals: dict) -> str:
+    """The same integer ONNX model in OpenVINO against onnxruntime: where they measurably differ."""
+    records = [r for r in intervals.get("comparisons", []) if r["group"] == "runtime"]
+    if not records:
+        return ""
+    differ = [r for r in records if verdict(r["differences"].get("P", {})) != NO_DIFFERENCE
+              or verdict(r["differences"].get("mPC", {})) != NO_DIFFERENCE]
+    text = (f"**OpenVINO against onnxruntime** (the same ONNX files, OpenVINO at f32 precision): of "
+            f"{len(records)} models, {len(records) - len(differ)} show no measurable difference in P and mPC")
+    if differ:
+        text += "; measurably different: " + "; ".join(
+            f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}, "
+            f"{difference_phrase(r['differences'], 'mPC')}" for r in differ)
+    return text + "."
+
+
 def answers(intervals: dict) -> list[str]:
     return [*quantization_answers(intervals), *peer_answers(intervals), *comparison_answers(intervals),
-            deployment_answer(intervals)]
+            deployment_answer(intervals), runtime_answer(intervals)]
 
 
 def interval_columns(intervals: dict) -> pd.DataFrame:

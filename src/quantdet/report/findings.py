@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from quantdet.report.formatting import ap_points, percent, signed_points
+from quantdet.report.tables import analysed
 
 # Simulated and deployed models count as matching when they agree this closely (AP points).
 DEPLOYMENT_TOLERANCE_POINTS = 0.5
@@ -126,7 +127,7 @@ def _lambda_sweep(robustness: pd.DataFrame | None, default_lambda: float) -> str
 
     if robustness is None or robustness.empty:
         return ""
-    mimic = robustness[(robustness["family"] == "mimic") & (robustness["runtime"] == "torch")]
+    mimic = robustness[(robustness["family"] == "mimic") & analysed(robustness)]
     parts = []
     for bits, group in mimic.groupby("bits", sort=False):
         points = []

@@ -6,7 +6,7 @@ import pandas as pd
 from quantdet.report.findings import study_findings
 from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
                                         signed_points)
-from quantdet.report.tables import corruption_groups, corruption_severity_grid
+from quantdet.report.tables import analysed, corruption_groups, corruption_severity_grid
 
 
 def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: dict[str, dict],
@@ -15,7 +15,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         generated_grids: dict[str, str] | None = None,
                         generated_info: dict[str, dict] | None = None,
                         classes: list[str] | None = None, intervals: dict | None = None,
-                        environment: str = "") -> str:
+                        environment: str = "", ablation: dict | None = None) -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report; ``classes`` are those of the prepared data, where known;
     ``intervals``: results/metrics/intervals.json, whose answers replace the interval-less
@@ -27,6 +27,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _answers(intervals),
         _study_description(params, tables["robustness"], num_images, classes),
         _methods(params),
+        _percentile_ablation(ablation, params),
         "## What the numbers say\n\n" + "\n".join(
             f"- {line}" for line in study_findings(tables["ap_by_condition"], tables["robustness"],
                                                    tables["quantization_drop"], tables["simulated_vs_deployed"],
@@ -45,12 +46,43 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         _export(tables["export"], exports),
         _outlier_side_paths(exports),
-        _mixed_precision(mixed_bits or {}),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path})" for title, path in plots.items()),
         environment,
+        "# Appendix: per-model details",
+        _mixed_precision(mixed_bits or {}),
+        _export_details(tables["export"], exports),
         _per_model_grids(tables["ap_by_condition"]),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _percentile_ablation(ablation: dict | None, params: dict) -> str:
+    """Where percentile clipping costs accuracy: results/metrics/percentile_ablation.json."""
+    if not ablation:
+        return ""
+    groups = sorted(ablation["groups"], key=lambda g: -g["recovered_points"])
+    loss = ablation["minmax_P"] - ablation["percentile_P"]
+    rows = [[f"`{g['group']}`", str(g["quantizers"]), ap_points(g["P_percentile_but_here"] / 100),
+             signed_points(g["recovered_points"]), ap_points(g["P_percentile_only_here"] / 100),
+             signed_points(-g["lost_points_alone"])] for g in groups]
+    top = groups[0]
+    share = top["recovered_points"] / loss if loss > 0 else float("nan")
+    gamma, study_gamma = ablation["gamma"], params["quant"]["ptq"]["percentile"]
+    text = (f"## Baselines: where percentile clipping costs accuracy\n\n"
+            f"{ablation['bits']} PTQ of `student-fp32`, clean AP on {ablation['images']} of the "
+            f"{ablation['of_images']} val images (point estimates of one draw; the study's own models "
+            f"carry the intervals): FP32 {ap_points(ablation['fp32_P'] / 100)}, min/max "
+            f"{ap_points(ablation['minmax_P'] / 100)}, percentile at γ = {gamma} (FQN's) "
+            f"{ap_points(ablation['percentile_P'] / 100)}: percentile loses {loss:.1f} points. "
+            f"Swapping one group of activation quantizers at a time to min/max, the group that "
+            f"recovers most is `{top['group']}` ({signed_points(top['recovered_points'])} of the "
+            f"{loss:.1f}, {100 * share:.0f}%); each row is one group:\n\n"
+            + markdown_table(["quantizers at", "count", "P, percentile but here", "recovered",
+                              "P, percentile only here", "lost alone"], rows, align_right_from=1))
+    if study_gamma != gamma:
+        text += (f"\n\nThe study's `percentile`, `dacal` and `fqn` use γ = {study_gamma} "
+                 f"(`quant.ptq.percentile`), not FQN's {gamma}: a deviation from FQN for this detector.")
+    return text
 
 
 def _ranking(ranking: pd.DataFrame) -> str:
@@ -130,7 +162,7 @@ def _zero_shot_beside_best_real(robustness: pd.DataFrame, params: dict) -> str:
 
     zero_shot = [m.name for m in methods() if m.family in ("ptq", "qat") and m.generated]
     seed = params.get("study", {}).get("seed", 0)
-    torch_rows = robustness[(robustness["runtime"] == "torch") & (robustness["seed"] == seed)]
+    torch_rows = robustness[analysed(robustness) & (robustness["seed"] == seed)]
     zero = torch_rows[torch_rows["method"].isin(zero_shot)]
     real = torch_rows[(torch_rows["family"] == "ptq") & ~torch_rows["method"].isin(zero_shot)
                       & (torch_rows["method"] != "mixed")]
@@ -150,7 +182,7 @@ def _zero_shot_beside_best_real(robustness: pd.DataFrame, params: dict) -> str:
 
 
 def _mimic(robustness: pd.DataFrame, summary: pd.DataFrame, params: dict) -> str:
-    mimic = robustness[(robustness["family"] == "mimic") & (robustness["runtime"] == "torch")]
+    mimic = robustness[(robustness["family"] == "mimic") & analysed(robustness)]
     if mimic.empty:
         return ""
     cfg = params.get("distill", {}).get("mimic", {})
@@ -353,8 +385,16 @@ def _export(export: pd.DataFrame, exports: dict[str, dict]) -> str:
     setting = ("" if pd.isna(first["latency_batch"]) else
                f" Latency is per batch of {int(first['latency_batch'])} images"
                + ("" if pd.isna(first["latency_threads"]) else f" on {int(first['latency_threads'])} threads") + ".")
-    parts = ["## Export\n\nFP32 and INT8 (QDQ) ONNX models in onnxruntime." + setting,
-             markdown_table(["model", "FP32 ms", "INT8 ms", "speed-up", "FP32 MB", "INT8 MB"], rows)]
+    return "\n\n".join(["## Export\n\nFP32 and INT8 (QDQ) ONNX models in onnxruntime, each timed in its own "
+                       "process." + setting + " Each model's agreement with its simulation and its calibration "
+                       "identity: appendix.",
+                       markdown_table(["model", "FP32 ms", "INT8 ms", "speed-up", "FP32 MB", "INT8 MB"], rows)])
+
+
+def _export_details(export: pd.DataFrame, exports: dict[str, dict]) -> str:
+    if export.empty:
+        return ""
+    parts = ["## Export details: agreement with the simulation, calibration identity"]
     for model in export["model"]:
         for field in ("agreement", "calibration"):
             details = _flatten(exports[model].get(field) or {})

@@ -22,7 +22,7 @@ def model_colours(models: list[str]) -> dict[str, tuple]:
 
 
 def _deployed(model: str) -> bool:
-    return parse_model_name(model).runtime == "onnxruntime"
+    return parse_model_name(model).runtime in ("onnxruntime", "openvino")
 
 
 def _save(fig, path: Path) -> Path:
@@ -34,12 +34,21 @@ def _save(fig, path: Path) -> Path:
 MAX_SERIES = 8  # per panel: more lines than this cannot be told apart
 
 
+def primary_models(models: list[str]) -> list[str]:
+    """The study seed's FP32 models and its quantized ones in the runtime the study analyses:
+    simulated (PyTorch) where evaluated, else deployed (onnxruntime, the peers among them)."""
+    names = {m: parse_model_name(m) for m in models}
+    runtime = "torch" if any(n.quantized and n.runtime == "torch" for n in names.values()) else "onnxruntime"
+    return [m for m in models if names[m].seed is None
+            and names[m].runtime == (runtime if names[m].quantized else "torch")]
+
+
 def severity_panels(models: list[str]) -> list[tuple[str, list[str]]]:
     """(title, models) per panel: per bit width, the FP32 student and at most MAX_SERIES - 1
-    quantized students simulated in PyTorch, of the study seed (deployed twins and repeat seeds
-    are compared in their own tables, with intervals)."""
+    quantized students of the study seed in the analysed runtime (`primary_models`; deployed
+    twins and repeat seeds are compared in their own tables, with intervals)."""
     names = {m: parse_model_name(m) for m in models}
-    torch_models = [m for m in models if names[m].runtime == "torch" and names[m].seed is None]
+    torch_models = primary_models(models)
     reference = [m for m in torch_models if not names[m].quantized and names[m].role == "student"
                  and names[m].seed is None][:1]
     widths = list(dict.fromkeys(names[m].bits_label for m in torch_models if names[m].quantized))
@@ -135,8 +144,7 @@ def plot_rpc_per_model(robustness: pd.DataFrame, path: Path) -> Path:
 def plot_accuracy_vs_robustness(robustness: pd.DataFrame, path: Path) -> Path:
     """P against mPC per model with their 95% intervals, one panel per bit width (the FP32
     models in each as the reference): the accuracy-robustness trade-off at a glance."""
-    study_seed = robustness["model"].map(lambda m: parse_model_name(m).seed is None)
-    rows = robustness[(robustness["runtime"] == "torch") & study_seed]
+    rows = robustness[robustness["model"].isin(primary_models(list(robustness["model"])))]
     bits = {m: parse_model_name(m).bits_label for m in rows["model"]}
     widths = [b for b in dict.fromkeys(bits.values()) if b != "fp32"] or ["fp32"]
     colours = model_colours(list(rows["model"]))

@@ -12,7 +12,7 @@ import pandas as pd
 from quantdet.errors import QuantdetError
 from quantdet.evaluation.coco_metrics import BOX_METRICS
 from quantdet.evaluation.robustness import robustness_summary
-from quantdet.study import ORT_SUFFIX, evaluated_models, parse_model_name
+from quantdet.study import ORT_SUFFIX, analysed_runtime, evaluated_models, parse_model_name
 
 
 def model_order(models, params: dict) -> list[str]:
@@ -48,7 +48,10 @@ def robustness_table(ap: pd.DataFrame, params: dict) -> pd.DataFrame:
         record = {"model": model, "bits": name.bits_label, "runtime": name.runtime, "role": name.role,
                   "family": "fp32" if not name.quantized else name.stage,
                   "method": name.method or "fp32", "base": name.base,
-                  "seed": name.run_seed(params)}
+                  "seed": name.run_seed(params),
+                  # the model the study's comparisons use: FP32 in PyTorch, quantized in the
+                  # analysed runtime (simulated where evaluated, else deployed)
+                  "analysed": name.runtime == (analysed_runtime(params) if name.quantized else "torch")}
         for metric, suffix in (("AP", ""), ("AP50", "_AP50")):
             table = {(c, s): v for c, s, v in zip(group["condition"], group["severity"], group[metric])}
             try:
@@ -85,11 +88,23 @@ def _corruption_groups(group: pd.DataFrame, params: dict) -> dict:
     return out
 
 
+def analysed(robustness: pd.DataFrame) -> pd.Series:
+    """Rows of the models the comparisons use (robustness_table's `analysed`; PyTorch ones in
+    a frame without it)."""
+    if "analysed" in robustness:
+        return robustness["analysed"].astype(bool)
+    return robustness["runtime"] == "torch"
+
+
+def study_seed(robustness: pd.DataFrame) -> pd.Series:
+    """Rows of the study seed's models (not a repeat)."""
+    return robustness["model"].map(lambda m: parse_model_name(m).seed is None)
+
+
 def method_ranking(robustness: pd.DataFrame) -> pd.DataFrame:
-    """The study-seed models run in PyTorch, grouped by bit width and ranked by mPC, with each
-    one's change against the FP32 student in AP points."""
-    main = robustness[(robustness["runtime"] == "torch") & (robustness["base"] == robustness["model"])
-                      & (robustness["role"] == "student")]
+    """The study-seed models in the analysed runtime (peers included), grouped by bit width and
+    ranked by mPC, with each one's change against the FP32 student in AP points."""
+    main = robustness[analysed(robustness) & study_seed(robustness) & (robustness["role"] == "student")]
     fp32 = main[main["model"] == "student-fp32"]
     if fp32.empty:
         return pd.DataFrame()
@@ -108,8 +123,8 @@ def method_ranking(robustness: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_spread(robustness: pd.DataFrame) -> pd.DataFrame:
-    """Each PyTorch model evaluated under more than one seed: values per seed, mean and range."""
-    torch_models = robustness[robustness["runtime"] == "torch"]
+    """Each analysed model evaluated under more than one seed: values per seed, mean and range."""
+    torch_models = robustness[analysed(robustness)]
     records = []
     for base, group in torch_models.groupby("base", sort=False):  # base: the name without seed
         if len(group) < 2:
@@ -164,7 +179,7 @@ def paired_comparisons(robustness: pd.DataFrame, comparisons=None) -> pd.DataFra
     pair up. ``comparisons``: quadruples of `study_comparisons` (default: the QRID ones)."""
     if comparisons is None:
         comparisons = [("qrid", label, treat, base) for label, treat, base in COMPARISONS]
-    torch_models = robustness[(robustness["runtime"] == "torch") & (robustness["role"] == "student")]
+    torch_models = robustness[analysed(robustness) & (robustness["role"] == "student")]
     by_key = {(r.family, r.method, r.bits, r.seed): r for r in torch_models.itertuples()}
     pairs = []
     for (family, method, bits, seed), row in by_key.items():

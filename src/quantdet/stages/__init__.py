@@ -5,6 +5,7 @@ from quantdet.stages.common import CalibrationSet, split_fingerprint
 from quantdet.stages.data import corrupt, prepare
 from quantdet.stages.evaluate import evaluate
 from quantdet.stages.export import export
+from quantdet.stages.ablation import ablation
 from quantdet.stages.intervals import intervals
 from quantdet.stages.quantize import mimic, peer, ptq, qat
 from quantdet.stages.report import report
@@ -12,4 +13,4 @@ from quantdet.stages.train import detector_config, pretrain, use_mixed_precision
 from quantdet.stages.zeroshot import zeroshot_data
 
 __all__ = ["CalibrationSet", "split_fingerprint", "prepare", "corrupt", "pretrain", "detector_config",
-           "use_mixed_precision", "zeroshot_data", "ptq", "qat", "mimic", "peer", "export", "evaluate", "intervals", "report"]
+           "use_mixed_precision", "zeroshot_data", "ptq", "qat", "mimic", "peer", "export", "evaluate", "ablation", "intervals", "report"]

@@ -71,7 +71,18 @@ class CalibrationSet:
 
         self.split = split or f"{study.PREPARED}/calib"  # zero-shot: a generated split
         self.batch_size = params["quant"]["ptq"]["calib_batch_size"]
-        dataset = DetectionDataset(require(self.split), params["models"]["input_size"], augment=False)
+        size = params["models"]["input_size"]
+        dataset = DetectionDataset(require(self.split), size, augment=False)
+        self.drawn_with = None
+        if (self.split == f"{study.PREPARED}/calib" and seed is not None
+                and seed != params["study"]["seed"]):
+            # a repeat seed: as many real images, drawn from train with the seed (the calib
+            # split is the study seed's draw), so the repeat measures calibration sampling too
+            from quantdet.data.dataset import SeededSubset
+
+            self.split, self.drawn_with = f"{study.PREPARED}/train", seed
+            dataset = SeededSubset(DetectionDataset(require(self.split), size, augment=False),
+                                   len(dataset), seed)
         self.degradations = None
         if degraded:
             d = params["quant"]["degradations"]
@@ -93,7 +104,8 @@ class CalibrationSet:
     def info(self) -> dict:
         if not self.batches:
             raise QuantdetError(f"{self.split}: no calibration batch was read")
-        return {"split": self.split, "fingerprint": self._hash.hexdigest()[:16],
+        return {"split": self.split, "drawn_with_seed": self.drawn_with,
+                "fingerprint": self._hash.hexdigest()[:16],
                 "split_fingerprint": split_fingerprint(self.split), "batches": self.batches,
                 "batch_size": self.batch_size, "degradations": self.degradations,
                 "degraded_images": self.degraded_images}

@@ -29,7 +29,7 @@ def corrupt(params: dict, corruption: str, severity: int, out: str | None = None
 
     out = out or study.split_dir(corruption, severity)
     summary = corrupt_split(require(f"{study.PREPARED}/val"), corruption, severity,
-                            params["corruptions"]["seed"], out)
+                            params["corruptions"]["seed"], out, params["corruptions"]["images"])
     log_job(params, "corrupt", model=f"{corruption}-{severity}",
              tags={"corruption": corruption, "severity": severity})
     return summary

@@ -17,6 +17,11 @@ def _load_for_evaluation(name: study.ModelName, threads: int):
 
         model = OrtDetector(require(study.onnx_file(name.model)), threads=threads)
         return model, int(model.metadata["quantdet.stride"])
+    if name.runtime == "openvino":
+        from quantdet.export.runner import OvDetector
+
+        model = OvDetector(require(study.onnx_file(name.model)), threads=threads)
+        return model, int(model.metadata["quantdet.stride"])
     from quantdet.models.io import load_model
 
     model, payload = load_model(require(study.model_file(name.model)))
@@ -67,5 +72,6 @@ def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: P
         log.info("%s %s s%d: AP %.3f AP50 %.3f", name.name, condition, severity, metrics["AP"],
                  metrics["AP50"])
     write_json(tmp / "metrics.json", {"model": name.name, "condition": condition,
-                                      "runtime": name.runtime, "results": results})
+                                      "runtime": name.runtime, "runtime_info": getattr(net, "info", None),
+                                      "results": results})
     return results

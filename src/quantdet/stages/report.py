@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantdet import study
-from quantdet.io_utils import atomic_path, read_json
+from quantdet.io_utils import atomic_path, read_json, write_json
 from quantdet.stages.common import log_job, require
 
 
@@ -24,11 +24,14 @@ def report(params: dict, out_root: str = "results") -> dict:
     from quantdet.environment import environment, environment_markdown
 
     intervals = read_json(require(study.INTERVALS))
+    ablation = read_json(require(study.ABLATION)) if study.ablation_needed(params) else None
     data_summary = Path(study.PREPARED) / "summary.json"
-    env = environment_markdown(environment(), read_json(data_summary) if data_summary.is_file() else None)
+    env_info = environment()
+    write_json(Path(out_root) / "environment.json", env_info)   # what made these results
+    env = environment_markdown(env_info, read_json(data_summary) if data_summary.is_file() else None)
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
                                  generated_grids=grids, generated_info=generated, intervals=intervals,
-                                 environment=env)
+                                 environment=env, ablation=ablation)
     table = Path(out_root) / "study.tsv"
     with atomic_path(table) as tmp:
         Path(tmp).write_text(study.study_table(params))

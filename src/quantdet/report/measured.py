@@ -1,0 +1,184 @@
+"""The README's "Measured" section, generated from a finished study's own outputs, so that no
+number in it is typed: `quantdet measured --root STUDY_FOLDER --readme README.md` rewrites the
+block between the two markers below (or prints it without --readme).
+
+It reads results/metrics/intervals.json (every figure and comparison with its interval),
+results/environment.json (what ran: packages, CPU features, the source commit), the study's
+Snakemake log (wall time from the first job's start to the last job's end) and benchmarks/
+(each job's own time, per stage)."""
+from __future__ import annotations
+
+import csv
+import re
+from datetime import datetime
+from pathlib import Path
+
+from quantdet import study
+from quantdet.config import load_params
+from quantdet.errors import QuantdetError
+from quantdet.io_utils import atomic_path, read_json
+from quantdet.report.answers import answers, verdict, with_interval
+from quantdet.report.formatting import markdown_table
+
+BEGIN = "<!-- measured:begin -->"
+END = "<!-- measured:end -->"
+# The targets of the decision-grade study (README, "Measured"): 95% half-widths in AP points.
+TARGETS = {"dmPC": 0.75, "dP": 1.5, "P": 2.0}
+HEADLINE_GROUP = "qrid"
+_STAMP = re.compile(r"^\[(\w{3} \w{3}\s+\d+ \d\d:\d\d:\d\d \d{4})\]$")
+
+
+def snakemake_wall(root: Path) -> dict | None:
+    """Wall time of the newest Snakemake run in root that finished every step: from its first
+    timestamp to its last."""
+    logs = sorted((root / ".snakemake" / "log").glob("*.snakemake.log"), reverse=True)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", text)
+        if not done:
+            continue
+        stamps = [datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+                  for m in map(_STAMP.match, text.splitlines()) if m]
+        if len(stamps) < 2:
+            continue
+        return {"log": str(log.relative_to(root)), "steps": int(done[-1][1]),
+                "seconds": (stamps[-1] - stamps[0]).total_seconds()}
+    return None
+
+
+def job_times(root: Path) -> dict[str, dict]:
+    """Per stage (the benchmarks/ folder's first level): job count and summed job seconds."""
+    stages: dict[str, dict] = {}
+    for tsv in sorted((root / "benchmarks").rglob("*.tsv")):
+        rel = tsv.relative_to(root / "benchmarks")
+        stage = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        with open(tsv) as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        if rows:
+            entry = stages.setdefault(stage, {"jobs": 0, "seconds": 0.0})
+            entry["jobs"] += 1
+            entry["seconds"] += float(rows[-1]["s"])
+    return stages
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
+
+
+def _half_width(value: dict) -> float:
+    return 100 * max(value["estimate"] - value["low"], value["high"] - value["estimate"])
+
+
+def measured_markdown(root: str | Path) -> str:
+    root = Path(root)
+    params = load_params(root / "params.yaml")
+    intervals = read_json(_require(root / study.INTERVALS))
+    env_file = root / "results" / "environment.json"
+    env = read_json(env_file) if env_file.is_file() else {}
+    lines = []
+    source = (env.get("runtime") or {}).get("source") or {}
+    cpu = env.get("cpu") or {}
+    wall = snakemake_wall(root)
+    head = f"Study `{params['study']['name']}`"
+    if source:
+        head += f" at commit `{source['commit'][:7]}`" + (" (with uncommitted changes)" if source["dirty"] else "")
+    if cpu:
+        head += f", on {cpu.get('model', 'an unknown CPU')} ({(env.get('runtime') or {}).get('usable_cpus')} cores usable"
+        features = [f for f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                    if (cpu.get("features") or {}).get(f)]
+        head += f"; {', '.join(features)})" if features else ")"
+    if wall:
+        head += (f": **{_minutes(wall['seconds'])}** from the first job to the last "
+                 f"({wall['steps']} steps, `{wall['log']}`)")
+    lines.append(head + ".")
+    times = job_times(root)
+    if times:
+        total = sum(t["seconds"] for t in times.values())
+        rows = [[stage, str(t["jobs"]), _minutes(t["seconds"]), f"{t['seconds'] / t['jobs']:.0f} s"]
+                for stage, t in sorted(times.items(), key=lambda kv: -kv[1]["seconds"])]
+        lines.append(f"Job time per stage (`benchmarks/`; {_minutes(total)} in all, jobs run side by side):\n\n"
+                     + markdown_table(["stage", "jobs", "job time", "per job"], rows, align_right_from=1))
+    figures = intervals["models"]
+    analysed = study.analysed_runtime(params)
+    shown = [m for m in study.evaluated_models(params)
+             if study.parse_model_name(m).seed is None
+             and study.parse_model_name(m).runtime == (analysed if study.parse_model_name(m).quantized else "torch")]
+    rows = [[f"`{m}`", with_interval(figures[m].get("P"), "P"), with_interval(figures[m].get("mPC"), "mPC"),
+             with_interval(figures[m].get("rPC"), "rPC"), with_interval(figures[m].get("mPC_heldout"), "mPC")]
+            for m in shown if m in figures]
+    lines.append(f"Every model of the study seed ({'deployed: integer ONNX in onnxruntime' if analysed == 'onnxruntime' else 'simulated in PyTorch'}"
+                 f" for quantized ones; AP@[.5:.95] in points, 95% intervals; P on {intervals['num_images']} "
+                 f"val images, each corrupted condition on {params['corruptions']['images'] or 'all'} of them):\n\n"
+                 + markdown_table(["model", "P", "mPC", "rPC", "mPC held-out"], rows, align_right_from=1))
+    lines.append("What the intervals allow (a direction only where the interval excludes zero):\n\n"
+                 + "\n".join(f"- {a}" for a in answers(intervals) if a))
+    lines.append(targets_markdown(intervals))
+    ablation = root / study.ABLATION
+    if ablation.is_file():
+        lines.append(ablation_markdown(read_json(ablation), params))
+    body = "\n\n".join(lines)
+    return (f"{BEGIN}\n<!-- generated by `quantdet measured --root <study folder> --readme README.md` from the "
+            f"study's results: do not edit by hand -->\n\n{body}\n\n{END}")
+
+
+def targets_markdown(intervals: dict) -> str:
+    """The study's resolution against its targets: headline comparisons' and models' P
+    half-widths."""
+    rows = []
+    for record in intervals["comparisons"]:
+        if record["group"] != HEADLINE_GROUP:
+            continue
+        d = record["differences"]
+        for metric, key in (("mPC", "dmPC"), ("P", "dP")):
+            if metric in d:
+                half = _half_width(d[metric])
+                rows.append([f"{record['comparison']} at {record['bits']} ({len(record['seeds'])} seeds)",
+                             f"Δ{metric}", with_interval(d[metric], metric, signed=True), f"±{half:.2f}",
+                             f"±{TARGETS[key]}", "met" if half <= TARGETS[key] else "**not met**",
+                             verdict(d[metric])])
+    p_half = {m: _half_width(f["P"]) for m, f in intervals["models"].items() if f.get("P")}
+    worst = max(p_half, key=p_half.get) if p_half else None
+    text = ("Resolution against the study's targets (95% half-widths in AP points):\n\n"
+            + markdown_table(["comparison", "figure", "estimate [95% interval]", "half-width", "target", "",
+                              "verdict"], rows, align_right_from=3))
+    if worst:
+        within = sum(h <= TARGETS["P"] for h in p_half.values())
+        text += (f"\n\nEvery model's own P: {within} of {len(p_half)} within ±{TARGETS['P']} points "
+                 f"(widest: `{worst}` ±{p_half[worst]:.2f}).")
+    return text
+
+
+def ablation_markdown(ablation: dict, params: dict) -> str:
+    """Where percentile clipping costs accuracy (the `ablation` job), in two sentences."""
+    groups = sorted(ablation["groups"], key=lambda g: -g["recovered_points"])
+    loss = ablation["minmax_P"] - ablation["percentile_P"]
+    top = groups[0]
+    return (f"Percentile clipping (`ablation` job, {ablation['bits']}, clean AP on {ablation['images']} val images, "
+            f"one draw, no interval): at FQN's γ = {ablation['gamma']} PTQ gives P {ablation['percentile_P']:.1f} "
+            f"where min/max gives {ablation['minmax_P']:.1f} (FP32 {ablation['fp32_P']:.1f}), {loss:.1f} points "
+            f"lost; min/max on `{top['group']}` alone recovers {top['recovered_points']:+.1f} of them, the next "
+            f"group {groups[1]['recovered_points']:+.1f} (`{groups[1]['group']}`). The study's percentile "
+            f"methods use γ = {params['quant']['ptq']['percentile']}.")
+
+
+def replace_block(readme: str, block: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise QuantdetError(f"the README has no {BEGIN} … {END} block to replace")
+    start, end = readme.index(BEGIN), readme.index(END) + len(END)
+    return readme[:start] + block + readme[end:]
+
+
+def write_measured(root: str | Path, readme: str | Path | None = None) -> str:
+    block = measured_markdown(root)
+    if readme is not None:
+        path = Path(readme)
+        text = replace_block(path.read_text(), block)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+    return block
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise QuantdetError(f"{path}: not found (is the study in this folder finished?)")
+    return path

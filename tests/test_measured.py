@@ -1,0 +1,65 @@
+"""The README's Measured block is generated from a study's outputs (quantdet measured)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from quantdet.errors import QuantdetError
+from quantdet.report.measured import BEGIN, END, measured_markdown, replace_block, snakemake_wall, write_measured
+
+
+def _value(estimate, low, high):
+    return {"estimate": estimate, "low": low, "high": high}
+
+
+def _study(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text("study: {name: tiny}\nmatrix: {bits: [8], ptq: [percentile, dacal], "
+                                      "qat: [], repeat: {seeds: []}}\n")
+    metrics = root / "results" / "metrics"
+    metrics.mkdir(parents=True)
+    figures = {"P": _value(0.50, 0.49, 0.515), "mPC": _value(0.20, 0.195, 0.206), "rPC": _value(0.4, 0.39, 0.41)}
+    models = {m: figures for m in ("student-fp32", "student-ptq-percentile-w8a8-ort", "student-ptq-dacal-w8a8-ort")}
+    models["student-ptq-dacal-w8a8-ort"] = {**figures, "P": _value(0.48, 0.45, 0.51)}   # ±3: too wide
+    comparison = {"group": "qrid", "comparison": "degradation-aware calibration vs clean calibration", "bits": "W8A8",
+                  "seeds": [0, 1, 2], "treatment": ["a"], "baseline": ["b"],
+                  "differences": {"mPC": _value(-0.005, -0.009, -0.001), "P": _value(0.001, -0.02, 0.022)}}
+    (metrics / "intervals.json").write_text(json.dumps({"level": 0.95, "resamples": 10, "num_images": 240,
+                                                        "models": models, "comparisons": [comparison]}))
+    log = root / ".snakemake" / "log" / "2026-01-01T000000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("[Mon Nov 30 10:00:00 2026]\nrule prepare:\n[Mon Nov 30 10:41:30 2026]\nFinished jobid: 1\n"
+                   "3 of 3 steps (100%) done\n")
+    bench = root / "benchmarks" / "evaluate"
+    bench.mkdir(parents=True)
+    for name, seconds in (("a", 30.0), ("b", 50.0)):
+        (bench / f"{name}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:{int(seconds)}\t100\n")
+    return root
+
+
+def test_the_block_holds_the_study_numbers_and_the_targets(tmp_path):
+    root = _study(tmp_path)
+    assert snakemake_wall(root)["seconds"] == 41 * 60 + 30
+    block = measured_markdown(root)
+    assert block.startswith(BEGIN) and block.endswith(END)
+    assert "**41 min 30 s**" in block and "| evaluate | 2 | 1 min 20 s | 40 s |" in block
+    assert "`student-ptq-dacal-w8a8-ort` | 48.0 [45.0, 51.0]" in block
+    assert "ΔmPC -0.5 [-0.9, -0.1] points: lower" in block
+    row = [line for line in block.splitlines() if line.startswith("| degradation-aware") and "ΔP" in line][0]
+    assert "±2.10" in row and "**not met**" in row and "no measurable difference" in row
+    row = [line for line in block.splitlines() if line.startswith("| degradation-aware") and "ΔmPC" in line][0]
+    assert "±0.40" in row and "| met |" in row
+    assert "2 of 3 within ±2.0 points (widest: `student-ptq-dacal-w8a8-ort` ±3.00)" in block
+
+
+def test_the_readme_block_is_replaced_and_nothing_else(tmp_path):
+    root = _study(tmp_path / "study")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{BEGIN}\nold numbers\n{END}\n\nafter\n")
+    write_measured(root, readme)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old numbers" not in text
+    write_measured(root, readme)
+    assert readme.read_text() == text   # idempotent
+    with pytest.raises(QuantdetError, match="no <!-- measured:begin -->"):
+        replace_block("no markers", "x")
