@@ -119,37 +119,32 @@ def peer_answers(intervals: dict) -> list[str]:
     return lines
 
 
-def deployment_answer(intervals: dict) -> str:
-    """Deployed (onnxruntime) against simulated (PyTorch): where they measurably differ."""
-    records = [r for r in intervals.get("comparisons", []) if r["group"] == "deployed"]
+def _agreement(intervals: dict, group: str, opening: str) -> str:
+    """How many of a group's model pairs show no measurable difference in P and mPC, and the
+    ones that do, with their differences."""
+    records = [r for r in intervals.get("comparisons", []) if r["group"] == group]
     if not records:
         return ""
     differ = [r for r in records if verdict(r["differences"].get("P", {})) != NO_DIFFERENCE
               or verdict(r["differences"].get("mPC", {})) != NO_DIFFERENCE]
-    text = (f"**Deployed against simulated**: of {len(records)} exported models, "
-            f"{len(records) - len(differ)} show no measurable difference in P and mPC between onnxruntime "
-            "and PyTorch")
+    text = opening.format(n=len(records), same=len(records) - len(differ))
     if differ:
         text += "; measurably different: " + "; ".join(
             f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}, "
             f"{difference_phrase(r['differences'], 'mPC')}" for r in differ)
     return text + "."
+
+
+def deployment_answer(intervals: dict) -> str:
+    """Deployed (onnxruntime) against simulated (PyTorch): where they measurably differ."""
+    return _agreement(intervals, "deployed", "**Deployed against simulated**: of {n} exported models, {same} show "
+                      "no measurable difference in P and mPC between onnxruntime and PyTorch")
 
 
 def runtime_answer(intervals: dict) -> str:
     """The same integer ONNX model in OpenVINO against onnxruntime: where they measurably differ."""
-    records = [r for r in intervals.get("comparisons", []) if r["group"] == "runtime"]
-    if not records:
-        return ""
-    differ = [r for r in records if verdict(r["differences"].get("P", {})) != NO_DIFFERENCE
-              or verdict(r["differences"].get("mPC", {})) != NO_DIFFERENCE]
-    text = (f"**OpenVINO against onnxruntime** (the same ONNX files, OpenVINO at f32 precision): of "
-            f"{len(records)} models, {len(records) - len(differ)} show no measurable difference in P and mPC")
-    if differ:
-        text += "; measurably different: " + "; ".join(
-            f"`{r['treatment'][0]}` {difference_phrase(r['differences'], 'P')}, "
-            f"{difference_phrase(r['differences'], 'mPC')}" for r in differ)
-    return text + "."
+    return _agreement(intervals, "runtime", "**OpenVINO against onnxruntime** (the same ONNX files, OpenVINO at "
+                      "f32 precision): of {n} models, {same} show no measurable difference in P and mPC")
 
 
 def answers(intervals: dict) -> list[str]:
