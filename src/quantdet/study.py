@@ -235,6 +235,12 @@ def analysed_runtime(params: dict) -> str:
     return next(r for r in ("torch", "onnxruntime", "openvino") if r in runtimes(params))
 
 
+def export_timed(name: ModelName) -> bool:
+    """Whether a model's export times its latency: the study seed's quantized models (a repeat
+    seed's model runs the same graph; FP32 is timed beside each quantized model)."""
+    return name.quantized and name.seed is None
+
+
 def teacher_needed(params: dict) -> bool:
     """The FP32 teacher is trained (and evaluated) when a method of the study learns from it."""
     from quantdet.methods import get_method

@@ -58,6 +58,10 @@ def job_params(stage, target):
     return lambda wildcards: _read(job_of(stage, target(wildcards)))
 
 
+def export_timed(model):
+    return study.export_timed(study.parse_model_name(model))
+
+
 def by_model(wildcards):
     return wildcards.model
 

@@ -62,10 +62,10 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
             # each file in its own process: sessions interleaved in one process disturb each
             # other (their thread pools keep spinning between runs)
             # a repeat seed's model runs the same graph as the study seed's: not timed again
-            timed = name.seed is None or bool(variants)
+            timed = study.export_timed(name)
             records = {key: measure(path, "onnxruntime", **timing) for key, path in files.items()} if timed else {}
         latency = {key: r["latency_ms"] for key, r in records.items()}
-        if variants:
+        if variants and timed:
             report.update(method.export_summary(variants, latency, graph, out))
         decode = decode_params(params)
         agreement = output_agreement(torch_model, int8, images, name.act_bits)
