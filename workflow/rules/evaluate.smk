@@ -9,6 +9,8 @@ rule evaluate:
         "../envs/quantdet.yaml"
     log:
         "logs/evaluate/{model}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}.tsv"
     threads: config["evaluate"]["threads"]
     shell:
         "quantdet evaluate --params params.yaml --model {wildcards.model} --out {output} --log {log}"

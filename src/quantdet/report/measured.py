@@ -26,6 +26,7 @@ END = "<!-- measured:end -->"
 TARGETS = {"dmPC": 0.75, "dP": 1.5, "P": 2.0}
 HEADLINE_GROUP = "qrid"
 _STAMP = re.compile(r"^\[(\w{3} \w{3}\s+\d+ \d\d:\d\d:\d\d \d{4})\]$")
+_LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 def snakemake_wall(root: Path) -> dict | None:
@@ -47,18 +48,34 @@ def snakemake_wall(root: Path) -> dict | None:
 
 
 def job_times(root: Path) -> dict[str, dict]:
-    """Per stage (the benchmarks/ folder's first level): job count and summed job seconds."""
+    """Per stage: job count and summed job seconds, from each job's benchmark (benchmarks/) or,
+    for a job without one, from the first and last timestamps of its log (logs/)."""
     stages: dict[str, dict] = {}
+    timed = set()
     for tsv in sorted((root / "benchmarks").rglob("*.tsv")):
         rel = tsv.relative_to(root / "benchmarks")
         stage = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         with open(tsv) as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         if rows:
-            entry = stages.setdefault(stage, {"jobs": 0, "seconds": 0.0})
-            entry["jobs"] += 1
-            entry["seconds"] += float(rows[-1]["s"])
+            _add(stages, stage, float(rows[-1]["s"]))
+            timed.add((stage, rel.with_suffix("").as_posix()))
+    for log in sorted((root / "logs").rglob("*.log")):
+        rel = log.relative_to(root / "logs")
+        stage = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if (stage, rel.with_suffix("").as_posix()) in timed or any(s == stage for s, _ in timed):
+            continue
+        stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                  for m in map(_LOG_STAMP.match, log.read_text(errors="replace").splitlines()) if m]
+        if len(stamps) > 1:   # a log with one line (its command) times nothing
+            _add(stages, stage, (stamps[-1] - stamps[0]).total_seconds())
     return stages
+
+
+def _add(stages: dict, stage: str, seconds: float) -> None:
+    entry = stages.setdefault(stage, {"jobs": 0, "seconds": 0.0})
+    entry["jobs"] += 1
+    entry["seconds"] += seconds
 
 
 def _minutes(seconds: float) -> str:
@@ -96,7 +113,8 @@ def measured_markdown(root: str | Path) -> str:
         total = sum(t["seconds"] for t in times.values())
         rows = [[stage, str(t["jobs"]), _minutes(t["seconds"]), f"{t['seconds'] / t['jobs']:.0f} s"]
                 for stage, t in sorted(times.items(), key=lambda kv: -kv[1]["seconds"])]
-        lines.append(f"Job time per stage (`benchmarks/`; {_minutes(total)} in all, jobs run side by side):\n\n"
+        lines.append(f"Job time per stage (`benchmarks/`, else the job's log; {_minutes(total)} in all, two jobs "
+                     "at a time on 2 cores):\n\n"
                      + markdown_table(["stage", "jobs", "job time", "per job"], rows, align_right_from=1))
     figures = intervals["models"]
     analysed = study.analysed_runtime(params)
