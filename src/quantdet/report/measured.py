@@ -83,7 +83,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _half_width(value: dict) -> float:
-    return 100 * max(value["estimate"] - value["low"], value["high"] - value["estimate"])
+    """Half the interval's width (a basic bootstrap interval need not be centred on the estimate)."""
+    return 100 * (value["high"] - value["low"]) / 2
 
 
 def measured_markdown(root: str | Path) -> str:
