@@ -48,7 +48,8 @@ def _dvc_outs(job: study.Job) -> tuple[list[str], list[str]]:
     if job.stage == "intervals":
         return list(job.outputs), []
     if job.stage == "report":
-        outs = ["results/report.md", "results/plots", "results/tables", "results/study.tsv"]
+        outs = ["results/report.md", "results/plots", "results/tables", "results/study.tsv",
+                "results/environment.json"]
         return outs, list(METRICS)
     return list(job.outputs), []
 
