@@ -145,3 +145,17 @@ def test_cli_validate_refuses_an_unknown_backbone(tmp_path, capsys):
     assert main(["validate", "--params", str(_write(tmp_path, params))]) == 2
     err = capsys.readouterr().err
     assert "models.student.backbone: timm has no model 'resnet10x'" in err and "Traceback" not in err
+
+
+def test_every_stage_prints_its_help(capsys):
+    import argparse
+    from quantdet.cli import _parser
+
+    parser = _parser()
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"prepare", "evaluate", "intervals", "measured"} <= set(stages)
+    for name in ["", *stages]:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"] if name else ["--help"])
+        assert exit_.value.code == 0, name
+    assert "95% intervals" in capsys.readouterr().out

@@ -125,3 +125,17 @@ def test_loader_workers_do_not_change_the_result(tmp_path):
     alone, _ = _train(tmp_path / "alone.ckpt", epochs=1)
     loaded, _ = _train(tmp_path / "workers.ckpt", epochs=1, workers=2)
     assert _same_weights(alone, loaded)
+
+
+def test_pretraining_may_run_more_processes_than_the_other_training_stages():
+    from quantdet.config import training_processes
+    params = yaml.safe_load(SMOKE.read_text())
+    params["train"].update(processes=1, pretrain_processes=2)
+    validate_params(params)
+    assert [training_processes(params, s) for s in ("pretrain", "qat", "mimic")] == [2, 1, 1]
+    params["train"]["pretrain_processes"] = None   # null: train.processes
+    assert training_processes(params, "pretrain") == 1
+    params["train"].update(batch_size=15, pretrain_processes=2)
+    params["quant"]["qat"]["batch_size"] = 16
+    with pytest.raises(ParamsError, match="train.batch_size: 15 .* train.pretrain_processes"):
+        validate_params(params)

@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                           "quantizer group but one, and on one alone "
                           "(results/metrics/percentile_ablation.json)")
     p.add_argument("--out", default="results/metrics/percentile_ablation.json")
-    p = stage("intervals", "95% intervals of every model's figures and every comparison "
+    p = stage("intervals", "95%% intervals of every model's figures and every comparison "
                            "(image bootstrap, paired; results/metrics/intervals.json)")
     p.add_argument("--out", default="results/metrics/intervals.json")
     p = stage("bench", "latency of ONNX models, each timed in its own process, with ratios "
@@ -109,7 +109,7 @@ def run(args, argv: list[str] | None = None) -> object:
     """Run the stage; a training stage asked for several processes re-launches ``argv`` (this
     command's arguments) under torchrun instead and returns torchrun's exit status."""
     from quantdet import stages
-    from quantdet.config import load_params
+    from quantdet.config import load_params, training_processes
     from quantdet.train import distributed
 
     if args.stage == "compose":
@@ -117,7 +117,7 @@ def run(args, argv: list[str] | None = None) -> object:
     if args.stage == "bench":
         return _bench(args)
     params = load_params(args.params, check_backbones=args.stage == "validate")
-    processes = params["train"]["processes"]
+    processes = training_processes(params, args.stage)
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
         logging.getLogger("quantdet").info("%s: %d data-parallel processes under torchrun",
                                            args.stage, processes)

@@ -118,6 +118,19 @@ def _check_consistency(params: dict, source: str) -> None:
         if size % processes:
             raise ParamsError(f"{source}: {key}: {size} is the global batch and must divide by "
                               f"train.processes ({processes})")
+    pretrain = training_processes(params, "pretrain")
+    if params["train"]["batch_size"] % pretrain:
+        raise ParamsError(f"{source}: train.batch_size: {params['train']['batch_size']} is the global batch "
+                          f"and must divide by train.pretrain_processes ({pretrain})")
+
+
+def training_processes(params: dict, stage: str) -> int:
+    """Data-parallel processes of a training stage: train.pretrain_processes for pretrain
+    (where set), else train.processes."""
+    train = params["train"]
+    if stage == "pretrain" and train.get("pretrain_processes") is not None:
+        return int(train["pretrain_processes"])
+    return int(train["processes"])
 
 
 def _check_matrix(matrix: dict, source: str) -> None:

@@ -58,8 +58,9 @@ def _umask() -> int:
 def write_json(path: str | Path, data, compact: bool = False) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            if compact:  # large lists (detections): no indentation
-                json.dump(data, f, separators=(",", ":"), default=_json_default)
+            if compact:  # large lists (detections): no indentation, and json.dumps, whose C
+                # encoder is ~10x faster than json.dump's pure-Python one
+                f.write(json.dumps(data, separators=(",", ":"), default=_json_default))
             else:
                 json.dump(data, f, indent=2, default=_json_default)
             f.write("\n")

@@ -11,7 +11,8 @@ rule pretrain:
         "logs/pretrain/{role}-fp32.log",
     benchmark:
         "benchmarks/pretrain/{role}-fp32.tsv"
-    threads: config["train"]["threads"]
+    # train.pretrain_processes data-parallel processes of train.threads each (where set)
+    threads: config["train"]["threads"] * (config["train"].get("pretrain_processes") or 1)
     # training is the long chain of the DAG: start it before the many short jobs
     priority: 10
     resources:
@@ -33,7 +34,7 @@ rule pretrain_repeat:
         "logs/pretrain/{role}-fp32-s{seed}.log",
     benchmark:
         "benchmarks/pretrain/{role}-fp32-s{seed}.tsv"
-    threads: config["train"]["threads"]
+    threads: config["train"]["threads"] * (config["train"].get("pretrain_processes") or 1)
     priority: 10
     resources:
         gpu=0,
