@@ -387,7 +387,7 @@ def _model_job(params: dict, model: str) -> Job:
     if name.stage == "peer":  # from the FP32 ONNX (or PyTorch) model to an integer ONNX model
         sources = (onnx_file(name.fp32_source),) + (
             (model_file(name.fp32_source),) if method.source == "torch" else ())
-        return Job("peer", model, (onnx_file(model),), sources + (PREPARED,),
+        return Job("peer", model, (onnx_file(model), f"{MODELS}/{model}.export.json"), sources + (PREPARED,),
                    tuple(job_reads("peer", model=model)), (("model", model),), method=name.method,
                    bits=name.bits_label, runtime="onnxruntime", log=log, out=onnx_file(model))
     inputs = [model_file(name.fp32_source), calibration_input(name)]
@@ -459,7 +459,7 @@ def report_inputs(params: dict) -> list[str]:
     inputs = [PREPARED, INTERVALS]  # the summary's classes; every figure's interval
     inputs += [ABLATION] if ablation_needed(params) else []
     inputs += [eval_dir(m) for m in evaluated_models(params)]
-    inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params)]
+    inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params) + peer_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
                for s in method_of(parse_model_name(q)).extra_outputs]
     return inputs + [synthetic_dir(g) for g in generators(params)]

@@ -68,7 +68,8 @@ rule peer:
     input:
         job_inputs("peer", by_model),
     output:
-        "results/models/{model}.onnx",
+        onnx="results/models/{model}.onnx",
+        report="results/models/{model}.export.json",
     wildcard_constraints:
         model=PEER_MODEL,
     params:
@@ -81,4 +82,4 @@ rule peer:
         "benchmarks/peer/{model}.tsv"
     threads: config["export"]["threads"]
     shell:
-        "quantdet peer --params params.yaml --model {wildcards.model} --out {output} --log {log}"
+        "quantdet peer --params params.yaml --model {wildcards.model} --out {output.onnx} --log {log}"

@@ -116,8 +116,12 @@ def _export_metrics(export: pd.DataFrame, exports: dict[str, dict]) -> dict:
     metrics = {}
     for _, row in export.iterrows():
         agreement = exports[row["model"]].get("agreement") or {}
+        by_runtime = exports[row["model"]].get("latency_by_runtime") or {}
+        speedups = exports[row["model"]].get("speedup_by_runtime") or {}
         metrics[row["model"]] = finite_numbers({
             **row.drop(["model", "latency_batch", "latency_threads"]).to_dict(),
+            **{f"latency_ms_int8_{runtime}": ms.get("int8_onnx") for runtime, ms in by_runtime.items()},
+            **{f"speedup_{runtime}": value for runtime, value in speedups.items()},
             "within_one_step_fraction": agreement.get("within_one_step_fraction"),
             "detections_match_iou50": agreement.get("detections_match_iou50"),
         })

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from quantdet.report.deployment import deployment_table, fastest_runtime_answers, peer_speed_answers
 from quantdet.report.findings import study_findings
 from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
                                         signed_points)
@@ -24,7 +25,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
     summary = tables.get("comparison_summary", pd.DataFrame())
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
-        _answers(intervals),
+        _answers(intervals, exports),
         _study_description(params, tables["robustness"], num_images, classes),
         _methods(params),
         _percentile_ablation(ablation, params),
@@ -44,7 +45,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                                   else _headline(tables["robustness"])),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
-        _export(tables["export"], exports),
+        deployment_table(exports, intervals) or _export(tables["export"], exports),
         _outlier_side_paths(exports),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path})" for title, path in plots.items()),
         environment,
@@ -288,12 +289,13 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
     return "\n".join(lines)
 
 
-def _answers(intervals: dict | None) -> str:
+def _answers(intervals: dict | None, exports: dict[str, dict]) -> str:
     if not intervals:
         return ""
     from quantdet.report.answers import answers, method_note
 
     lines = [line for line in answers(intervals) if line]
+    lines += fastest_runtime_answers(exports) + peer_speed_answers(exports)
     return ("## Answers, with 95% intervals\n\n" + method_note(intervals) + "\n\n"
             + "\n".join(f"- {line}" for line in lines))
 

@@ -31,7 +31,6 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     import torch
 
     from quantdet.export.fidelity import detection_agreement, output_agreement
-    from quantdet.export.latency import measure
     from quantdet.export.onnx_export import export_onnx
     from quantdet.export.runner import OrtDetector
     from quantdet.models.io import load_model
@@ -54,19 +53,14 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
         latency_input = images[: exp_cfg["latency_batch"]].numpy().astype(np.float32)
         files = {"fp32_onnx": fp32_onnx, "int8_onnx": out}
         method = study.method_of(name)
-        timing = {"batch": int(latency_input.shape[0]), "threads": exp_cfg["threads"],
-                  "runs": exp_cfg["latency_runs"], "images": latency_input}
         with method.export_variants(torch_model, out, payload, exp_cfg) as variants:
             for key, variant in (variants or {}).items():  # e.g. outlier-aware: side-path cost
                 files[f"int8_onnx_{key}"] = variant["path"]
-            # each file in its own process: sessions interleaved in one process disturb each
-            # other (their thread pools keep spinning between runs)
             # a repeat seed's model runs the same graph as the study seed's: not timed again
             timed = study.export_timed(name)
-            records = {key: measure(path, "onnxruntime", **timing) for key, path in files.items()} if timed else {}
-        latency = {key: r["latency_ms"] for key, r in records.items()}
+            timing = time_files(files, exp_cfg, latency_input) if timed else None
         if variants and timed:
-            report.update(method.export_summary(variants, latency, graph, out))
+            report.update(method.export_summary(variants, timing["latency_ms"], graph, out))
         decode = decode_params(params)
         agreement = output_agreement(torch_model, int8, images, name.act_bits)
         agreement["detections_match_iou50"] = detection_agreement(
@@ -77,24 +71,41 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
             "agreement": agreement,
             "calibration": payload["quant"]["calibration"],
         })
-        if timed:
-            report.update({
-                "latency_ms": {**latency, "batch": int(latency_input.shape[0]),
-                               "runs": exp_cfg["latency_runs"], "threads": exp_cfg["threads"]},
-                "latency_method": {"runtime": "onnxruntime", "process_per_model": True,
-                                   "repetition_medians_ms": {k: r["repetition_medians_ms"]
-                                                             for k, r in records.items()},
-                                   "converged": {k: r["converged"] for k, r in records.items()}},
-                "speedup_int8_vs_fp32": round(latency["fp32_onnx"] / latency["int8_onnx"], 3)})
-        else:
-            report["latency_ms"] = None   # a repeat seed: the study seed's model has the figures
+        # None for a repeat seed: the study seed's model has the figures
+        report.update(timing or {"latency_ms": None})
     report_path = out.with_suffix(".export.json")
     write_json(report_path, report)
     metrics = {"size_bytes": report["size_bytes"]}
     if name.quantized:
         metrics.update(detections_match=report["agreement"]["detections_match_iou50"])
         if report["latency_ms"]:
-            metrics.update(latency_ms=report["latency_ms"], speedup=report["speedup_int8_vs_fp32"])
+            metrics.update(latency_ms=report["latency_by_runtime"], speedup=report["speedup_by_runtime"])
     log_job(params, "export", model=name.model, metrics=metrics, artifacts=[report_path],
              onnx_models=onnx_models)
     return report
+
+
+def time_files(files: dict, exp_cfg: dict, images) -> dict:
+    """Latency of FP32 and integer ONNX files (``files``: {"fp32_onnx": path, "int8_onnx": path,
+    ...}) in each runtime of export.latency_runtimes, each file in its own process, one after
+    another (quantdet.export.latency): sessions interleaved in one process disturb each other,
+    their thread pools spinning between runs. Returns the export record's latency fields;
+    ``latency_ms`` and ``speedup_int8_vs_fp32`` are onnxruntime's where it was timed."""
+    from quantdet.export.latency import measure
+
+    settings = {"batch": int(images.shape[0]), "threads": exp_cfg["threads"], "runs": exp_cfg["latency_runs"]}
+    records = {runtime: {key: measure(path, runtime, images=images, **settings) for key, path in files.items()}
+               for runtime in exp_cfg["latency_runtimes"]}
+    by_runtime = {runtime: {key: r["latency_ms"] for key, r in timed.items()} for runtime, timed in records.items()}
+    speedup = {runtime: round(ms["fp32_onnx"] / ms["int8_onnx"], 3) for runtime, ms in by_runtime.items()}
+    primary = "onnxruntime" if "onnxruntime" in by_runtime else next(iter(by_runtime))
+    return {
+        "latency_ms": {**by_runtime[primary], **settings, "runtime": primary},
+        "speedup_int8_vs_fp32": speedup[primary],
+        "latency_by_runtime": by_runtime, "speedup_by_runtime": speedup,
+        "latency_method": {"process_per_model": True, **settings,
+                           "runtimes": {runtime: {key: {k: r[k] for k in ("repetition_medians_ms", "converged",
+                                                                           "version", "precision_hint") if k in r}
+                                                  for key, r in timed.items()}
+                                        for runtime, timed in records.items()}},
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 from quantdet import study
 from quantdet.errors import QuantdetError
 from quantdet.io_utils import atomic_path, write_json
-from quantdet.stages.common import CalibrationSet, log_job, require, set_threads
+from quantdet.stages.common import CalibrationSet, image_batches, log_job, require, set_threads
 from quantdet.train import distributed
 
 log = logging.getLogger("quantdet")
@@ -218,6 +218,7 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     import onnx
 
     from quantdet.export.onnx_export import add_metadata
+    from quantdet.stages.export import time_files
 
     name = study.parse_model_name(model)
     if name.stage != "peer":
@@ -246,8 +247,19 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     seconds = time.perf_counter() - start
     summary = {"model": name.model, "method": name.method, "tool": method.description,
                "settings": settings, "calibration": calibration, "source": str(fp32_onnx),
-               "size_bytes": out.stat().st_size, "seconds": round(seconds, 1)}
-    log_job(params, "peer", model=name.model, metrics={"size_bytes": out.stat().st_size, "seconds": seconds},
+               "seconds": round(seconds, 1), "fp32_onnx": str(fp32_onnx), "int8_onnx": str(out),
+               "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size}}
+    # timed as our exports are (the export stage's time_files): the same batch of val images
+    exp_cfg = params["export"]
+    images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
+                                     exp_cfg["latency_batch"])))
+    summary.update(time_files({"fp32_onnx": fp32_onnx, "int8_onnx": out}, exp_cfg,
+                              images.numpy().astype("float32")))
+    report_path = out.with_suffix(".export.json")
+    write_json(report_path, summary)
+    log_job(params, "peer", model=name.model,
+            metrics={"size_bytes": summary["size_bytes"], "seconds": seconds,
+                     "latency_ms": summary["latency_by_runtime"], "speedup": summary["speedup_by_runtime"]},
             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
-                  "method": name.method}, onnx_models={name.model: out})
+                  "method": name.method}, artifacts=[report_path], onnx_models={name.model: out})
     return summary

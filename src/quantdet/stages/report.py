@@ -13,7 +13,7 @@ def report(params: dict, out_root: str = "results") -> dict:
 
     evals = [study.eval_metrics_file(m, c)
              for m in study.evaluated_models(params) for c in study.conditions(params)]
-    exports = [f"{study.MODELS}/{q}.export.json" for q in study.quantized_models(params)]
+    exports = [f"{study.MODELS}/{q}.export.json" for q in study.quantized_models(params) + study.peer_models(params)]
     for path in evals + exports:
         require(path)
     mixed = {m: read_json(require(study.bits_file(m))) for m in study.quantized_models(params)
