@@ -5,12 +5,16 @@ Latency is measured cleanly (quantdet.export.latency): each ONNX file is timed i
 process, one after another, on the same batch, threads and runs."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from quantdet import study
 from quantdet.config import params_hash, select
+from quantdet.errors import QuantdetError
 from quantdet.io_utils import write_json
 from quantdet.stages.common import decode_params, image_batches, log_job, require, set_threads
+
+log = logging.getLogger(__name__)
 
 
 def _onnx_metadata(name, payload, params) -> dict:
@@ -94,8 +98,16 @@ def time_files(files: dict, exp_cfg: dict, images) -> dict:
     from quantdet.export.latency import measure
 
     settings = {"batch": int(images.shape[0]), "threads": exp_cfg["threads"], "runs": exp_cfg["latency_runs"]}
-    records = {runtime: {key: measure(path, runtime, images=images, **settings) for key, path in files.items()}
-               for runtime in exp_cfg["latency_runtimes"]}
+    records, failed = {}, {}
+    for runtime in exp_cfg["latency_runtimes"]:
+        try:
+            records[runtime] = {key: measure(path, runtime, images=images, **settings) for key, path in files.items()}
+        except RuntimeError as err:   # a runtime that cannot run a file: recorded, the others timed
+            failed[runtime] = str(err).strip().splitlines()[-1][:500]
+            log.warning("latency in %s not measured: %s", runtime, failed[runtime])
+    if not records:
+        raise QuantdetError("latency not measured in any of export.latency_runtimes: "
+                            + "; ".join(f"{r}: {e}" for r, e in failed.items()))
     by_runtime = {runtime: {key: r["latency_ms"] for key, r in timed.items()} for runtime, timed in records.items()}
     speedup = {runtime: round(ms["fp32_onnx"] / ms["int8_onnx"], 3) for runtime, ms in by_runtime.items()}
     primary = "onnxruntime" if "onnxruntime" in by_runtime else next(iter(by_runtime))
@@ -103,7 +115,7 @@ def time_files(files: dict, exp_cfg: dict, images) -> dict:
         "latency_ms": {**by_runtime[primary], **settings, "runtime": primary},
         "speedup_int8_vs_fp32": speedup[primary],
         "latency_by_runtime": by_runtime, "speedup_by_runtime": speedup,
-        "latency_method": {"process_per_model": True, **settings,
+        "latency_method": {"process_per_model": True, **settings, "failed": failed,
                            "runtimes": {runtime: {key: {k: r[k] for k in ("repetition_medians_ms", "converged",
                                                                            "version", "precision_hint") if k in r}
                                                   for key, r in timed.items()}
