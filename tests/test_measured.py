@@ -63,3 +63,21 @@ def test_the_readme_block_is_replaced_and_nothing_else(tmp_path):
     assert readme.read_text() == text   # idempotent
     with pytest.raises(QuantdetError, match="no <!-- measured:begin -->"):
         replace_block("no markers", "x")
+
+
+def test_the_block_holds_the_latency_of_every_deployable_model(tmp_path):
+    root = _study(tmp_path)
+    models = root / "results" / "models"
+    models.mkdir(parents=True)
+    for model, int8 in (("student-ptq-percentile-w8a8", {"onnxruntime": 12.0, "openvino": 5.0}),
+                        ("student-peer-nncf-w8a8", {"onnxruntime": 11.0, "openvino": 5.0})):
+        fp32 = {"onnxruntime": 33.0, "openvino": 35.0}
+        (models / f"{model}.export.json").write_text(json.dumps({
+            "model": model, "size_bytes": {"int8_onnx": 2_000_000},
+            "latency_by_runtime": {r: {"fp32_onnx": fp32[r], "int8_onnx": int8[r]} for r in fp32},
+            "speedup_by_runtime": {r: fp32[r] / int8[r] for r in fp32},
+            "latency_method": {"batch": 8, "threads": 2}}))
+    block = measured_markdown(root)
+    assert "OpenVINO (f32) ms" in block and "12.0 (2.75×)" in block
+    assert "our W8A8 models fastest?** OpenVINO (f32), for 1 of 1" in block
+    assert "the fastest peer is `student-peer-nncf-w8a8` (3.00× FP32); 0 of our 1" in block
