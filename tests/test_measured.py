@@ -81,3 +81,27 @@ def test_the_block_holds_the_latency_of_every_deployable_model(tmp_path):
     assert "OpenVINO (f32) ms" in block and "12.0 (2.75×)" in block
     assert "our W8A8 models fastest?** OpenVINO (f32), for 1 of 1" in block
     assert "the fastest peer is `student-peer-nncf-w8a8` (3.00× FP32); 0 of our 1" in block
+
+
+def test_a_named_block_for_an_extension_keeps_to_its_stages(tmp_path):
+    root = _study(tmp_path / "study")
+    intervals_file = root / "results" / "metrics" / "intervals.json"
+    intervals = json.loads(intervals_file.read_text())
+    figures = intervals["models"]["student-fp32"]
+    intervals["models"].update({"teacher-fp32": figures, "student-mimic-qmimic-w8a8-ort": figures})
+    intervals["comparisons"].append({"group": "teacher", "comparison": "teacher vs student (FP32)", "bits": "fp32",
+                                     "seeds": [0], "treatment": ["teacher-fp32"], "baseline": ["student-fp32"],
+                                     "differences": {"P": _value(0.03, 0.02, 0.04), "mPC": _value(0.01, 0.005, 0.015)}})
+    intervals_file.write_text(json.dumps(intervals))
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("qat: [],", "qat: [], mimic: [qmimic],"))
+    block = measured_markdown(root, "mimic", ["mimic"])
+    assert block.startswith("<!-- measured:mimic:begin -->") and block.endswith("<!-- measured:mimic:end -->")
+    assert "--block mimic --stages mimic" in block
+    assert "`teacher-fp32`" in block and "`student-mimic-qmimic-w8a8-ort`" in block
+    assert "ptq-percentile" not in block and "degradation-aware" not in block and "targets" not in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\nkept\n{END}\n<!-- measured:mimic:begin -->\nstale numbers\n<!-- measured:mimic:end -->\n")
+    write_measured(root, readme, "mimic", ["mimic"])
+    text = readme.read_text()
+    assert "kept" in text and "stale numbers" not in text and "`teacher-fp32`" in text

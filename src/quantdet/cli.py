@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("measured", "the README's Measured section from a finished study's outputs")
     p.add_argument("--root", default=".", help="the folder of the finished study")
     p.add_argument("--readme", help="rewrite this README's measured block (default: print it)")
+    p.add_argument("--block", help="a named block (<!-- measured:NAME:begin -->) instead of the default one")
+    p.add_argument("--stages", nargs="+", help="only the FP32 models and these stages' models (e.g. mimic), "
+                   "with the comparisons among them")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
@@ -133,7 +136,7 @@ def run(args, argv: list[str] | None = None) -> object:
         return write_dvc_yaml(params, args.out, check=args.check)
     if args.stage == "measured":
         from quantdet.report.measured import write_measured
-        block = write_measured(args.root, args.readme)
+        block = write_measured(args.root, args.readme, args.block, args.stages)
         if not args.readme:
             sys.stdout.write(block + "\n")
         return block
