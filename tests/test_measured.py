@@ -52,6 +52,12 @@ def test_the_block_holds_the_study_numbers_and_the_targets(tmp_path):
     assert "2 of 3 within ±2.0 points (widest: `student-ptq-dacal-w8a8-ort` ±3.00)" in block
 
 
+def test_minutes_round_to_a_whole_second():
+    from quantdet.report.measured import _minutes
+
+    assert _minutes(3839.6) == "64 min 00 s" and _minutes(59.4) == "0 min 59 s"
+
+
 def test_the_readme_block_is_replaced_and_nothing_else(tmp_path):
     root = _study(tmp_path / "study")
     readme = tmp_path / "README.md"

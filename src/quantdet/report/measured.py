@@ -85,7 +85,8 @@ def _add(stages: dict, stage: str, seconds: float) -> None:
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
+    minutes, rest = divmod(int(round(seconds)), 60)   # 3599.6 s is 60 min 00 s, not 59 min 60 s
+    return f"{minutes} min {rest:02d} s"
 
 
 def _half_width(value: dict) -> float:
