@@ -298,3 +298,19 @@ def test_study_intervals_refuse_stale_detections(fake_study, tmp_path):
     annotations.write_text(json.dumps(gt))
     with pytest.raises(QuantdetError, match="gaussian_noise/1 holds images the clean split has not"):
         study_intervals(params, copy, resamples=10, models=["student-ptq-minmax-w8a8"])
+
+
+def test_peers_are_compared_with_their_fp32_source_and_ours_with_the_best_peer():
+    from quantdet.evaluation.intervals import peer_pairs
+
+    models = ["student-fp32", "student-ptq-minmax-w8a8-ort", "student-peer-nncf-w8a8-ort",
+              "student-peer-ort_minmax-w8a8-ort"]
+    figures = {m: {"P": np.array([p])} for m, p in zip(models, (0.55, 0.55, 0.54, 0.56))}
+    records = peer_pairs(models, figures)
+    fp32 = {r["treatment"][0]: r for r in records if r["group"] == "fp32"}
+    assert set(fp32) == {"student-peer-nncf-w8a8-ort", "student-peer-ort_minmax-w8a8-ort"}
+    assert fp32["student-peer-nncf-w8a8-ort"]["baseline"] == ["student-fp32"]
+    assert fp32["student-peer-nncf-w8a8-ort"]["comparison"] == "peer nncf deployed vs FP32"
+    (ours,) = [r for r in records if r["group"] == "peer"]
+    assert ours["treatment"] == ["student-ptq-minmax-w8a8-ort"]
+    assert ours["baseline"] == ["student-peer-ort_minmax-w8a8-ort"]   # the best peer by P

@@ -198,9 +198,13 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
 
 def peer_pairs(models: list[str], figures: dict) -> list[dict]:
     """Group "peer": at each bit width, each of our deployed models against the best peer (other
-    tools' quantizers, by P on the full image set), all from the same FP32 ONNX model."""
+    tools' quantizers, by P on the full image set), all from the same FP32 ONNX model. Group
+    "fp32": each peer against that FP32 model, as our quantized models are."""
     names = {m: study.parse_model_name(m) for m in models}
-    records = []
+    records = [{"group": "fp32", "comparison": f"peer {n.method} deployed vs FP32", "bits": n.bits_label,
+                "seeds": [0], "treatment": [m], "baseline": [n.fp32_source]}
+               for m, n in names.items() if n.stage == "peer" and n.runtime == "onnxruntime"
+               and n.fp32_source in names]
     for bits in dict.fromkeys(n.bits_label for n in names.values() if n.stage == "peer"):
         peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits
                  and n.runtime == "onnxruntime"]

@@ -36,7 +36,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                                                    None if intervals else summary,
                                                    params.get("distill", {}).get("mimic", {}).get("lambda", 1.0),
                                                    deployment=not intervals)),
-        _ranking(tables.get("method_ranking", pd.DataFrame())),
+        _ranking(tables.get("method_ranking", pd.DataFrame()), intervals),
         _comparisons(summary, params),
         _seed_spread(tables.get("seed_spread", pd.DataFrame())),
         _zero_shot(tables["robustness"], summary, params, generated_grids or {}, generated_info or {}),
@@ -86,16 +86,33 @@ def _percentile_ablation(ablation: dict | None, params: dict) -> str:
     return text
 
 
-def _ranking(ranking: pd.DataFrame) -> str:
+def _ranking(ranking: pd.DataFrame, intervals: dict | None = None) -> str:
     if ranking.empty:
         return ""
-    rows = [[r.bits, str(int(r.rank)), f"`{r.model}`", ap_points(r.P), ap_points(r.mPC), percent(r.rPC),
-             ap_points(r.mPC_heldout), signed_points(r.dP_points), signed_points(r.dmPC_points),
-             signed_points(r.drPC_points)] for r in ranking.itertuples()]
+    deployed = ranking["model"].str.endswith(("-ort", "-ov")).all()
+    where = "deployed (integer ONNX)" if deployed else "simulated in PyTorch"
+    if intervals:
+        from quantdet.report.answers import with_interval
+
+        figures = intervals.get("models", {})
+        # each model's paired difference with its FP32 source (study seed alone)
+        against = {r["treatment"][0]: r["per_seed"][0]["differences"] for r in intervals.get("comparisons", [])
+                   if r["group"] == "fp32" and not r.get("twin") and r.get("per_seed")}
+        rows = [[r.bits, str(int(r.rank)), f"`{r.model}`",
+                 *(with_interval(figures.get(r.model, {}).get(m), m) for m in ("P", "mPC", "rPC", "mPC_heldout")),
+                 *(with_interval(against.get(r.model, {}).get(m), m, signed=True) for m in ("P", "mPC", "rPC"))]
+                for r in ranking.itertuples()]
+        note = ("Each figure with its 95% interval; Δ columns are paired differences with the FP32 student "
+                "(study seed), in AP points (rPC in percentage points). The ranking is by the mPC estimate: "
+                "neighbours whose intervals overlap are not told apart.")
+    else:
+        rows = [[r.bits, str(int(r.rank)), f"`{r.model}`", ap_points(r.P), ap_points(r.mPC), percent(r.rPC),
+                 ap_points(r.mPC_heldout), signed_points(r.dP_points), signed_points(r.dmPC_points),
+                 signed_points(r.drPC_points)] for r in ranking.itertuples()]
+        note = "Δ columns are against the FP32 student, in AP points (rPC in percentage points)."
     return ("## Methods ranked per bit width\n\n"
-            "Quantized students of the study seed, simulated in PyTorch, ranked by mPC within each bit width. "
-            "Δ columns are against the FP32 student, in AP points (rPC in percentage points). "
-            "mPC held-out averages the held-out corruptions, which are not part of mPC.\n\n"
+            f"Quantized students of the study seed and the peers, {where}, ranked by mPC within each bit width. "
+            + note + " mPC held-out averages the held-out corruptions, which are not part of mPC.\n\n"
             + markdown_table(["bits", "rank", "model", "P", "mPC", "rPC", "mPC held-out", "ΔP", "ΔmPC", "ΔrPC"],
                              rows, align_right_from=3))
 
