@@ -143,9 +143,9 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
                  + markdown_table(["model", "P", "mPC", "rPC", "mPC held-out"], rows, align_right_from=1))
     lines.append("What the intervals allow (a direction only where the interval excludes zero):\n\n"
                  + "\n".join(f"- {a}" for a in answers(intervals) if a))
-    if not stages:
+    if not stages:   # an extension's block: its models' accuracy; latency belongs to the whole study
         lines.append(targets_markdown(intervals))
-    lines.append(deployment_markdown(root, params, intervals, stages))
+        lines.append(deployment_markdown(root, params, intervals))
     ablation = root / study.ABLATION
     if ablation.is_file() and not stages:
         lines.append(ablation_markdown(read_json(ablation), params))
