@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block", help="a named block (<!-- measured:NAME:begin -->) instead of the default one")
     p.add_argument("--stages", nargs="+", help="only the FP32 models and these stages' models (e.g. mimic), "
                    "with the comparisons among them")
+    p = stage("reproduce", "compare two finished runs of a study number by number (timings left out); "
+              "exit status 1 when they differ")
+    p.add_argument("--root", default=".", help="the folder of the first finished study")
+    p.add_argument("--against", required=True, help="the folder of the second")
+    p.add_argument("--readme", help="also write the result into this README's reproduced block")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
@@ -119,6 +124,11 @@ def run(args, argv: list[str] | None = None) -> object:
         return _compose(args)
     if args.stage == "bench":
         return _bench(args)
+    if args.stage == "reproduce":
+        from quantdet.report.reproduce import reproduced, write_reproduce
+        result = write_reproduce(args.root, args.against, args.readme)
+        sys.stdout.write(result["markdown"] + "\n")
+        return result if reproduced(result) else 1
     params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = training_processes(params, args.stage)
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
@@ -233,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.stage in TRAINING_STAGES and isinstance(result, int):  # torchrun's exit status
         return result
+    if args.stage == "reproduce" and result == 1:  # the two studies differ
+        return 1
     return 0
 
 
