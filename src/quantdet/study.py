@@ -203,23 +203,35 @@ def calibration_input(name: ModelName) -> str:
     return synthetic_dir(generated) if generated else PREPARED
 
 
+def repeat_seeds(params: dict, family: str) -> list[int]:
+    """The repeat seeds of a family (`ptq` or `qat`): `matrix.repeat.{family}_seeds`, or
+    `matrix.repeat.seeds` where that is null or absent."""
+    repeat = matrix(params)["repeat"]
+    own = repeat.get(f"{family}_seeds")
+    return list(repeat["seeds"] if own is None else own)
+
+
 def repeat_models(params: dict) -> list[str]:
     """The headline methods again for each repeat seed, at every bit width: from the study's
     FP32 student with the method re-seeded (its calibration images redrawn from train, its QAT
     data order re-seeded: `-r{seed}`), or, with `matrix.repeat.retrain`, from an FP32 student
     retrained with the seed (`student-fp32-s{seed}`, then `-s{seed}` models). They measure the
-    seed-to-seed spread the headline comparisons carry."""
+    seed-to-seed spread the headline comparisons carry. Each family takes its own seeds
+    (`repeat_seeds`): QAT's spread is the wider one, so a study can give it more."""
     m = matrix(params)
     repeat = m["repeat"]
     retrain = repeat["retrain"]
+    seeds = {family: repeat_seeds(params, family) for family in ("ptq", "qat")}
     names = []
-    for seed in repeat["seeds"]:
+    for seed in sorted(set(seeds["ptq"]) | set(seeds["qat"]), key=lambda s: (s not in repeat["seeds"], s)):
         if retrain:
             names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
-        names += [quantized_model_name("student", "ptq", p, b, b, seed, retrain)
-                  for p in repeat["ptq"] if p in m["ptq"] for b in m["bits"]]
-        names += [quantized_model_name("student", "qat", r, b, b, seed, retrain)
-                  for r in repeat["qat"] if r in m["qat"] for b in m["bits"]]
+        if seed in seeds["ptq"]:
+            names += [quantized_model_name("student", "ptq", p, b, b, seed, retrain)
+                      for p in repeat["ptq"] if p in m["ptq"] for b in m["bits"]]
+        if seed in seeds["qat"]:
+            names += [quantized_model_name("student", "qat", r, b, b, seed, retrain)
+                      for r in repeat["qat"] if r in m["qat"] for b in m["bits"]]
     return names
 
 

@@ -354,10 +354,15 @@ def _qat_description(quant: dict, recipes: list[str]) -> list[str]:
 
 
 def _repeat_description(repeat: dict) -> str:
-    if not repeat.get("seeds"):
+    families = {f: repeat["seeds"] if repeat.get(f"{f}_seeds") is None else repeat[f"{f}_seeds"]
+                for f in ("ptq", "qat")}
+    parts = [f"seeds {', '.join(map(str, families[f]))} for "
+             + ", ".join(f"`{m}`" for m in repeat.get(f, []))
+             for f in ("ptq", "qat") if families[f] and repeat.get(f)]
+    if not parts:
         return ""
-    return (f"; repeated with seeds {', '.join(map(str, repeat['seeds']))} for the FP32 student and "
-            f"{', '.join(f'`{m}`' for m in [*repeat.get('ptq', []), *repeat.get('qat', [])])}")
+    fp32 = "retrained FP32 students" if repeat.get("retrain") else "the study's FP32 student"
+    return f"; repeated from {fp32} with " + "; ".join(parts)
 
 
 def _headline(robustness: pd.DataFrame) -> str:
