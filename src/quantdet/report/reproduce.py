@@ -2,8 +2,8 @@
 compares two finished study folders number by number: every figure and comparison with its
 interval (results/metrics/intervals.json), every model's metrics on every condition
 (results/eval/*/*/metrics.json), the DVC metrics (results/metrics/), each export's agreement
-with its simulation and its size (results/models/*.export.json), the training histories and
-the prepared data's fingerprint.
+with its simulation and its size (results/models/*.export.json), the training histories
+(results/models/*.train.json) and the prepared data's summary (data/prepared/summary.json).
 
 Timing is left out (latency, speed-up, seconds, wall time: the machine's noise, not the
 study's); so are strings (paths, commits). Every other number must be equal, exactly: the
@@ -28,7 +28,7 @@ BLOCK = "reproduced"
 def compared_files(root: Path) -> list[Path]:
     """The JSON files of a study whose numbers a rerun must reproduce (relative paths)."""
     patterns = [study.INTERVALS, "results/metrics/*.json", f"{study.EVAL}/*/*/metrics.json",
-                "results/models/*.export.json", "results/models/*.history.json",
+                "results/models/*.json",
                 "data/prepared/summary.json"]
     found = set()
     for pattern in patterns:
