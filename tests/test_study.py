@@ -44,18 +44,19 @@ def test_repeat_seeds_retrain_or_reuse_the_fp32_model():
 def test_each_family_takes_its_own_repeat_seeds():
     params = load_params("params.yaml")
     repeat = params["matrix"]["repeat"]
-    repeat.update(seeds=[1, 2], qat_seeds=[1, 2, 3], ptq_seeds=None)
+    repeat.update(seeds=[1, 2, 3], ptq_seeds=[1, 2], qat_seeds=None)
     repeats = study.repeat_models(params)
     assert study.repeat_seeds(params, "ptq") == [1, 2] and study.repeat_seeds(params, "qat") == [1, 2, 3]
     assert "student-qat-daqat-w8a8-r3" in repeats and "student-qat-fqn-w4a4-r3" in repeats
     assert not any(m.startswith("student-ptq-") and m.endswith("-r3") for m in repeats)
-    repeat["retrain"] = True    # retraining: one FP32 student per seed any family uses
+    repeat["retrain"] = True    # retraining: one FP32 student per seed
     repeats = study.repeat_models(params)
     assert "student-fp32-s3" in repeats and "student-qat-fqn-w8a8-s3" in repeats
     assert "student-ptq-dacal-w8a8-s3" not in repeats
-    repeat.update(retrain=False, qat_seeds=None)    # null: the common seeds
-    assert study.repeat_seeds(params, "qat") == [1, 2]
-    assert not any(m.endswith("-r3") for m in study.repeat_models(params))
+    repeat.update(retrain=False, ptq_seeds=[2, 7])   # a subset of seeds only: 7 is not one
+    assert study.repeat_seeds(params, "ptq") == [2]
+    repeat["seeds"] = []                             # no seeds: no repeat at all
+    assert study.repeat_models(params) == []
 
 
 def test_default_study_matrix():

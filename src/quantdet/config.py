@@ -148,7 +148,8 @@ def _check_matrix(matrix: dict, source: str) -> None:
                                   f"{', '.join(names(family))}; see `quantdet methods`)") from None
     repeat = matrix["repeat"]
     for family in ("ptq", "qat"):
-        seeds = repeat["seeds"] if repeat.get(f"{family}_seeds") is None else repeat[f"{family}_seeds"]
+        own = repeat.get(f"{family}_seeds")
+        seeds = [s for s in repeat["seeds"] if own is None or s in own]
         extra = [m for m in repeat[family] if m not in matrix[family]] if seeds else []
         if extra:
             raise ParamsError(f"{source}: matrix.repeat.{family}: {', '.join(extra)} not in "

@@ -204,11 +204,12 @@ def calibration_input(name: ModelName) -> str:
 
 
 def repeat_seeds(params: dict, family: str) -> list[int]:
-    """The repeat seeds of a family (`ptq` or `qat`): `matrix.repeat.{family}_seeds`, or
-    `matrix.repeat.seeds` where that is null or absent."""
+    """The repeat seeds of a family (`ptq` or `qat`): `matrix.repeat.seeds`, restricted to
+    `matrix.repeat.{family}_seeds` where that is given (a family may take fewer seeds, never
+    others: `seeds: []` turns every repeat off)."""
     repeat = matrix(params)["repeat"]
     own = repeat.get(f"{family}_seeds")
-    return list(repeat["seeds"] if own is None else own)
+    return [s for s in repeat["seeds"] if own is None or s in own]
 
 
 def repeat_models(params: dict) -> list[str]:
@@ -223,7 +224,7 @@ def repeat_models(params: dict) -> list[str]:
     retrain = repeat["retrain"]
     seeds = {family: repeat_seeds(params, family) for family in ("ptq", "qat")}
     names = []
-    for seed in sorted(set(seeds["ptq"]) | set(seeds["qat"]), key=lambda s: (s not in repeat["seeds"], s)):
+    for seed in repeat["seeds"]:
         if retrain:
             names.append(ModelName("student", "pretrain", None, None, None, "torch", seed).model)
         if seed in seeds["ptq"]:
