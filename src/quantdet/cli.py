@@ -44,9 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
-    p = stage("corrupt", "write one corrupted copy of the val split")
+    p = stage("corrupt", "write the corrupted copies of the val split for one corruption")
     p.add_argument("--corruption", required=True)
-    p.add_argument("--severity", type=int, required=True)
+    p.add_argument("--severity", type=int, help="only this severity (default: every one of "
+                   "corruptions.severities, a subfolder each under --out)")
     p.add_argument("--out")
     p = stage("pretrain", "train an FP32 detector from scratch")
     p.add_argument("--role", required=True, choices=["teacher", "student"])

@@ -326,7 +326,7 @@ def severities_of(condition: str, params: dict) -> list[int]:
 # Params leaves read by the stages that are not a method's (a method's: quantdet.methods).
 STAGE_READS = {
     "prepare": ("study.seed", "data"),
-    "corrupt": ("corruptions.seed", "corruptions.images"),
+    "corrupt": ("corruptions.seed", "corruptions.images", "corruptions.severities"),
     "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
     "export": ("models.input_size", "export", "evaluate"),
     "evaluate": ("models.input_size", "evaluate"),
@@ -344,7 +344,7 @@ class Job:
     """One job of the study: the `quantdet` command that makes `outputs` from `inputs`."""
     stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic export evaluate
                                       # intervals report
-    target: str                       # the model, corrupted split (`fog/3`), generator or `report`
+    target: str                       # the model, corruption (`fog`), generator or `report`
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()       # the params leaves it reads: a change reruns it
@@ -415,11 +415,10 @@ def _model_job(params: dict, model: str) -> Job:
 def jobs(params: dict) -> list[Job]:
     """Every job of the study, in DAG order."""
     rows = [Job("prepare", "data", (PREPARED,), (), tuple(job_reads("prepare")), log="logs/prepare.log")]
-    for c in corruptions(params):
-        for s in params["corruptions"]["severities"]:
-            rows.append(Job("corrupt", f"{c}/{s}", (split_dir(c, s),), (PREPARED,),
-                            tuple(job_reads("corrupt")), (("corruption", c), ("severity", str(s))),
-                            log=f"logs/corrupt/{c}/{s}.log"))
+    for c in corruptions(params):   # one job per corruption writes all its severities: the
+        # corrupting itself takes about a second, the process and its tracking several
+        rows.append(Job("corrupt", c, (corrupted_dir(c),), (PREPARED,), tuple(job_reads("corrupt")),
+                        (("corruption", c),), log=f"logs/corrupt/{c}.log"))
     fp32 = fp32_models(params)
     rows += [_model_job(params, m) for m in fp32]
     for g in generators(params):
@@ -437,7 +436,7 @@ def jobs(params: dict) -> list[Job]:
                         tuple(job_reads("export", model=m)), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime="onnxruntime",
                         log=f"logs/export/{m}.log", out=onnx_file(m)))
-    splits = tuple(split_dir(c, s) for c in corruptions(params) for s in params["corruptions"]["severities"])
+    splits = tuple(corrupted_dir(c) for c in corruptions(params))
     for m in evaluated_models(params):
         name = parse_model_name(m)
         model = onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
@@ -507,6 +506,11 @@ CORRUPTED = "data/corrupted"
 MODELS = "results/models"
 EVAL = "results/eval"
 SYNTHETIC = "data/synthetic"
+
+
+def corrupted_dir(corruption: str) -> str:
+    """The corrupt job's output: the corrupted splits of one corruption, a folder per severity."""
+    return f"{CORRUPTED}/{corruption}"
 
 
 def split_dir(condition: str, severity: int) -> str:

@@ -74,8 +74,8 @@ def by_repeat(wildcards):
     return f"{wildcards.role}-fp32-s{wildcards.seed}"
 
 
-def by_split(wildcards):
-    return f"{wildcards.corruption}/{wildcards.severity}"
+def by_corruption(wildcards):
+    return wildcards.corruption
 
 
 def by_generator(wildcards):

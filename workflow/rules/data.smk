@@ -15,13 +15,15 @@ rule corrupt:
     input:
         "data/prepared",
     output:
-        directory("data/corrupted/{corruption}/{severity}"),
+        directory("data/corrupted/{corruption}"),
     params:
-        read=job_params("corrupt", by_split),
+        read=job_params("corrupt", by_corruption),
     conda:
         "../envs/quantdet.yaml"
     log:
-        "logs/corrupt/{corruption}/{severity}.log",
+        "logs/corrupt/{corruption}.log",
+    benchmark:
+        "benchmarks/corrupt/{corruption}.tsv"
     shell:
         "quantdet corrupt --params params.yaml --corruption {wildcards.corruption}"
-        " --severity {wildcards.severity} --out {output} --log {log}"
+        " --out {output} --log {log}"

@@ -24,12 +24,25 @@ def _split_counts(summary: dict) -> dict:
     return counts
 
 
-def corrupt(params: dict, corruption: str, severity: int, out: str | None = None) -> dict:
+def corrupt(params: dict, corruption: str, severity: int | None = None, out: str | None = None) -> dict:
+    """The corrupted copies of val for one corruption: at `severity` (`out`: that split's
+    folder), or at every severity of corruptions.severities (`out`: the corruption's folder,
+    one subfolder per severity, written as a whole or not at all)."""
     from quantdet.corruptions import corrupt_split
+    from quantdet.io_utils import atomic_directory
 
-    out = out or study.split_dir(corruption, severity)
-    summary = corrupt_split(require(f"{study.PREPARED}/val"), corruption, severity,
-                            params["corruptions"]["seed"], out, params["corruptions"]["images"])
-    log_job(params, "corrupt", model=f"{corruption}-{severity}",
-             tags={"corruption": corruption, "severity": severity})
-    return summary
+    cfg, val = params["corruptions"], require(f"{study.PREPARED}/val")
+    if severity is not None:
+        summary = corrupt_split(val, corruption, severity, cfg["seed"], out or study.split_dir(corruption, severity),
+                                cfg["images"])
+        log_job(params, "corrupt", model=f"{corruption}-{severity}",
+                tags={"corruption": corruption, "severity": severity})
+        return summary
+    summaries = {}
+    with atomic_directory(out or study.corrupted_dir(corruption)) as staging:
+        for s in cfg["severities"]:
+            summaries[s] = corrupt_split(val, corruption, s, cfg["seed"], staging / str(s), cfg["images"])
+    log_job(params, "corrupt", model=corruption,
+            metrics={f"seconds_s{s}": v["seconds"] for s, v in summaries.items()},
+            tags={"corruption": corruption, "severities": ",".join(map(str, summaries))})
+    return summaries
