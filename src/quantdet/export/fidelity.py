@@ -9,9 +9,19 @@ from quantdet.export.onnx_export import OUTPUT_NAMES
 from quantdet.models.decode import decode_detections
 
 
+BATCH = 16
+
+
+@torch.no_grad()
+def batch_outputs(torch_model, ort_model, images: torch.Tensor) -> tuple[list, list]:
+    """Both models' raw outputs, batch by batch: computed once, compared by both checks."""
+    batches = images.split(BATCH)
+    return [torch_model(b) for b in batches], [ort_model(b) for b in batches]
+
+
 @torch.no_grad()
 def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int,
-                     batch_size: int = 16) -> dict:
+                     outputs: tuple[list, list] | None = None) -> dict:
     """Compare raw outputs element by element.
 
     The tolerance unit is one quantization step of an activation quantizer covering the
@@ -19,8 +29,9 @@ def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int
     upstream rounding (onnxruntime rounds its requantization in integer arithmetic) moves
     outputs by about that much.
     """
-    sim = [torch.cat(t) for t in zip(*(torch_model(b) for b in images.split(batch_size)))]
-    dep = [torch.cat(t) for t in zip(*(ort_model(b) for b in images.split(batch_size)))]
+    sim_batches, dep_batches = outputs or batch_outputs(torch_model, ort_model, images)
+    sim = [torch.cat(t) for t in zip(*sim_batches)]
+    dep = [torch.cat(t) for t in zip(*dep_batches)]
     report = {"max_abs_diff": {}, "quant_step": {}, "within_one_step_fraction": {}}
     for name, s, d in zip(OUTPUT_NAMES, sim, dep):
         step = float((s.max() - s.min()) / (2**act_bits - 1))
@@ -34,13 +45,14 @@ def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int
 
 @torch.no_grad()
 def detection_agreement(torch_model, ort_model, images, stride: int, decode_params: dict,
-                        min_score: float = 0.3) -> float:
+                        min_score: float = 0.3, outputs: tuple[list, list] | None = None) -> float:
     """Fraction of the simulated model's confident detections that the deployed model also
     makes (same class, IoU ≥ 0.5)."""
     matched = total = 0
-    for batch in images.split(16):
-        sim = decode_detections(torch_model(batch), stride, **decode_params)
-        dep = decode_detections(ort_model(batch), stride, **decode_params)
+    sim_batches, dep_batches = outputs or batch_outputs(torch_model, ort_model, images)
+    for sim_out, dep_out in zip(sim_batches, dep_batches):
+        sim = decode_detections(sim_out, stride, **decode_params)
+        dep = decode_detections(dep_out, stride, **decode_params)
         for a, b in zip(sim, dep):
             keep = a["scores"] >= min_score
             boxes, labels = a["boxes"][keep], a["labels"][keep]

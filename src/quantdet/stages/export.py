@@ -34,7 +34,7 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     import numpy as np
     import torch
 
-    from quantdet.export.fidelity import detection_agreement, output_agreement
+    from quantdet.export.fidelity import batch_outputs, detection_agreement, output_agreement
     from quantdet.export.onnx_export import export_onnx
     from quantdet.export.runner import OrtDetector
     from quantdet.models.io import load_model
@@ -66,9 +66,10 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
         if variants and timed:
             report.update(method.export_summary(variants, timing["latency_ms"], graph, out))
         decode = decode_params(params)
-        agreement = output_agreement(torch_model, int8, images, name.act_bits)
+        outputs = batch_outputs(torch_model, int8, images)
+        agreement = output_agreement(torch_model, int8, images, name.act_bits, outputs=outputs)
         agreement["detections_match_iou50"] = detection_agreement(
-            torch_model, int8, images, payload["stride"], decode)
+            torch_model, int8, images, payload["stride"], decode, outputs=outputs)
         report.update({
             "fp32_onnx": str(fp32_onnx), "int8_onnx": str(out),
             "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size},
