@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--against", required=True, help="the folder of the second")
     p.add_argument("--readme", help="also write the result into this README's reproduced block")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
+    stage("track-flush", "log the job runs queued under results/tracking/pending/ to MLflow "
+          "(tracking.log: report; the report job does it at the end of a study)")
     p = stage("prepare", "write the COCO-format train/val/calib splits")
     p.add_argument("--out", default="data/prepared")
     p = stage("corrupt", "write the corrupted copies of the val split for one corruption")
@@ -164,6 +166,11 @@ def run(args, argv: list[str] | None = None) -> object:
         run_id = tracking.study_run(params)
         print(run_id or "tracking disabled")
         return run_id
+    if args.stage == "track-flush":
+        from quantdet import tracking
+        run_ids = tracking.flush(params)
+        print(f"{len(run_ids)} queued job runs logged")
+        return run_ids
     if args.stage == "prepare":
         return stages.prepare(params, args.out)
     if args.stage == "corrupt":

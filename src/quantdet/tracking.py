@@ -7,6 +7,15 @@ The study run carries the whole environment (environment.json and `quantdet.env.
 environment.py); each job run carries its fingerprint and key versions as tags, and its own
 environment.json where it differs from the study run's.
 Set QUANTDET_TRACKING=off to skip tracking (the stage's files are written regardless).
+
+When a job's run is logged (`tracking.log` in params.yaml, or QUANTDET_TRACKING=job|report):
+* `job`: each job logs its own run as it ends. Importing MLflow and opening its store costs
+  a job 3-5 s here (and logging an ONNX model 2-3 s more), which, over the default study's
+  130 short jobs, is minutes of the study's wall time.
+* `report`: each job queues its run as a JSON record (results/tracking/pending/) and the
+  report job, the study's last, logs the queue in one process (`quantdet track-flush` does it
+  at any time). Runs carry the job's own start and end times either way; the study run and
+  its environment are created up front (`track-study`).
 """
 from __future__ import annotations
 
@@ -29,8 +38,21 @@ ENV_ARTIFACT = "environment.json"
 log = logging.getLogger(__name__)
 
 
+PENDING = Path("results/tracking/pending")
+MODES = ("job", "report")
+
+
 def enabled() -> bool:
     return os.environ.get("QUANTDET_TRACKING", "on").lower() not in ("off", "0", "false", "no")
+
+
+def mode(params: dict) -> str:
+    """When a job's run is logged: `job` (as the job ends) or `report` (queued, logged by the
+    report job). QUANTDET_TRACKING=job|report overrides params' tracking.log."""
+    override = os.environ.get("QUANTDET_TRACKING", "").lower()
+    if override in MODES:
+        return override
+    return (params.get("tracking") or {}).get("log", "job")
 
 
 def tracking_uri() -> str:
@@ -130,51 +152,115 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def log_job(params: dict, *, stage: str, model: str | None, params_read: dict, params_hash: str,
             metrics: dict | None = None, artifacts: list | None = None,
             onnx_models: dict | None = None, tags: dict | None = None) -> str | None:
-    """Log one finished job as a child run of the study run. Returns the child run id.
+    """Log one finished job as a child run of the study run (`tracking.log: job`; returns the
+    run id), or queue it for the report job (`report`; returns the queued record's path).
 
     In a data-parallel job (torchrun) only rank 0 logs: one job, one run."""
     if not enabled() or os.environ.get("RANK", "0") != "0":
         return None
-    import mlflow
-    from mlflow.entities import Metric, Param
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    record = {
+        "study": params["study"]["name"], "stage": stage, "model": model,
+        "params": {k: str(v)[:6000] for k, v in _flatten(params_read).items()},
+        "params_hash": params_hash,
+        "metrics": {k: float(v) for k, v in _flatten(metrics or {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v},
+        "artifacts": [str(Path(a).resolve()) for a in artifacts or []],
+        "onnx_models": {k: str(Path(v).resolve()) for k, v in (onnx_models or {}).items()},
+        "tags": {k: str(v) for k, v in (tags or {}).items()},
+        "git_commit": git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "environment": environment.environment(),
+        "start_ms": _process_start_ms(), "end_ms": int(time.time() * 1000),
+    }
+    if mode(params) == "report":
+        return str(_queue(record))
+    with _store_lock():
+        return _log_record(_client(), record)
 
-    env = environment.environment()
-    env_tags = environment.tags(env)
+
+def _process_start_ms() -> int:
+    """When this job's process started (the run's start time), else now."""
+    try:
+        import psutil
+        return int(psutil.Process().create_time() * 1000)
+    except Exception:   # psutil missing or /proc unreadable: the run starts when it is logged
+        return int(time.time() * 1000)
+
+
+def _queue(record: dict) -> Path:
+    import json
+    import uuid
+
+    from quantdet.io_utils import atomic_path
+
+    PENDING.mkdir(parents=True, exist_ok=True)
+    name = f"{record['end_ms']}-{record['stage']}-{record['model'] or 'study'}-{uuid.uuid4().hex[:8]}.json"
+    path = PENDING / name.replace("/", "_")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(record))
+    return path
+
+
+def flush(params: dict | None = None) -> list[str]:
+    """Log every queued run (results/tracking/pending/), oldest first, in this one process;
+    each record is removed once its run is logged. Returns the run ids."""
+    import json
+
+    if not enabled() or not PENDING.is_dir():
+        return []
+    records = sorted(PENDING.glob("*.json"))
+    if not records:
+        return []
+    started = time.perf_counter()
+    run_ids = []
     with _store_lock():
         client = _client()
-        exp = _experiment_id(client)
-        parent = _find_or_create_study_run(client, exp, params["study"]["name"])
-        differs = _study_environment(client, parent, env) != env_tags[ENV_TAG]
-        run_tags = {MLFLOW_PARENT_RUN_ID: parent, STUDY_TAG: params["study"]["name"],
-                    ROLE_TAG: "job", "quantdet.stage": stage, "quantdet.model": model or "",
-                    "quantdet.params_hash": params_hash, "git_commit": git_commit(),
-                    **env_tags, "quantdet.env.differs_from_study": str(differs).lower(),
-                    **{k: str(v) for k, v in (tags or {}).items()}}
-        slurm_job = os.environ.get("SLURM_JOB_ID")
-        if slurm_job:
-            run_tags["slurm_job_id"] = slurm_job
-        name = f"{stage}:{model}" if model else stage
-        run = client.create_run(exp, run_name=name, tags=run_tags)
-        run_id = run.info.run_id
-        if differs:  # another machine or venv than the study run's: keep its whole environment
-            client.log_dict(run_id, env, ENV_ARTIFACT)
-        flat = {k: str(v)[:6000] for k, v in _flatten(params_read).items()}
-        numeric = {k: float(v) for k, v in _flatten(metrics or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
-        client.log_batch(run_id,
-                         metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in numeric.items()],
-                         params=[Param(k, v) for k, v in flat.items()])
-        for path in artifacts or []:
-            if Path(path).is_dir():
-                client.log_artifacts(run_id, str(path), artifact_path=Path(path).name)
-            elif Path(path).exists():
-                client.log_artifact(run_id, str(path))
-        if onnx_models:
-            import onnx
-            with mlflow.start_run(run_id=run_id):
-                for artifact_name, path in onnx_models.items():
-                    mlflow.onnx.log_model(onnx.load(str(path)), name=artifact_name,
-                                          pip_requirements=["onnx", "onnxruntime"])
-        client.set_terminated(run_id)
-        return run_id
+        for path in records:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as err:   # a record cut short (a killed job): kept, named
+                log.warning("%s: not a queued run (%s); left in place", path, err)
+                continue
+            run_ids.append(_log_record(client, record))
+            path.unlink()
+    log.info("logged %d queued job runs to MLflow in %.1f s", len(run_ids), time.perf_counter() - started)
+    return run_ids
+
+
+def _log_record(client, record: dict) -> str:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    env = record["environment"]
+    env_tags = environment.tags(env)
+    exp = _experiment_id(client)
+    parent = _find_or_create_study_run(client, exp, record["study"])
+    differs = _study_environment(client, parent, env) != env_tags[ENV_TAG]
+    stage, model = record["stage"], record["model"]
+    run_tags = {MLFLOW_PARENT_RUN_ID: parent, STUDY_TAG: record["study"],
+                ROLE_TAG: "job", "quantdet.stage": stage, "quantdet.model": model or "",
+                "quantdet.params_hash": record["params_hash"], "git_commit": record["git_commit"],
+                **env_tags, "quantdet.env.differs_from_study": str(differs).lower(), **record["tags"]}
+    if record.get("slurm_job_id"):
+        run_tags["slurm_job_id"] = record["slurm_job_id"]
+    name = f"{stage}:{model}" if model else stage
+    run = client.create_run(exp, run_name=name, tags=run_tags, start_time=record["start_ms"])
+    run_id = run.info.run_id
+    if differs:  # another machine or venv than the study run's: keep its whole environment
+        client.log_dict(run_id, env, ENV_ARTIFACT)
+    client.log_batch(run_id,
+                     metrics=[Metric(k, v, record["end_ms"], 0) for k, v in record["metrics"].items()],
+                     params=[Param(k, v) for k, v in record["params"].items()])
+    for path in record["artifacts"]:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, path, artifact_path=Path(path).name)
+        elif Path(path).exists():
+            client.log_artifact(run_id, path)
+    if record["onnx_models"]:
+        import onnx
+        with mlflow.start_run(run_id=run_id):
+            for artifact_name, path in record["onnx_models"].items():
+                mlflow.onnx.log_model(onnx.load(path), name=artifact_name,
+                                      pip_requirements=["onnx", "onnxruntime"])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=record["end_ms"])
+    return run_id

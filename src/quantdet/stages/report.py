@@ -40,4 +40,6 @@ def report(params: dict, out_root: str = "results") -> dict:
     log_job(params, "report", metrics=metrics,
             artifacts=[Path(out_root) / "report.md", Path(out_root) / "plots",
                        Path(out_root) / "metrics", Path(out_root) / "tables", table])
+    from quantdet import tracking
+    tracking.flush(params)   # tracking.log: report: every job's queued run, this one's included
     return summary
