@@ -194,3 +194,23 @@ def test_a_peer_job_reads_the_fp32_model_its_tool_quantizes():
         assert job.outputs == (study.onnx_file(model), f"results/models/{model}.export.json")
         assert study.onnx_file("student-fp32") in job.inputs
         assert (study.model_file("student-fp32") in job.inputs) == model.endswith("pt2e-w8a8")
+
+
+@pytest.mark.parametrize("overlay", ["workflow/studies/local/mimic.yaml", "workflow/studies/local/zeroshot.yaml"])
+def test_extension_overlays_rerun_no_job_of_the_default_study(overlay):
+    """Composed in the folder of a finished default study, an extension runs only its new jobs
+    (and the study-wide intervals and report): every default job keeps its inputs and reads."""
+    import yaml
+
+    from quantdet.config import compose, select
+
+    base = load_params("params.yaml")
+    extended = compose(yaml.safe_load(open(overlay)))
+    new_jobs = {(j.stage, j.target): j for j in study.jobs(extended)}
+    for job in study.jobs(base):
+        if job.stage in ("intervals", "report"):
+            continue
+        twin = new_jobs[(job.stage, job.target)]
+        assert twin.inputs == job.inputs and twin.outputs == job.outputs
+        assert select(extended, list(twin.reads)) == select(base, list(job.reads)), job
+    assert len(new_jobs) > len(study.jobs(base))
