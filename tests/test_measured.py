@@ -111,3 +111,5 @@ def test_a_named_block_for_an_extension_keeps_to_its_stages(tmp_path):
     write_measured(root, readme, "mimic", ["mimic"])
     text = readme.read_text()
     assert "kept" in text and "stale numbers" not in text and "`teacher-fp32`" in text
+    by_method = measured_markdown(root, "zeroshot", ["percentile"])   # a method's models, by name
+    assert "`student-ptq-percentile" in by_method and "mimic-qmimic" not in by_method

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="the folder of the finished study")
     p.add_argument("--readme", help="rewrite this README's measured block (default: print it)")
     p.add_argument("--block", help="a named block (<!-- measured:NAME:begin -->) instead of the default one")
-    p.add_argument("--stages", nargs="+", help="only the FP32 models and these stages' models (e.g. mimic), "
+    p.add_argument("--stages", nargs="+", help="only the FP32 models and these stages' or methods' models "
+                   "(e.g. mimic; zeroq gdfq ait minmax), "
                    "with the comparisons among them")
     p = stage("reproduce", "compare two finished runs of a study number by number (timings left out); "
               "exit status 1 when they differ")

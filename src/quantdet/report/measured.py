@@ -158,14 +158,14 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
 
 
 def _restricted(intervals: dict, stages: set[str]) -> dict:
-    """The FP32 models (teacher, student) and the models of ``stages``, and the comparisons
-    among them alone."""
+    """The FP32 models (teacher, student) and the models of ``stages`` (stage names such as
+    mimic, or method names such as zeroq), and the comparisons among them alone."""
     def kept(model: str) -> bool:
         try:
             name = study.parse_model_name(model)
         except ValueError:
             return False
-        return not name.quantized or name.stage in stages
+        return not name.quantized or name.stage in stages or name.method in stages
 
     models = {m: f for m, f in intervals["models"].items() if kept(m)}
     comparisons = [c for c in intervals["comparisons"]
