@@ -110,6 +110,9 @@ def test_pretrain_with_two_processes_matches_one_and_rank_0_alone_writes(tmp_pat
     assert "pretrain: 2 data-parallel processes under torchrun" in log
     assert log.count("quantdet pretrain --params") == 2
 
+    # tracking.log: report: the job queued its run (rank 0 alone); the report job, or this, logs it
+    subprocess.run([quantdet, "track-flush", "--params", "params.yaml"], cwd=two, check=True,
+                   env=_env(QUANTDET_TRACKING="on"), capture_output=True, timeout=300)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{two / 'mlflow.db'}")
