@@ -10,8 +10,8 @@ Set QUANTDET_TRACKING=off to skip tracking (the stage's files are written regard
 
 When a job's run is logged (`tracking.log` in params.yaml, or QUANTDET_TRACKING=job|report):
 * `job`: each job logs its own run as it ends. Importing MLflow and opening its store costs
-  a job 3-5 s here (and logging an ONNX model 2-3 s more), which, over the default study's
-  130 short jobs, is minutes of the study's wall time.
+  every job seconds on a small CPU machine (and saving an ONNX model more), which, over the
+  default study's many short jobs, is minutes of the study's wall time.
 * `report`: each job queues its run as a JSON record (results/tracking/pending/) and the
   report job, the study's last, logs the queue in one process (`quantdet track-flush` does it
   at any time). Runs carry the job's own start and end times either way; the study run and
