@@ -133,6 +133,14 @@ def training_processes(params: dict, stage: str) -> int:
     return int(train["processes"])
 
 
+def family_seeds(repeat: dict, family: str) -> list[int]:
+    """The repeat seeds of a family (`ptq` or `qat`) from `matrix.repeat`: its `seeds`,
+    restricted to `{family}_seeds` where that is given (a family may take fewer seeds, never
+    others: `seeds: []` turns every repeat off)."""
+    own = repeat.get(f"{family}_seeds")
+    return [s for s in repeat.get("seeds", []) if own is None or s in own]
+
+
 def _check_matrix(matrix: dict, source: str) -> None:
     """Every listed method is registered (quantdet.methods) and every repeat is of a listed one."""
     from quantdet.methods import get_method, names
@@ -148,9 +156,7 @@ def _check_matrix(matrix: dict, source: str) -> None:
                                   f"{', '.join(names(family))}; see `quantdet methods`)") from None
     repeat = matrix["repeat"]
     for family in ("ptq", "qat"):
-        own = repeat.get(f"{family}_seeds")
-        seeds = [s for s in repeat["seeds"] if own is None or s in own]
-        extra = [m for m in repeat[family] if m not in matrix[family]] if seeds else []
+        extra = [m for m in repeat[family] if m not in matrix[family]] if family_seeds(repeat, family) else []
         if extra:
             raise ParamsError(f"{source}: matrix.repeat.{family}: {', '.join(extra)} not in "
                               f"matrix.{family} (a repeat re-runs methods the study runs)")

@@ -204,12 +204,9 @@ def calibration_input(name: ModelName) -> str:
 
 
 def repeat_seeds(params: dict, family: str) -> list[int]:
-    """The repeat seeds of a family (`ptq` or `qat`): `matrix.repeat.seeds`, restricted to
-    `matrix.repeat.{family}_seeds` where that is given (a family may take fewer seeds, never
-    others: `seeds: []` turns every repeat off)."""
-    repeat = matrix(params)["repeat"]
-    own = repeat.get(f"{family}_seeds")
-    return [s for s in repeat["seeds"] if own is None or s in own]
+    """The repeat seeds of a family (`ptq` or `qat`): quantdet.config.family_seeds."""
+    from quantdet.config import family_seeds
+    return family_seeds(matrix(params)["repeat"], family)
 
 
 def repeat_models(params: dict) -> list[str]:
@@ -415,8 +412,8 @@ def _model_job(params: dict, model: str) -> Job:
 def jobs(params: dict) -> list[Job]:
     """Every job of the study, in DAG order."""
     rows = [Job("prepare", "data", (PREPARED,), (), tuple(job_reads("prepare")), log="logs/prepare.log")]
-    for c in corruptions(params):   # one job per corruption writes all its severities: the
-        # corrupting itself takes about a second, the process and its tracking several
+    for c in corruptions(params):   # one job per corruption writes all its severities: with one
+        # per severity, process start-up and tracking outweighed the corrupting
         rows.append(Job("corrupt", c, (corrupted_dir(c),), (PREPARED,), tuple(job_reads("corrupt")),
                         (("corruption", c),), log=f"logs/corrupt/{c}.log"))
     fp32 = fp32_models(params)

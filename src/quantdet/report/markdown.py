@@ -354,8 +354,9 @@ def _qat_description(quant: dict, recipes: list[str]) -> list[str]:
 
 
 def _repeat_description(repeat: dict) -> str:
-    families = {f: [s for s in repeat.get("seeds", []) if repeat.get(f"{f}_seeds") is None
-                    or s in repeat[f"{f}_seeds"]] for f in ("ptq", "qat")}
+    from quantdet.config import family_seeds
+
+    families = {f: family_seeds(repeat, f) for f in ("ptq", "qat")}
     parts = [f"seeds {', '.join(map(str, families[f]))} for "
              + ", ".join(f"`{m}`" for m in repeat.get(f, []))
              for f in ("ptq", "qat") if families[f] and repeat.get(f)]
