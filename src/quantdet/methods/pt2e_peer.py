@@ -12,6 +12,25 @@ which onnxruntime runs. A peer baseline: evaluated deployed only (onnxruntime, n
 from quantdet.methods import register_method
 from quantdet.methods.base import PeerMethod
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def drop_stack_traces(proto) -> int:
+    """Remove the exporter's Python stack trace from every node of an ONNX model (in place);
+    returns how many were removed. torch.onnx's dynamo exporter records, per node, the source
+    lines that made it, with absolute paths (the clone's folder, the virtual environment): the
+    file's bytes, and so its size, would depend on where the study was cloned, and the file would
+    carry the user's paths. The other node metadata (names, scopes) stays."""
+    removed = 0
+    for node in proto.graph.node:
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key != STACK_TRACE]
+        removed += len(node.metadata_props) - len(kept)
+        del node.metadata_props[:]
+        for key, value in kept:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, value
+    return removed
+
 
 @register_method
 class PT2EX86Inductor(PeerMethod):
@@ -60,6 +79,7 @@ class PT2EX86Inductor(PeerMethod):
                               input_names=["images"], output_names=OUTPUT_NAMES,
                               dynamic_shapes=dynamic, verbose=False)
             proto = onnx.load(str(path))  # its weights may sit in a side file: into one file
+        drop_stack_traces(proto)
         onnx.save(proto, str(out), save_as_external_data=False)
         return {"tool": "torchao pt2e", "torchao_version": version("torchao"),
                 "torch_version": torch.__version__.split("+")[0],
