@@ -15,21 +15,16 @@ from quantdet.methods.base import PeerMethod
 STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
-def drop_stack_traces(proto) -> int:
-    """Remove the exporter's Python stack trace from every node of an ONNX model (in place);
-    returns how many were removed. torch.onnx's dynamo exporter records, per node, the source
-    lines that made it, with absolute paths (the clone's folder, the virtual environment): the
-    file's bytes, and so its size, would depend on where the study was cloned, and the file would
-    carry the user's paths. The other node metadata (names, scopes) stays."""
-    removed = 0
+def drop_stack_traces(proto) -> None:
+    """Remove the exporter's Python stack trace from every node of an ONNX model (in place).
+    torch.onnx's dynamo exporter records, per node, the source lines that made it, with absolute
+    paths (the clone's folder, the virtual environment): the file's bytes, and so its size, would
+    depend on where the study was cloned, and the file would carry the user's paths. The other
+    node metadata (names, scopes) stays."""
     for node in proto.graph.node:
-        kept = [(p.key, p.value) for p in node.metadata_props if p.key != STACK_TRACE]
-        removed += len(node.metadata_props) - len(kept)
-        del node.metadata_props[:]
-        for key, value in kept:
-            entry = node.metadata_props.add()
-            entry.key, entry.value = key, value
-    return removed
+        for i in reversed(range(len(node.metadata_props))):
+            if node.metadata_props[i].key == STACK_TRACE:
+                del node.metadata_props[i]
 
 
 @register_method
