@@ -142,3 +142,20 @@ def test_pretraining_may_run_more_processes_than_the_other_training_stages():
     params["quant"]["qat"]["batch_size"] = 16
     with pytest.raises(ParamsError, match="train.batch_size: 15 .* train.pretrain_processes"):
         validate_params(params)
+
+
+@pytest.mark.slow
+def test_forced_ddp_trains_one_process_through_ddp_like_without(tmp_path):
+    """QUANTDET_FORCE_DDP=1 (the GPU check's nccl run at world size 1): one torchrun process
+    joins a process group and trains through DDP, to the weights of a plain run."""
+    worker = ROOT / "tests" / "ddp_fit_worker.py"
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "plain.pt"), "8"], check=True,
+                   env=_env(), timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=1", str(worker), str(tmp_path / "ddp.pt"), "8"],
+                   check=True, env=_env(QUANTDET_FORCE_DDP="1"), timeout=300)
+    plain, ddp = torch.load(tmp_path / "plain.pt"), torch.load(tmp_path / "ddp.pt")
+    assert plain["history"]["numerics"]["ddp"] is False
+    assert ddp["history"]["numerics"]["ddp"] is True
+    for name, value in plain["state_dict"].items():
+        assert torch.allclose(value, ddp["state_dict"][name], rtol=0, atol=1e-6), name

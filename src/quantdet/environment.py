@@ -176,9 +176,13 @@ def _torch_runtime() -> dict | None:
         out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
         out["cpu_capability"] = None
-    cuda = torch.cuda.is_available()
-    out["cuda_available"] = cuda
-    out["gpu"] = torch.cuda.get_device_name(0) if cuda else None
+    # Without creating a CUDA context in a stage that never uses the GPU (ptq, export,
+    # evaluate on a GPU node): the device count comes from NVML where torch can, and the GPU's
+    # name only where this process has initialised CUDA itself (the drivers' names: `gpus`).
+    out["cuda_available"] = torch.cuda.device_count() > 0
+    out["cuda_initialized"] = torch.cuda.is_initialized()
+    out["gpu"] = (torch.cuda.get_device_name(torch.cuda.current_device())
+                  if out["cuda_initialized"] else None)
     return out
 
 

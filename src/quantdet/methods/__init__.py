@@ -39,12 +39,14 @@ CALIBRATION_READS = ("study.seed", "models.input_size", "train.threads",
 FAMILY_READS = {
     "ptq": CALIBRATION_READS,
     "qat": CALIBRATION_READS + ("quant.ptq.percentile", "quant.qat.ema_momentum",
-                                "train.weight_decay", "train.processes", "train.workers"),
+                                "train.weight_decay", "train.processes", "train.workers",
+                                "train.tf32"),
     "mimic": CALIBRATION_READS + ("quant.ptq.percentile", "quant.qat.ema_momentum",
-                                  "train.weight_decay", "train.processes", "train.workers"),
+                                  "train.weight_decay", "train.processes", "train.workers",
+                                  "train.tf32"),
     "peer": ("models.input_size", "quant.ptq.calib_batches", "quant.ptq.calib_batch_size",
              "export.threads"),
-    "generate": ("study.seed", "models.input_size", "train.threads"),
+    "generate": ("study.seed", "models.input_size", "train.threads", "train.tf32"),
 }
 
 _REGISTRY: dict[tuple[str, str], "object"] = {}

@@ -35,7 +35,8 @@ class AIT(QATMethod):
                                       cfg["kappa_max"], cfg["kappa_warmup_iters"])
         return ({"dataset": dataset, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
                  "lr": cfg["lr"], "weight_decay": 0.0, "warmup_iters": cfg["warmup_iters"],
-                 "loss_fn": distillation_loss, "collate_fn": dataset.collate, "optimizer": "sgd",
+                 "loss_fn": distillation_loss, "collate_fn": dataset.collate,
+                 "prepare_batch": dataset.prepare, "optimizer": "sgd",
                  "momentum": cfg["momentum"], "after_backward": inflation}, None)
 
     def quant_info(self, job):

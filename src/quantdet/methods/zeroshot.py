@@ -70,7 +70,7 @@ class GDFQGenerator(DataGenerator):
             noise_dim=cfg["noise_dim"], channels=cfg["channels"], seed=seed)
         noise, labels = sample_inputs(cfg["images"], trained.num_classes, trained.noise_dim,
                                       torch.Generator().manual_seed(seed + 1))
-        images = torch.cat([trained.sample(n, y) for n, y in zip(noise.split(64), labels.split(64))])
+        images = torch.cat([trained.sample(n, y).cpu() for n, y in zip(noise.split(64), labels.split(64))])
         window = max(1, len(history["bns"]) // 10)  # first and last tenth of training
         metrics = {f"{k}_{when}": float(np.mean(v[:window] if when == "first" else v[-window:]))
                    for k, v in history.items() for when in ("first", "last")}

@@ -16,10 +16,20 @@ from quantdet.errors import QuantdetError
 from quantdet.io_utils import atomic_path
 
 
+def cpu_state_dict(module) -> dict:
+    """The state dict with every tensor on the CPU: a file written by a GPU job loads with a
+    plain `torch.load` on a machine without one."""
+    state = module.state_dict()
+    for key, value in state.items():  # in place: the OrderedDict keeps its _metadata (versions)
+        if isinstance(value, torch.Tensor):
+            state[key] = value.detach().cpu()
+    return state
+
+
 def save_model(path, model, *, kind: str, detector: dict, classes: dict, extra: dict | None = None,
                quant: dict | None = None) -> None:
     payload = {"kind": kind, "detector": detector, "classes": classes,
-               "state_dict": model.state_dict(), "quant": quant, **(extra or {})}
+               "state_dict": cpu_state_dict(model), "quant": quant, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

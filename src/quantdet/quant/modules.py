@@ -192,6 +192,13 @@ class _WeightQuantMixin:
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         return fake_quantize(self.grid_weight(), scale.view(shape), 0.0, self.wqmin, self.wqmax)
 
+    def _apply(self, fn, recurse=True):
+        # `.to()`, `.cuda()`, `.double()`: the cached quantized weights are recomputed from
+        # the moved weights rather than kept on the old device
+        self._cached_key = None
+        self.__dict__.pop("_cached_weight", None)
+        return super()._apply(fn, recurse)
+
     def integer_weight(self) -> torch.Tensor:
         """The weights as the integers an integer kernel uses (for inspection and tests)."""
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
@@ -199,7 +206,7 @@ class _WeightQuantMixin:
         return torch.clamp(q, self.wqmin, self.wqmax).to(torch.int8)
 
 
-class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
+class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int) -> "QuantConv2d":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -213,7 +220,7 @@ class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
 
-class QuantLinear(nn.Linear, _WeightQuantMixin):
+class QuantLinear(_WeightQuantMixin, nn.Linear):
     @classmethod
     def from_float(cls, linear: nn.Linear, bits: int) -> "QuantLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None)

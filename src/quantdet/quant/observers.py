@@ -2,10 +2,15 @@
 
 Per tensor (axis=None) or per channel (axis=k: one range per index along k). Registered by
 name; a PTQ method of the registry (quantdet.methods) names the one it calibrates with.
+
+An observer is a module, a child of its quantizer, and every tensor it keeps is a buffer
+(non-persistent: the saved model holds the scales, not the observations), so `model.to()`
+moves its state with the model: a model calibrated on the CPU trains on a GPU.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from quantdet.quant.quantizer import asymmetric_qparams, fake_quantize, integer_range
 
@@ -42,12 +47,28 @@ def rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
-class Observer:
-    """Accumulates batches with observe(); range() gives (lo, hi), 0-d per tensor or 1-d per channel."""
+class Observer(nn.Module):
+    """Accumulates batches with observe(); range() gives (lo, hi), 0-d per tensor or 1-d per channel.
+
+    A tensor assigned to an attribute (`self.lo = ...`) becomes a non-persistent buffer, so
+    subclasses keep their state as plain assignments and it still follows `.to()`."""
 
     def __init__(self, axis: int | None = None, **_):
+        super().__init__()
         self.axis = axis
         self.count = 0
+
+    def __setattr__(self, name, value):
+        if (isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
+                and name not in self._buffers):
+            self.__dict__.pop(name, None)  # e.g. `self.samples = None` before the first batch
+            self.register_buffer(name, value, persistent=False)
+        else:
+            super().__setattr__(name, value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.observe(x)
+        return x
 
     def observe(self, x: torch.Tensor) -> None:
         self._observe(rows(x, self.axis))
@@ -156,13 +177,14 @@ class _SampleObserver(Observer):
         self.samples = None
 
     def _observe(self, r):
+        # the indices are drawn on the CPU (the seeded generator), wherever the values are
         if r.shape[1] > self.max_samples:
             idx = torch.randperm(r.shape[1], generator=self.generator)[: self.max_samples]
-            r = r[:, idx]
+            r = r[:, idx.to(r.device)]
         self.samples = r if self.samples is None else torch.cat([self.samples, r], dim=1)
         if self.samples.shape[1] > self.max_samples:
             idx = torch.randperm(self.samples.shape[1], generator=self.generator)[: self.max_samples]
-            self.samples = self.samples[:, idx]
+            self.samples = self.samples[:, idx.to(self.samples.device)]
 
     def _range(self):
         ranges = [self._search(row) for row in self.samples]
@@ -214,9 +236,10 @@ class KLObserver(_SampleObserver):
         top = float(values.max())
         if top == 0.0:
             return lo, hi
-        hist = torch.histc(values, bins=self.bins, min=0.0, max=top).double()
+        # the threshold search runs on the CPU: 2048 bins, wherever the values are
+        hist = torch.histc(values, bins=self.bins, min=0.0, max=top).double().cpu()
         threshold = kl_threshold(hist, 2 ** self.bits if lo >= 0 else 2 ** (self.bits - 1)) * top
-        t = torch.tensor(threshold, dtype=x.dtype)
+        t = torch.tensor(threshold, dtype=x.dtype, device=x.device)
         return (torch.maximum(lo, -t) if lo < 0 else lo), torch.minimum(hi, t)
 
 

@@ -94,6 +94,10 @@ class OutlierQuantConv2d(QuantConv2d):
     def grid_weight(self) -> torch.Tensor:
         return split_weight(self.weight, self.outlier_mask)[0]
 
+    def _apply(self, fn, recurse=True):
+        self._index_key = self._index = None  # recomputed on the new device
+        return super()._apply(fn, recurse)
+
     def outlier_weight(self) -> torch.Tensor:
         """The outliers as the deployed model holds them (FP16), zero elsewhere."""
         return _round_fp16(split_weight(self.weight, self.outlier_mask)[1])
@@ -252,7 +256,8 @@ def mark_outlier_channels(stats: dict, fraction: float) -> int:
     """Store on each quantizer the indices of its top-`fraction` channels by max |A|."""
     for q, absmax in stats.items():
         k = outlier_count(absmax.numel(), fraction)
-        q.outlier_channels = absmax.topk(k).indices.sort().values
+        # a buffer, so it moves with the model (not saved: training reads it, export does not)
+        q.register_buffer("outlier_channels", absmax.topk(k).indices.sort().values, persistent=False)
     return sum(len(q.outlier_channels) for q in stats)
 
 
@@ -272,7 +277,7 @@ class QuantErrorLoss:
         if (not module.training or module.mode != QUANTIZE or not kwargs.get("observe", True)
                 or not x.requires_grad):
             return
-        channels = module.outlier_channels.to(x.device)
+        channels = module.outlier_channels
         err = (x.index_select(1, channels) - output.detach().index_select(1, channels))
         self.terms.append((err / module.scale.detach()).pow(2).mean())
 

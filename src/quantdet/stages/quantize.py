@@ -114,7 +114,7 @@ def qat(params: dict, model: str, out: str | None = None) -> dict:
         history = fit(qmodel, **training, seed=job.seed,
                       checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
                       threads=params["train"]["threads"], description=f"qat {name.model}",
-                      mixed_precision=False, extra_loss=extra_loss)
+                      mixed_precision=False, extra_loss=extra_loss, tf32=params["train"]["tf32"])
     if not distributed.is_main():  # rank 0 writes the model and logs the run
         return {"model": name.model, "rank": distributed.rank(), "history": history}
     stop_tracking(qmodel)
@@ -175,7 +175,7 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
                       seed=seed, checkpoint_path=Path("results/checkpoints") / f"{name.model}.ckpt",
                       threads=params["train"]["threads"], collate_fn=collate_detections,
                       extra_loss=term, description=f"mimic {name.model}", mixed_precision=False,
-                      workers=params["train"]["workers"])
+                      workers=params["train"]["workers"], tf32=params["train"]["tf32"])
     if not distributed.is_main():  # rank 0 writes the model and logs the run
         return {"model": name.model, "rank": distributed.rank(), "history": history}
     if term is not None:
@@ -198,6 +198,7 @@ def _save_trained(params, stage, name, out, qmodel, payload, quant, history, sta
     the job, with the last epoch's numbers as metrics."""
     from quantdet.models.io import save_model
     from quantdet.quant.ptq import activation_ranges
+    from quantdet.train.device import numerics_tags
 
     save_model(out, qmodel, kind="quantized", detector=payload["detector"],
                classes=payload["classes"], quant=quant,
@@ -208,7 +209,7 @@ def _save_trained(params, stage, name, out, qmodel, payload, quant, history, sta
              metrics={"train_seconds": time.perf_counter() - start,
                       **{k: v for k, v in last.items() if isinstance(v, (int, float))}},
              tags={"calibration_fingerprint": quant["calibration"]["fingerprint"],
-                   "bits": name.bits_label, **tags})
+                   "bits": name.bits_label, **tags, **numerics_tags(history["numerics"])})
 
 
 def peer(params: dict, model: str, out: str | None = None) -> dict:

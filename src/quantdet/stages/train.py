@@ -35,6 +35,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     from quantdet.data.dataset import DetectionDataset, collate_detections
     from quantdet.models import build_detector
     from quantdet.models.io import save_model
+    from quantdet.train.device import numerics_tags
     from quantdet.train.loop import fit
 
     name = study.ModelName(role, "pretrain", None, None, None, "torch", seed)
@@ -59,7 +60,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
                       threads=train_cfg["threads"], collate_fn=collate_detections,
                       description=f"pretrain {name.model}",
                       mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]),
-                      workers=train_cfg["workers"])
+                      workers=train_cfg["workers"], tf32=train_cfg["tf32"])
     seconds = time.perf_counter() - start
     if not distributed.is_main():  # rank 0 writes the model and logs the run
         return {"model": out.stem, "rank": distributed.rank(), "history": history}
@@ -73,5 +74,5 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     log_job(params, "pretrain", model=out.stem, role=role,
              metrics={"train_seconds": seconds, **{k: v for k, v in last.items()
                                                    if isinstance(v, (int, float))}},
-             artifacts=[out.with_suffix(".train.json")])
+             tags=numerics_tags(history["numerics"]), artifacts=[out.with_suffix(".train.json")])
     return summary

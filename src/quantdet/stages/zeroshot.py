@@ -17,6 +17,7 @@ def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
     validation images are read only to draw them beside the generated ones in grid.png."""
     from quantdet.methods import get_method, names
     from quantdet.models.io import load_model
+    from quantdet.train.device import numerics, numerics_tags, set_tf32, training_device
     from quantdet.zeroshot.synthetic import image_grid, to_uint8, write_generated_split
 
     try:
@@ -26,6 +27,7 @@ def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
     out = Path(out or study.synthetic_dir(generator))
     seed, size = params["study"]["seed"], params["models"]["input_size"]
     set_threads(params["train"]["threads"])
+    set_tf32(params["train"]["tf32"])
     source = study.model_file("student-fp32")
     model, payload = load_model(require(source))
     start = time.perf_counter()
@@ -35,7 +37,7 @@ def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
     real = next(iter(image_batches(f"{study.PREPARED}/val", size, 8)))
     summary = {"generator": generator, "source": source, "images": int(images.shape[0]),
                "seconds": round(seconds, 1), "settings": params["quant"]["zeroshot"][generator],
-               **metrics}
+               "numerics": numerics(training_device(), None), **metrics}
     with atomic_directory(out) as tmp:
         write_generated_split(tmp, images, payload["classes"], made["labels"], info=summary)
         if made["trained"] is not None:
@@ -45,6 +47,7 @@ def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
                     ("", to_uint8(images[8:16]))], size).save(tmp / "grid.png")
         write_json(tmp / "summary.json", summary)
     log_job(params, "zeroshot_data", model=None, generator=generator,
-            metrics={"seconds": seconds, **metrics}, tags={"generator": generator},
+            metrics={"seconds": seconds, **metrics},
+            tags={"generator": generator, **numerics_tags(summary["numerics"])},
             artifacts=[out / "grid.png", out / "summary.json"])
     return summary

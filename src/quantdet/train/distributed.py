@@ -6,6 +6,10 @@ stage and a user at the shell all run the same `quantdet <stage>` command and th
 stays a param. Each rank then runs the stage: `process_group()` joins the job (nccl on GPUs,
 one GPU per rank; gloo on CPUs), `fit` wraps the model in DDP and gives each rank its slice of
 every global batch, and only rank 0 (`is_main()`) writes checkpoints, outputs and MLflow runs.
+
+A job of one process trains without DDP (it would change nothing but add its overhead).
+`QUANTDET_FORCE_DDP=1` makes a one-process torchrun job join a process group and train
+through DDP all the same: the GPU check (tests/gpu/) runs nccl that way on a single GPU.
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ def local_rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def forced() -> bool:
+    """DDP even for one process (QUANTDET_FORCE_DDP=1, under torchrun)."""
+    return os.environ.get("QUANTDET_FORCE_DDP", "") == "1" and launched()
 
 
 def is_main() -> bool:
@@ -69,7 +78,7 @@ def process_group():
     import torch
     import torch.distributed as dist
 
-    if world_size() <= 1 or dist.is_initialized():
+    if (world_size() <= 1 and not forced()) or dist.is_initialized():
         yield
         return
     cuda = torch.cuda.is_available()

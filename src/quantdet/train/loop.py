@@ -11,6 +11,7 @@ global batch of ``batch_size`` images, and only rank 0 writes checkpoints and ca
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from quantdet.data.dataset import collate_detections
 from quantdet.models.loss import detection_loss
 from quantdet.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from quantdet.train.device import loader_workers, numerics, set_tf32, training_device
 
 GRAD_CLIP_NORM = 10.0
 
@@ -85,9 +87,10 @@ def _world() -> tuple[int, int]:
 def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
         extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
-        mixed_precision: bool = False, workers: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
-        after_backward=None) -> dict:
-    """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...]}``.
+        mixed_precision: bool = False, workers: int | str = 0, optimizer: str = "adamw",
+        momentum: float = 0.9, after_backward=None, prepare_batch=None, tf32: bool = False) -> dict:
+    """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...],
+    "numerics": {...}}`` (numerics: the device, GPU, autocast dtype and TF32 it trained with).
 
     ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
     ``extra_loss(model, images, targets, outputs) -> (tensor, parts)`` is added to it (QAT,
@@ -99,7 +102,13 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
 
     ``batch_size`` is the global batch: with N ranks each takes ``batch_size / N`` images of
     it. ``workers`` DataLoader processes load each rank's images (0: in the training process;
-    augmentation is seeded per image, so the result does not depend on it).
+    ``"auto"``: see `quantdet.train.device.loader_workers`; augmentation is seeded per image, so
+    the result does not depend on it).
+
+    The model trains on `training_device()` (CUDA when present), with TF32 as ``tf32`` says.
+    ``prepare_batch(batch, device) -> (images, targets)`` turns a loaded batch into the model's
+    input and the loss's targets on the device (default: the images moved there, targets as
+    loaded); AIT draws its generated images and the FP32 model's targets there.
 
     ``optimizer`` is "adamw" or "sgd" (with ``momentum``): AIT's gradient inflation needs
     SGD, whose step is proportional to the gradient. ``after_backward(model, optimizer,
@@ -112,10 +121,10 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     rank, world = _world()
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} does not split evenly across {world} processes")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+    device = training_device()
+    set_tf32(tf32)
+    workers = loader_workers(workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+                             cuda=device.type == "cuda")
     # channels_last: oneDNN's convolutions run ~1.4x faster in NHWC on CPU; the model goes
     # back to the default layout at the end, so what callers save or export looks as usual.
     model.to(device, memory_format=torch.channels_last)
@@ -136,7 +145,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     # run: start afresh instead.
     run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
            "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
-           "mixed_precision": mixed_precision, "optimizer": optimizer_name,
+           "mixed_precision": mixed_precision, "tf32": tf32, "optimizer": optimizer_name,
            "momentum": momentum if optimizer_name == "sgd" else None,
            "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
     if world > 1:  # each rank's batch statistics differ from a single process's: another run
@@ -160,7 +169,8 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         random.seed(seed)
 
     net = model
-    if world > 1:
+    ddp = world > 1 or _forced_ddp()
+    if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
         # Broadcasts rank 0's weights and buffers first, so every rank starts alike.
@@ -177,7 +187,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
                             pin_memory=device.type == "cuda")
         metrics = _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
                                mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0,
-                               after_backward)
+                               after_backward, prepare_batch)
         if world > 1:
             metrics = _average_over_ranks(metrics, device)
         history["epochs"].append({"epoch": epoch + 1, **metrics})
@@ -190,7 +200,17 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
             if log_fn is not None:
                 log_fn(epoch + 1, metrics)
     model.to(memory_format=torch.contiguous_format)
-    return history
+    return {**history, "numerics": {**numerics(device, torch.bfloat16 if mixed_precision else None, world),
+                                    "ddp": ddp}}
+
+
+def _forced_ddp() -> bool:
+    """DDP at world size 1 (QUANTDET_FORCE_DDP=1 inside an initialised process group)."""
+    import torch.distributed as dist
+
+    from quantdet.train.distributed import forced
+
+    return forced() and dist.is_available() and dist.is_initialized()
 
 
 def _average_over_ranks(metrics: dict, device) -> dict:
@@ -215,17 +235,22 @@ def _average_over_ranks(metrics: dict, device) -> dict:
     return out
 
 
+def _to_device(batch, device):
+    return batch[0].to(device, non_blocking=True), batch[1]
+
+
 def _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device, mixed_precision,
-                 description, show_progress: bool = True, after_backward=None) -> dict:
+                 description, show_progress: bool = True, after_backward=None, prepare_batch=None) -> dict:
     """One epoch; ``net`` runs the forward pass (the DDP wrapper, or ``model`` itself)."""
     net.train()
     sums: dict[str, float] = defaultdict(float)
     images_seen, batches = 0, 0
     start = time.perf_counter()
     progress = tqdm(loader, desc=description, dynamic_ncols=True, disable=not show_progress)
+    prepare_batch = prepare_batch or _to_device
     for batch in progress:
-        images = batch[0].to(device, memory_format=torch.channels_last, non_blocking=True)
-        targets = batch[1]
+        images, targets = prepare_batch(batch, device)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
             outputs = net(images)
         outputs = tuple(output.float() for output in outputs)

@@ -55,8 +55,9 @@ def distillation_loss(outputs, teacher_outputs, stride: int) -> tuple[torch.Tens
 class GeneratedBatches(torch.utils.data.Dataset):
     """Generated training batches: item i of an epoch is a (noise, class) pair seeded by
     (seed, epoch, i), so every epoch sees fresh images and a resumed run the same ones.
-    `collate` draws the images with the generator and attaches the FP32 model's outputs as
-    the targets, for `fit`'s loss_fn."""
+    `collate` stacks the noise and classes (drawn on the CPU, so a batch is the same on any
+    device); `prepare`, `fit`'s prepare_batch, draws the images with the generator and the FP32
+    model's outputs, the loss's targets, on the training device."""
 
     def __init__(self, generator, teacher, num_images: int, seed: int):
         self.generator, self.teacher = generator.eval(), teacher.eval()
@@ -73,13 +74,18 @@ class GeneratedBatches(torch.utils.data.Dataset):
         noise = torch.from_numpy(rng.standard_normal(self.generator.noise_dim).astype(np.float32))
         return noise, int(rng.integers(self.generator.num_classes))
 
-    @torch.no_grad()
     def collate(self, items):
         noise = torch.stack([n for n, _ in items])
         labels = torch.tensor([c for _, c in items])
+        return noise, labels
+
+    @torch.no_grad()
+    def prepare(self, batch, device):
+        noise, labels = (t.to(device, non_blocking=True) for t in batch)
+        self.generator.to(device)
+        self.teacher.to(device)
         images = self.generator.sample(noise, labels)
-        teacher_outputs = tuple(o.detach() for o in self.teacher(images))
-        return images, teacher_outputs, [{"label": c} for c in labels.tolist()]
+        return images, tuple(o.detach() for o in self.teacher(images))
 
 
 # ---------------------------------------------------------------------------- gradient inflation

@@ -23,9 +23,13 @@ def distill_images(model, num_images: int, image_size: int, *, batch_size: int, 
     """Return (num_images×3×S×S images in [0, 1], history of the loss per batch).
 
     Each batch is optimised on its own: BatchNorm statistics are batch statistics, so the
-    batch is the unit the loss constrains.
+    batch is the unit the loss constrains. The optimisation runs on the training device (CUDA
+    when present); the starting noise is drawn on the CPU, the images are returned there.
     """
-    model.eval()
+    from quantdet.train.device import training_device
+
+    device = training_device()
+    model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     mean, std = pixel_normalisation(model)
@@ -35,7 +39,7 @@ def distill_images(model, num_images: int, image_size: int, *, batch_size: int, 
     with BatchNormStatistics(model) as bns:
         for start in range(0, num_images, batch_size):
             n = min(batch_size, num_images - start)
-            z = torch.randn(n, 3, image_size, image_size, generator=generator)
+            z = torch.randn(n, 3, image_size, image_size, generator=generator).to(device)
             z = torch.max(torch.min(z, high), low).requires_grad_(True)
             optimizer = torch.optim.Adam([z], lr=lr)
             for step in range(steps):
@@ -51,5 +55,5 @@ def distill_images(model, num_images: int, image_size: int, *, batch_size: int, 
             with torch.no_grad():  # the loss of the final, projected images
                 model(z * std + mean)
                 history["last_loss"].append((bns.loss() + input_statistics_loss(z)).item())
-            images.append((z.detach() * std + mean).clamp(0, 1))
+            images.append((z.detach() * std + mean).clamp(0, 1).cpu())
     return torch.cat(images), history

@@ -59,9 +59,11 @@ class ConditionalGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (eval mode: the BatchNorm layers use their running statistics)."""
+        """Images in [0, 1] on the generator's device (eval mode: the BatchNorm layers use
+        their running statistics)."""
         self.eval()
-        return (self(noise, labels) + 1) / 2
+        device = self.project.weight.device
+        return (self(noise.to(device), labels.to(device)) + 1) / 2
 
 
 def sample_inputs(n: int, num_classes: int, noise_dim: int, generator: torch.Generator
@@ -86,11 +88,16 @@ def train_generator(detector: nn.Module, num_classes: int, image_size: int, *, i
                     batch_size: int, lr: float, betas: tuple[float, float], bns_weight: float,
                     class_topk: int, noise_dim: int, channels: int, seed: int
                     ) -> tuple[ConditionalGenerator, dict]:
-    """Train a generator against the frozen FP32 `detector`; returns it and the loss history."""
+    """Train a generator against the frozen FP32 `detector`, on the training device (CUDA when
+    present; the noise is drawn on the CPU, so a seed gives the same inputs anywhere); returns
+    it on that device and the loss history."""
+    from quantdet.train.device import training_device
+
+    device = training_device()
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
-    generator = ConditionalGenerator(num_classes, image_size, noise_dim, channels)
-    detector.eval()
+    generator = ConditionalGenerator(num_classes, image_size, noise_dim, channels).to(device)
+    detector.eval().to(device)
     for p in detector.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(generator.parameters(), lr=lr, betas=tuple(betas))
@@ -98,7 +105,7 @@ def train_generator(detector: nn.Module, num_classes: int, image_size: int, *, i
     generator.train()
     with BatchNormStatistics(detector) as bns:
         for _ in range(iterations):
-            noise, labels = sample_inputs(batch_size, num_classes, noise_dim, rng)
+            noise, labels = (t.to(device) for t in sample_inputs(batch_size, num_classes, noise_dim, rng))
             images = (generator(noise, labels) + 1) / 2
             heatmap_logits, _ = detector(images)
             class_loss = detection_class_loss(heatmap_logits, labels, class_topk)
@@ -113,7 +120,9 @@ def train_generator(detector: nn.Module, num_classes: int, image_size: int, *, i
 
 
 def save_generator(path, generator: ConditionalGenerator, **extra) -> None:
-    torch.save({"config": generator.config(), "state_dict": generator.state_dict(), **extra}, path)
+    from quantdet.models.io import cpu_state_dict
+
+    torch.save({"config": generator.config(), "state_dict": cpu_state_dict(generator), **extra}, path)
 
 
 def load_generator(path) -> ConditionalGenerator:

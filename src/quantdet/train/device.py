@@ -1,0 +1,89 @@
+"""Where a training job computes, with which numerics, and how many loader workers feed it.
+
+- `training_device()`: the CUDA device of this process (a torchrun rank's own) when CUDA is
+  there, else the CPU. `fit` and the zero-shot generators train on it.
+- `set_tf32(enabled)`: TF32 for CUDA matmuls and cuDNN convolutions (params `train.tf32`).
+  PyTorch's CUDA default runs convolutions in TF32 (10-bit mantissa); quantdet's default is
+  off, so that a GPU job computes FP32 as the CPU does: measured on an H200, oaqat's
+  quantization-error term was 1.32 with TF32 and 0.90 on the CPU for the same epoch; with TF32
+  off the two agreed to 3-4 decimals.
+- `numerics(device, autocast)`: the record of what ran (device, GPU, autocast dtype, TF32),
+  kept in the model file and the job's MLflow run.
+- `loader_workers(setting)`: `train.workers`, with `auto` resolved.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def training_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 on or off for CUDA matmuls and cuDNN convolutions (nothing changes on a CPU)."""
+    precision = "tf32" if enabled else "ieee"
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = precision
+        conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> dict:
+    """Whether CUDA matmuls and cuDNN convolutions may use TF32 now."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        # "none" defers to the global torch.backends.fp32_precision
+        def effective(p):
+            return (torch.backends.fp32_precision if p == "none" else p) == "tf32"
+        return {"matmul": effective(matmul.fp32_precision), "conv": effective(conv.fp32_precision)}
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "conv": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def numerics(device: torch.device, autocast: torch.dtype | None, processes: int = 1) -> dict:
+    """What a training job computed with: device, GPU, autocast dtype and TF32 (on CUDA; TF32
+    does not exist on a CPU, recorded as false there)."""
+    cuda = device.type == "cuda"
+    tf32 = tf32_enabled() if cuda else {"matmul": False, "conv": False}
+    return {"device": device.type, "gpu": torch.cuda.get_device_name(device) if cuda else None,
+            "autocast": str(autocast).removeprefix("torch.") if autocast is not None else None,
+            "tf32": tf32["matmul"] or tf32["conv"], "tf32_matmul": tf32["matmul"],
+            "tf32_conv": tf32["conv"], "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda) if cuda else None, "processes": processes}
+
+
+def numerics_tags(record: dict) -> dict[str, str]:
+    """The record as MLflow tags (`quantdet.numerics.*`)."""
+    return {f"quantdet.numerics.{k}": str(v) for k, v in record.items() if v is not None}
+
+
+def available_cpus() -> int:
+    """CPUs this job was given: SLURM's cpus-per-task, else those the process may run on."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(setting, processes_on_node: int = 1, cuda: bool | None = None) -> int:
+    """DataLoader workers per training process. An integer is taken as it is. `auto`: on CUDA,
+    the job's CPUs shared by its processes on this node, one kept for each training process
+    (a GPU job is bound by loading its images); on a CPU, 0: the training threads use the CPUs,
+    and loading in the training process costs least there."""
+    if setting != "auto":
+        return int(setting)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        return 0
+    return max(0, available_cpus() // max(1, processes_on_node) - 1)
