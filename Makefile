@@ -10,7 +10,7 @@ LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
 # LOCK_FLAGS=--upgrade make lock: re-resolve every package, not only what requirements.txt changed
 LOCK_FLAGS :=
 
-.PHONY: venv lock study dvc-study test test-fast lint report-html clean
+.PHONY: venv lock study dvc-study test test-fast lint report-html gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ lint: venv
 ## HTML report of the last study (plots, tables, provenance)
 report-html: venv
 	snakemake --report results/report.html
+
+## wheels for the GPU check (tests/gpu/README.md): what the GPU machine's Python 3.12 lacks
+gpu-wheels: venv
+	$(PYTHON) tests/gpu/gpu_check.py wheels --out tests/gpu/wheels
 
 clean:
 	rm -rf data results logs benchmarks .snakemake mlflow.db mlflow.lock mlruns mlartifacts
