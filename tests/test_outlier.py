@@ -260,3 +260,55 @@ def test_exported_side_paths_gather_integers_and_pad_to_the_nchwc_block(tmp_path
     expected = sorted(n + (-n % SIDE_PATH_CHANNEL_BLOCK if n >= SIDE_PATH_CHANNEL_BLOCK // 2 else 0)
                       for n in counts)
     assert groups == expected and any(g % SIDE_PATH_CHANNEL_BLOCK == 0 for g in groups)
+
+
+def test_error_penalty_is_squared_within_a_step_and_linear_beyond():
+    from quantdet.quant.outlier import step_error_penalty
+
+    e = torch.tensor([-30.0, -1.0, -0.5, 0.0, 0.25, 1.0, 1.5, 40.0], requires_grad=True)
+    h = step_error_penalty(e)
+    assert h.tolist() == [59.0, 1.0, 0.25, 0.0, 0.0625, 1.0, 2.0, 79.0]  # 40 steps out: 79, not 1600
+    h.sum().backward()
+    assert e.grad.tolist() == [-2.0, -2.0, -1.0, 0.0, 0.5, 2.0, 2.0, 2.0]  # slope continuous, bounded
+
+
+def test_capped_steps_change_no_output_channel_by_more_than_the_fraction(tmp_path):
+    """quant.qat.outlier.max_update: a channel whose weights are ~1e-4 (a folded BatchNorm near
+    zero) would change by a multiple of itself in one Adam step at lr 5e-4."""
+    from quantdet.train.loop import fit
+    from tests.test_qat import _Boxes
+
+    def collate(b):
+        return torch.stack([x[0] for x in b]), [x[1] for x in b]
+
+    def train(max_update):
+        model = tiny_model().train()
+        with torch.no_grad():
+            model.lateral.weight[:2] *= 1e-3  # two tiny output channels
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() > 1}
+        fit(model, _Boxes(), epochs=1, batch_size=4, lr=5e-4, weight_decay=0.0, warmup_iters=0,
+            seed=0, checkpoint_path=tmp_path / f"{max_update}.ckpt", collate_fn=collate,
+            max_update=max_update)
+        return {n: ((p.detach() - before[n]).flatten(1).norm(dim=1) / before[n].flatten(1).norm(dim=1))
+                for n, p in model.named_parameters() if p.dim() > 1}
+
+    free, capped = train(None), train(0.02)
+    assert float(free["lateral.weight"][:2].min()) > 1.0  # uncapped: more than the weights themselves
+    steps = len(_Boxes()) // 4
+    for name, change in capped.items():  # at most 2% a step, compounded over the epoch's steps
+        assert float(change.max()) <= (1.02 ** steps - 1) + 1e-5, name
+
+
+def test_oaqat_trains_with_the_cap_and_records_it(monkeypatch):
+    import quantdet.methods.base as base
+
+    _, config = _oaqat()
+    assert config["outlier"]["max_update"] is None  # OUTLIER here has none: recorded as such
+    method = get_method("qat", "oaqat")
+
+    class Job:
+        params = {"quant": {"qat": {"outlier": {"max_update": 0.02}}}}
+
+    monkeypatch.setattr(base.QATMethod, "training", lambda self, job, recipe: ({"epochs": 1}, None))
+    args, _ = method.training(Job(), method.recipe)
+    assert args == {"epochs": 1, "max_update": 0.02}

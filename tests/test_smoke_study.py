@@ -90,6 +90,12 @@ def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):
     params = load_params(smoke_study / "params.yaml")
     n_eval = len(study.evaluated_models(params))     # one evaluation job per model
     assert sum(c.data.tags["quantdet.stage"] == "evaluate" for c in children) == n_eval
+    # every training job records what it computed with (device, autocast, TF32)
+    training = [c for c in children if c.data.tags["quantdet.stage"] in ("pretrain", "qat", "mimic",
+                                                                        "zeroshot_data")]
+    assert training and all(c.data.tags.get("quantdet.numerics.device") in ("cpu", "cuda") and
+                            c.data.tags.get("quantdet.numerics.tf32") in ("True", "False")
+                            for c in training)
 
 
 def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study):

@@ -23,6 +23,13 @@ class OutlierAwareQAT(QATMethod):
                        "on outlier channels", outlier_aware=True)
     description = recipe.description
 
+    def training(self, job, recipe):
+        """The default fine-tuning, each step's change of an output channel's weights capped
+        (quant.qat.outlier.max_update): the term measures activations against fixed ranges, and
+        an uncapped Adam step moves the smallest folded channels out of them."""
+        args, degradations = super().training(job, recipe)
+        return {**args, "max_update": job.params["quant"]["qat"]["outlier"]["max_update"]}, degradations
+
     def extra_loss(self, job, qmodel):
         from quantdet.quant.outlier import QuantErrorLoss
 

@@ -27,9 +27,13 @@ outliers, not with the layer's size.
 
 Activations (the error-aware loss). A channel of activation A_k is an outlier channel when its
 calibrated max |A| is among the top `channel_fraction` of the tensor's channels (at least one).
-The loss is λ · mean_k mean_{outlier channels} ((A_k − Q(A_k)) / s_k)²: the error in units of
-the quantizer's step s_k, so that layers of different ranges weigh alike. Q(A_k) is detached:
-the gradient moves A_k towards the value it is quantized to (back inside the clipping range,
+The loss is λ · mean_k mean_{outlier channels} h((A_k − Q(A_k)) / s_k): the error in units of
+the quantizer's step s_k, so that layers of different ranges weigh alike, through
+h(e) = e² for |e| ≤ 1 and 2|e| − 1 beyond (a Huber penalty scaled to match e² inside). Rounding
+errors (at most half a step) count squared; an activation clipped k steps outside the range
+counts ~2k, not k²: squared, a handful of values tens of steps out made the term (and its
+gradient) swing with imperceptible changes of the FP32 student. Q(A_k) is detached: the
+gradient moves A_k towards the value it is quantized to (back inside the clipping range,
 towards the nearest grid point), where the straight-through estimator would give none.
 """
 from __future__ import annotations
@@ -261,6 +265,12 @@ def mark_outlier_channels(stats: dict, fraction: float) -> int:
     return sum(len(q.outlier_channels) for q in stats)
 
 
+def step_error_penalty(e: torch.Tensor) -> torch.Tensor:
+    """e² within one step of the grid, 2|e| − 1 beyond (value and slope continuous at |e| = 1)."""
+    a = e.abs()
+    return torch.where(a <= 1, e * e, 2 * a - 1)
+
+
 class QuantErrorLoss:
     """extra_loss for train.loop.fit: λ · mean_k mean(((A_k − Q(A_k)) / s_k)²) over the outlier
     channels of every graph quantizer whose input is trained. Forward hooks collect the terms;
@@ -279,7 +289,7 @@ class QuantErrorLoss:
             return
         channels = module.outlier_channels
         err = (x.index_select(1, channels) - output.detach().index_select(1, channels))
-        self.terms.append((err / module.scale.detach()).pow(2).mean())
+        self.terms.append(step_error_penalty(err / module.scale.detach()).mean())
 
     def __call__(self, model, images, targets, outputs):
         terms, self.terms = self.terms, []

@@ -38,8 +38,8 @@ def prepare_qat(model, recipe: QATRecipe, weight_bits: int, act_bits: int, calib
         with record_channel_absmax(qmodel) as channel_absmax:
             used = calibrate(qmodel, calib_batches, num_batches)
         channels = mark_outlier_channels(channel_absmax, outlier["channel_fraction"])
-        outlier_config = {**{k: outlier[k] for k in ("weight_fraction", "channel_fraction",
-                                                     "loss_weight")},
+        outlier_config = {**{k: outlier.get(k) for k in ("weight_fraction", "channel_fraction",
+                                                         "loss_weight", "max_update")},
                           **counts, "outlier_channels": channels}
     else:
         used = calibrate(qmodel, calib_batches, num_batches)

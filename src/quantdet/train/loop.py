@@ -88,7 +88,8 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         warmup_iters: int, seed: int, checkpoint_path, threads: int | None = None, loss_fn=None,
         extra_loss=None, collate_fn=None, description: str = "train", log_fn=None,
         mixed_precision: bool = False, workers: int | str = 0, optimizer: str = "adamw",
-        momentum: float = 0.9, after_backward=None, prepare_batch=None, tf32: bool = False) -> dict:
+        momentum: float = 0.9, after_backward=None, prepare_batch=None, tf32: bool = False,
+        max_update: float | None = None) -> dict:
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...],
     "numerics": {...}}`` (numerics: the device, GPU, autocast dtype and TF32 it trained with).
 
@@ -109,6 +110,12 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     ``prepare_batch(batch, device) -> (images, targets)`` turns a loaded batch into the model's
     input and the loss's targets on the device (default: the images moved there, targets as
     loaded); AIT draws its generated images and the FP32 model's targets there.
+
+    ``max_update`` caps each optimizer step's change of every output channel of a weight
+    (a conv's or linear's row) at that fraction of the row's norm (a trust ratio, as LARS and
+    LAMB use): Adam's step is about ``lr`` per weight whatever the weight's size, and BatchNorm
+    folding leaves some channels' weights so small that one step changes them by a multiple
+    of themselves (OA-QAT, `quantdet.methods.oaqat`).
 
     ``optimizer`` is "adamw" or "sgd" (with ``momentum``): AIT's gradient inflation needs
     SGD, whose step is proportional to the gradient. ``after_backward(model, optimizer,
@@ -141,11 +148,15 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     else:
         raise ValueError(f"unknown optimizer {optimizer_name!r}; known: adamw, sgd")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_iters, epochs * iters_per_epoch))
+    if max_update is not None:
+        _cap_relative_updates(optimizer, [p for p in model.parameters() if p.requires_grad and p.dim() > 1],
+                              max_update)
     # A checkpoint from other settings or another architecture would continue a different
     # run: start afresh instead.
     run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
            "warmup_iters": warmup_iters, "seed": seed, "dataset_size": len(dataset),
            "mixed_precision": mixed_precision, "tf32": tf32, "optimizer": optimizer_name,
+           "max_update": max_update,
            "momentum": momentum if optimizer_name == "sgd" else None,
            "architecture": [(name, tuple(value.shape)) for name, value in model.state_dict().items()]}
     if world > 1:  # each rank's batch statistics differ from a single process's: another run
@@ -202,6 +213,27 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     model.to(memory_format=torch.contiguous_format)
     return {**history, "numerics": {**numerics(device, torch.bfloat16 if mixed_precision else None, world),
                                     "ddp": ddp}}
+
+
+def _cap_relative_updates(optimizer, weights: list, fraction: float) -> None:
+    """After every step, scale back each row's update to at most `fraction` of the row's norm
+    before the step (rows: the first dimension, a layer's output channels)."""
+    before: list = []
+
+    def keep(_optimizer, _args, _kwargs):
+        before[:] = [w.detach().clone() for w in weights]
+
+    @torch.no_grad()
+    def cap(_optimizer, _args, _kwargs):
+        for w, old in zip(weights, before):
+            update = (w - old).flatten(1)
+            ratio = update.norm(dim=1) / old.flatten(1).norm(dim=1).clamp(min=1e-12)
+            scale = (fraction / ratio.clamp(min=1e-30)).clamp(max=1.0)
+            w.copy_(old + (update * scale[:, None]).view_as(w))
+        before.clear()
+
+    optimizer.register_step_pre_hook(keep)
+    optimizer.register_step_post_hook(cap)
 
 
 def _forced_ddp() -> bool:
