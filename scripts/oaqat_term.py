@@ -7,7 +7,10 @@ channels the term's share is split into rounding (values inside the clipping ran
 clipping (values outside it), with the fraction of outlier-channel values clipped and how far
 beyond the range the largest one lies, in steps.
 
-    python scripts/oaqat_term.py --study DIR --models student-qat-oaqat-w8a8 student-s1-qat-oaqat-w8a8
+    python scripts/oaqat_term.py --study DIR --models student-qat-oaqat-w8a8 student-qat-oaqat-w8a8-s1
+
+With --train, instead: the term of every training batch of the model's real `qat` job (its
+fit, in a temporary file; the study's outputs are not touched), and the epoch means.
 """
 from __future__ import annotations
 
@@ -85,15 +88,55 @@ def analyse(model_name: str, batches: int) -> dict:
             "clip": sum(s["clip"] for s in stats.values()) / n, "top": per[:6]}
 
 
+def train(model_name: str) -> dict:
+    """The quantization-error term of each batch of the model's `qat` job, run afresh."""
+    import tempfile
+
+    from quantdet import study
+    from quantdet.config import load_params
+    from quantdet.quant import outlier
+    from quantdet.stages import quantize
+
+    values = []
+    measured = outlier.QuantErrorLoss.__call__
+
+    def record(self, *args):
+        value, parts = measured(self, *args)
+        values.append(parts["quant_error"])
+        return value, parts
+
+    params = load_params("params.yaml")
+    checkpoint = Path("results/checkpoints") / f"{study.parse_model_name(model_name).model}.ckpt"
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = checkpoint.with_name(checkpoint.name + ".kept")
+        if checkpoint.exists():
+            checkpoint.rename(saved)  # a finished job's checkpoint would be resumed: train afresh
+        outlier.QuantErrorLoss.__call__ = record
+        try:
+            quantize.qat(params, model_name, out=f"{tmp}/model.pt")
+        finally:
+            outlier.QuantErrorLoss.__call__ = measured
+            checkpoint.unlink(missing_ok=True)
+            if saved.exists():
+                saved.rename(checkpoint)
+    return {"model": model_name, "batches": [round(v, 4) for v in values],
+            "mean": round(sum(values) / max(1, len(values)), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="a study folder (its params.yaml, results/)")
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--train", action="store_true", help="the term of each batch of the real qat job")
     args = parser.parse_args()
     os.chdir(args.study)
+    os.environ["QUANTDET_TRACKING"] = "off"
     torch.set_num_threads(1)
-    print(json.dumps([analyse(m, args.batches) for m in args.models], indent=1))
+    if args.train:
+        print(json.dumps([train(m) for m in args.models], indent=1))
+    else:
+        print(json.dumps([analyse(m, args.batches) for m in args.models], indent=1))
 
 
 if __name__ == "__main__":
