@@ -229,3 +229,19 @@ def test_model_files_hold_cpu_tensors(tmp_path, device):
     payload = torch.load(tmp_path / "m.pt", map_location=None, weights_only=False)
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
     assert payload["state_dict"]._metadata == qmodel.state_dict()._metadata  # module versions kept
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ait_draws_its_batches_and_targets_on_the_training_device(device):
+    """AIT's generated images and the FP32 model's targets are made where training runs, from
+    noise drawn on the CPU (the same batch on any device), not inside the loader."""
+    from quantdet.zeroshot.ait import GeneratedBatches
+    from quantdet.zeroshot.generator import ConditionalGenerator
+
+    torch.manual_seed(0)
+    batches = GeneratedBatches(ConditionalGenerator(3, 64, noise_dim=8, channels=8), tiny_model(), 8, seed=0)
+    noise, labels = batches.collate([batches[i] for i in range(4)])
+    assert noise.device.type == "cpu" and noise.shape == (4, 8) and labels.shape == (4,)
+    images, targets = batches.prepare((noise, labels), torch.device(device))
+    assert images.device.type == device and images.shape == (4, 3, 64, 64)
+    assert all(t.device.type == device for t in targets)
