@@ -153,6 +153,7 @@ def test_a_mimic_step_after_moving(device, variant_quantized):
 
 
 # ---------------------------------------------------------------- numerics, workers, files
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 flags are set only where CUDA is")
 def test_tf32_setting_switches_cuda_matmuls_and_convolutions():
     from quantdet.train.device import set_tf32, tf32_enabled
 

@@ -26,11 +26,15 @@ def training_device() -> torch.device:
 
 def set_tf32(enabled: bool) -> None:
     """TF32 on or off for CUDA matmuls and cuDNN convolutions (nothing changes on a CPU)."""
+    if not torch.cuda.is_available():  # nothing to set; leaves torch's flags consistent
+        return
     precision = "tf32" if enabled else "ieee"
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):  # torch >= 2.9
         matmul.fp32_precision = precision
         conv.fp32_precision = precision
+        # RNNs alike: torch refuses the legacy allow_tf32 query (PT2E reads it) when they differ
+        torch.backends.cudnn.rnn.fp32_precision = precision
     else:
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
