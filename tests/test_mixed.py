@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from quantdet import detectors
 from quantdet.errors import ParamsError
 from quantdet.export.fidelity import output_agreement
 from quantdet.export.onnx_export import export_onnx
@@ -186,7 +187,7 @@ def test_ptq_stage_writes_the_mixed_model_its_bits_and_an_onnx_model_with_them(t
     train = DetectionDataset(f"{study.PREPARED}/train", params["models"]["input_size"])
     torch.manual_seed(0)  # an untrained detector is enough to exercise the stage
     detector = stages.detector_config(params, "student", len(train.category_ids))
-    model = build_detector(**detector)
+    model = detectors.build(detector)
     save_model(study.model_file("student-fp32"), model, kind="fp32", detector=detector,
                classes={"category_ids": train.category_ids, "names": train.class_names},
                extra={"stride": 4, "input_size": params["models"]["input_size"]})

@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from quantdet import detectors
 from quantdet.export.fidelity import output_agreement
 from quantdet.export.onnx_export import export_onnx
 from quantdet.export.runner import OrtDetector
@@ -150,12 +151,11 @@ def test_save_load_round_trip_keeps_masks_and_outputs(tmp_path):
 
 
 def test_load_model_rebuilds_an_outlier_aware_detector(tmp_path):
-    from quantdet.models import build_detector
 
     detector = {"backbone": "resnet10t", "num_classes": 2, "fpn_channels": 8, "head_channels": 8,
                 "pretrained": False}
     torch.manual_seed(0)
-    model = build_detector(**detector).eval()
+    model = detectors.build(detector).eval()
     calib = [torch.rand(2, 3, 64, 64)]
     qmodel, config = prepare_qat(model, get_method("qat", "oaqat").recipe, 4, 4, calib, 1, 0.999, 0.1, OUTLIER)
     qmodel.eval()

@@ -14,6 +14,7 @@ import pytest
 import quantdet
 import torch
 
+from quantdet import detectors
 from quantdet.export.onnx_export import export_onnx
 from quantdet.export.runner import OrtDetector
 from quantdet.methods import get_method
@@ -111,7 +112,6 @@ def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
     its converted graph, exported to ONNX, is a QDQ model with int8 weights onnxruntime runs."""
     from quantdet import stages
     from quantdet.config import load_params
-    from quantdet.models import build_detector
     from quantdet.models.io import save_model
     from tests.conftest import SMOKE
 
@@ -119,7 +119,7 @@ def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
     size = params["models"]["input_size"]
     torch.manual_seed(0)
     detector = stages.detector_config(params, "student", 3)
-    model = build_detector(**detector).eval()
+    model = detectors.build(detector).eval()
     save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
                extra={"stride": 4, "input_size": size})
     export_onnx(model, tmp_path / "fp32.onnx", size, 17)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from quantdet import detectors
 from quantdet import stages, study
 from quantdet.config import load_params
 from quantdet.data.dataset import DetectionDataset
-from quantdet.models import build_detector
 from quantdet.models.io import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def study_dir(tmp_path, monkeypatch):
     stages.prepare(params)
     train = DetectionDataset(f"{study.PREPARED}/train", params["models"]["input_size"])
     detector = stages.detector_config(params, "student", len(train.category_ids))
-    save_model(study.model_file("student-fp32"), build_detector(**detector).eval(), kind="fp32",
+    save_model(study.model_file("student-fp32"), detectors.build(detector).eval(), kind="fp32",
                detector=detector, classes={"category_ids": train.category_ids, "names": train.class_names},
                extra={"stride": 4, "input_size": params["models"]["input_size"]})
     return params

@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
 
     stage("validate", "validate params.yaml against the schema and print it merged onto the base study")
     stage("methods", "list the registered methods of each family, with the params leaves they read")
+    stage("detectors", "list the registered detector families and the architectures each accepts")
     p = stage("compose", "write a study overlay merged onto the base params.yaml (a complete params file)")
     p.add_argument("overlays", nargs="+", help="study files (overlays), applied in order")
     p.add_argument("--out", required=True)
@@ -145,6 +146,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return params
     if args.stage == "methods":
         return _list_methods()
+    if args.stage == "detectors":
+        return _list_detectors()
     if args.stage == "dvc-yaml":
         from quantdet.dvc_yaml import write_dvc_yaml
         return write_dvc_yaml(params, args.out, check=args.check)
@@ -237,6 +240,18 @@ def _list_methods() -> list:
             print(f"  {m.name:12s} {m.description}")
             print(f"  {'':12s} reads: {', '.join(method_reads(family, m.name))}")
     return methods()
+
+
+def _list_detectors() -> list:
+    from quantdet import detectors
+
+    for family in detectors.families():
+        print(f"{family.name}: {family.description}")
+        archs = family.architectures()
+        print(f"  arch: {', '.join(archs[:40])}" + (f", ... ({len(archs)} in all)" if len(archs) > 40 else ""))
+        for method, reason in family.unsupported.items():
+            print(f"  not with {method}: {reason}")
+    return detectors.families()
 
 
 def main(argv: list[str] | None = None) -> int:

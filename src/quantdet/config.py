@@ -72,7 +72,8 @@ def _key_path(error) -> str:
 def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None,
                     check_backbones: bool = False) -> dict:
     """Merge onto the base study and validate; raise ParamsError naming the first bad key.
-    check_backbones: also ask timm for the backbones (imports torch: `quantdet validate` and
+    check_backbones: also ask each detector family about its architecture (timm's backbones,
+    Ultralytics' yamls; imports torch: `quantdet validate` and
     Snakemake's start do, once; the stage commands do not pay for it)."""
     import jsonschema
 
@@ -85,13 +86,25 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
         raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
     _check_consistency(params, source)
     if check_backbones:
+        from quantdet import detectors
+
         for role in ("teacher", "student"):
-            _check_backbone(params["models"][role]["backbone"], f"models.{role}.backbone", source)
+            try:
+                detectors.of_params(params["models"][role]).check(params["models"][role], f"models.{role}")
+            except ParamsError as e:
+                raise ParamsError(f"{source}: {e}") from None
     return params
 
 
 def _check_consistency(params: dict, source: str) -> None:
     """Rules a JSON schema cannot say."""
+    from quantdet import detectors
+
+    for role in ("teacher", "student"):
+        family = params["models"][role].get("detector", detectors.DEFAULT)
+        if family not in detectors.names():
+            raise ParamsError(f"{source}: models.{role}.detector: unknown detector family {family!r} "
+                              f"(known: {', '.join(detectors.names())}; `quantdet detectors` lists them)")
     data = params["data"]
     if data["source"] == "coco":
         missing = [k for k, v in data["coco"].items() if not v]
@@ -102,6 +115,7 @@ def _check_consistency(params: dict, source: str) -> None:
     if data["source"] == "yolo" and not data["yolo"]["data_yaml"]:
         raise ParamsError(f"{source}: data.yolo.data_yaml: required when data.source is yolo")
     _check_matrix(params["matrix"], source)
+    _check_detector_methods(params, source)
     corr = params["corruptions"]
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
     if both:
@@ -162,21 +176,25 @@ def _check_matrix(matrix: dict, source: str) -> None:
                               f"matrix.{family} (a repeat re-runs methods the study runs)")
 
 
-def _check_backbone(name: str, key: str, source: str) -> None:
-    """A backbone timm does not have fails here, at validation, not when `pretrain` starts."""
-    import difflib
+def _check_detector_methods(params: dict, source: str) -> None:
+    """A method the student's detector family cannot serve (its registry entry's `unsupported`,
+    by method name or by stage family) is refused with the family's reason."""
+    from quantdet import detectors
 
-    import timm  # lazily: it imports torch, which reading params does not otherwise need
-
-    # Hub and local weights name no registered architecture; a `.tag` names pretrained weights.
-    if ":" in name:
-        return
-    known = timm.list_models()
-    architecture = name.split(".", 1)[0]
-    if architecture not in known:
-        close = difflib.get_close_matches(architecture, known, n=5)
-        hint = f" (close names: {', '.join(close)})" if close else " (timm.list_models() lists them)"
-        raise ParamsError(f"{source}: {key}: timm has no model {name!r}{hint}")
+    matrix = params["matrix"]
+    for role in ("student", "teacher"):
+        family = detectors.of_params(params["models"][role])
+        if not family.unsupported or (role == "teacher" and not matrix["mimic"]):
+            continue
+        listed = [(stage, m) for stage in ("ptq", "qat", "peer", "mimic") for m in matrix[stage]]
+        listed += [("ptq", "mixed")] if matrix["mixed"] else []
+        for stage, method in listed:
+            if role == "teacher" and stage != "mimic":
+                continue
+            reason = family.unsupported.get(method) or family.unsupported.get(stage)
+            if reason:
+                raise ParamsError(f"{source}: matrix.{stage}: {method} cannot quantize the {role}'s "
+                                  f"detector ({family.name}): {reason}")
 
 
 def load_params(path: str | Path = "params.yaml", check_backbones: bool = False) -> dict:

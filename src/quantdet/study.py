@@ -391,7 +391,9 @@ def _model_job(params: dict, model: str) -> Job:
     log = f"logs/{name.stage}/{model}.log"
     if not name.quantized:
         options = (("role", name.role),) + ((("seed", str(name.seed)),) if name.seed is not None else ())
-        return Job("pretrain", model, (model_file(model),), (PREPARED,),
+        # a user's trained checkpoint replaces training: the job reads (and hashes) that file
+        checkpoint = params["models"][name.role].get("checkpoint")
+        return Job("pretrain", model, (model_file(model),), (PREPARED,) + ((checkpoint,) if checkpoint else ()),
                    tuple(job_reads("pretrain", name.role)), options, seed=name.seed, log=log)
     method = method_of(name)
     if name.stage == "peer":  # from the FP32 ONNX (or PyTorch) model to an integer ONNX model

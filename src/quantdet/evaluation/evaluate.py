@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader
 
 from quantdet.data.dataset import DetectionDataset, collate_detections
 from quantdet.evaluation.coco_metrics import coco_box_metrics
-from quantdet.models.decode import decode_detections
 
 
 def to_coco_detections(decoded: list[dict], metas: list[dict], category_ids: list[int]) -> list[dict]:
@@ -27,8 +26,9 @@ def to_coco_detections(decoded: list[dict], metas: list[dict], category_ids: lis
 
 
 @torch.no_grad()
-def predict(model, dataset: DetectionDataset, *, stride: int, batch_size: int,
-            decode_params: dict) -> list[dict]:
+def predict(model, dataset: DetectionDataset, *, decode, batch_size: int) -> list[dict]:
+    """COCO results of `model` on `dataset`; ``decode``: raw outputs → detections (the
+    detector's ``detectors.Decoder``)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=collate_detections)
     # NHWC: oneDNN's CPU convolutions run about 1.5x faster in it (PyTorch models only)
@@ -38,18 +38,17 @@ def predict(model, dataset: DetectionDataset, *, stride: int, batch_size: int,
     detections = []
     for images, _, metas in loader:
         outputs = model(images.contiguous(memory_format=layout))
-        decoded = decode_detections(outputs, stride, **decode_params)
+        decoded = decode(outputs)
         detections += to_coco_detections(decoded, metas, dataset.category_ids)
     return detections
 
 
-def evaluate_split(model, split_dir, *, input_size: int, stride: int, batch_size: int,
-                   decode_params: dict) -> tuple[dict, list[dict], dict]:
+def evaluate_split(model, split_dir, *, input_size: int, decode, batch_size: int
+                   ) -> tuple[dict, list[dict], dict]:
     """COCO box metrics of model on one split folder; returns (metrics, detections, timing)."""
     dataset = DetectionDataset(split_dir, input_size, augment=False)
     start = time.perf_counter()
-    detections = predict(model, dataset, stride=stride, batch_size=batch_size,
-                         decode_params=decode_params)
+    detections = predict(model, dataset, decode=decode, batch_size=batch_size)
     seconds = time.perf_counter() - start
     metrics = coco_box_metrics(dataset.coco, detections)
     return metrics, detections, {"num_images": len(dataset), "seconds": round(seconds, 3)}

@@ -5,9 +5,6 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
-from quantdet.export.onnx_export import OUTPUT_NAMES
-from quantdet.models.decode import decode_detections
-
 
 BATCH = 16
 
@@ -21,7 +18,7 @@ def batch_outputs(torch_model, ort_model, images: torch.Tensor) -> tuple[list, l
 
 @torch.no_grad()
 def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int,
-                     outputs: tuple[list, list] | None = None) -> dict:
+                     outputs: tuple[list, list] | None = None, names: list[str] | None = None) -> dict:
     """Compare raw outputs element by element.
 
     The tolerance unit is one quantization step of an activation quantizer covering the
@@ -33,7 +30,8 @@ def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int
     sim = [torch.cat(t) for t in zip(*sim_batches)]
     dep = [torch.cat(t) for t in zip(*dep_batches)]
     report = {"max_abs_diff": {}, "quant_step": {}, "within_one_step_fraction": {}}
-    for name, s, d in zip(OUTPUT_NAMES, sim, dep):
+    names = names or getattr(ort_model, "output_names", None) or [f"output{i}" for i in range(len(sim))]
+    for name, s, d in zip(names, sim, dep):
         step = float((s.max() - s.min()) / (2**act_bits - 1))
         diff = (s - d).abs()
         report["max_abs_diff"][name] = float(diff.max())
@@ -44,15 +42,14 @@ def output_agreement(torch_model, ort_model, images: torch.Tensor, act_bits: int
 
 
 @torch.no_grad()
-def detection_agreement(torch_model, ort_model, images, stride: int, decode_params: dict,
-                        min_score: float = 0.3, outputs: tuple[list, list] | None = None) -> float:
+def detection_agreement(torch_model, ort_model, images, decode, min_score: float = 0.3,
+                        outputs: tuple[list, list] | None = None) -> float:
     """Fraction of the simulated model's confident detections that the deployed model also
-    makes (same class, IoU ≥ 0.5)."""
+    makes (same class, IoU ≥ 0.5); ``decode``: the detector's ``detectors.Decoder``."""
     matched = total = 0
     sim_batches, dep_batches = outputs or batch_outputs(torch_model, ort_model, images)
     for sim_out, dep_out in zip(sim_batches, dep_batches):
-        sim = decode_detections(sim_out, stride, **decode_params)
-        dep = decode_detections(dep_out, stride, **decode_params)
+        sim, dep = decode(sim_out), decode(dep_out)
         for a, b in zip(sim, dep):
             keep = a["scores"] >= min_score
             boxes, labels = a["boxes"][keep], a["labels"][keep]

@@ -18,7 +18,6 @@ from onnx import numpy_helper
 
 from quantdet.io_utils import atomic_path
 
-OUTPUT_NAMES = ["heatmap", "boxes"]
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -274,8 +273,17 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
+def output_names(model) -> list[str]:
+    """The raw outputs' names: the detector family's, for the config the network carries."""
+    from quantdet import detectors
+
+    config = getattr(model, "detector_config", None) or {}
+    return detectors.of(config).output_names(config)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset: int,
-                metadata: dict | None = None, integer_clips: bool = True) -> dict:
+                metadata: dict | None = None, integer_clips: bool = True,
+                output_names: list[str] | None = None) -> dict:
     """Export a detector (FP32 or fake-quantized) to ONNX with a dynamic batch axis.
 
     A grid narrower than 8 bits keeps its clamp as an integer Clip after QuantizeLinear
@@ -288,6 +296,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
     (`quantdet.layer_weight_bits`), since the int8 initializers do not show it.
     """
     model = model.eval()
+    names = output_names or globals()["output_names"](model)
     layer_bits = {name: int(m.weight_bits) for name, m in model.named_modules()
                   if hasattr(m, "weight_bits")}
     metadata = dict(metadata or {})
@@ -297,9 +306,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=OUTPUT_NAMES,
-                          dynamic_axes={"images": {0: "batch"},
-                                        **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                          input_names=["images"], output_names=names,
+                          dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           do_constant_folding=True)
         proto = onnx.load(str(tmp))
         constants_to_initializers(proto)

@@ -1,8 +1,18 @@
 """Run an exported detector in onnxruntime with the same call signature as the PyTorch model."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
+
+
+def detector_config(metadata: dict) -> dict:
+    """The detector config an exported model was made from (its `quantdet.detector` metadata;
+    files exported before the detector registry hold quantdet's first detector)."""
+    if "quantdet.detector" in metadata:
+        return json.loads(metadata["quantdet.detector"])
+    return {"family": "centernet"}
 
 
 class OrtDetector:
@@ -20,6 +30,8 @@ class OrtDetector:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.detector_config = detector_config(self.metadata)
         self.path = str(path)
 
     def run_numpy(self, images: np.ndarray) -> list[np.ndarray]:
@@ -58,6 +70,8 @@ class OvDetector:
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                           "INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.compiled.create_infer_request()
+        self.output_names = [o.any_name for o in self.compiled.outputs]
+        self.detector_config = detector_config(self.metadata)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.info = {"runtime": "openvino", "version": ov.__version__,
                      "precision_hint": hint.to_string() if hasattr(hint, "to_string") else str(hint)}

@@ -24,6 +24,9 @@ class AIT(QATMethod):
     def training(self, job, recipe):
         """`fit` arguments: the FP32 model as the teacher of fresh generator samples, the KL
         loss, SGD (no weight decay: the inflation predicts the step exactly) and inflation."""
+        from functools import partial
+
+        from quantdet import detectors
         from quantdet.zeroshot.ait import GeneratedBatches, GradientInflation, distillation_loss
         from quantdet.zeroshot.generator import load_generator
 
@@ -35,7 +38,9 @@ class AIT(QATMethod):
                                       cfg["kappa_max"], cfg["kappa_warmup_iters"])
         return ({"dataset": dataset, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
                  "lr": cfg["lr"], "weight_decay": 0.0, "warmup_iters": cfg["warmup_iters"],
-                 "loss_fn": distillation_loss, "collate_fn": dataset.collate,
+                 "loss_fn": partial(distillation_loss,
+                                    class_logits=detectors.of_model(job.fp32).class_logits),
+                 "collate_fn": dataset.collate,
                  "prepare_batch": dataset.prepare, "optimizer": "sgd",
                  "momentum": cfg["momentum"], "after_backward": inflation}, None)
 

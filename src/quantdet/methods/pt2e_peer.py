@@ -47,12 +47,13 @@ class PT2EX86Inductor(PeerMethod):
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
-        from quantdet.export.onnx_export import OUTPUT_NAMES
+        from quantdet.export.onnx_export import output_names
         from quantdet.models.io import load_model
 
         if fp32_model is None:
             raise ValueError("pt2e quantizes the FP32 PyTorch model: pass fp32_model")
         model, _ = load_model(fp32_model)
+        names = output_names(model)
         size = params["models"]["input_size"]
         example = (torch.zeros(2, 3, size, size),)
         dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},)
@@ -71,7 +72,7 @@ class PT2EX86Inductor(PeerMethod):
             warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
             path = Path(tmp) / "pt2e.onnx"
             torch.onnx.export(converted, example, str(path), dynamo=True, opset_version=opset,
-                              input_names=["images"], output_names=OUTPUT_NAMES,
+                              input_names=["images"], output_names=names,
                               dynamic_shapes=dynamic, verbose=False)
             proto = onnx.load(str(path))  # its weights may sit in a side file: into one file
         drop_stack_traces(proto)

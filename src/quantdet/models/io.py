@@ -1,6 +1,6 @@
 """Model files: an FP32 detector or a quantized one, saved with the config that rebuilds it.
 
-FP32:       {"kind": "fp32", "detector": build_detector kwargs, "classes": ..., "state_dict": ...}
+FP32:       {"kind": "fp32", "detector": the detector family's config (quantdet.detectors), "classes": ..., "state_dict": ...}
 quantized:  the same plus {"kind": "quantized", "quant": quantize_model kwargs + metadata}
             (mixed precision: quant["layer_bits"], layer name → weight bits)
 A quantized model is rebuilt by quantizing a fresh detector of the same config (same graph,
@@ -45,10 +45,9 @@ def read_model_file(path) -> dict:
 
 
 def build_from_config(detector: dict, quant: dict | None = None):
-    from quantdet.models import build_detector
+    from quantdet import detectors
 
-    cfg = {k: v for k, v in detector.items() if k != "pretrained"}
-    model = build_detector(**cfg, pretrained=False)
+    model = detectors.build(detector, pretrained=False)  # the weights come from the file
     if quant is None:
         return model
     from quantdet.quant.graph import quantize_model, set_quant_mode

@@ -171,8 +171,12 @@ def quantize_model(model: nn.Module, weight_bits: int, act_bits: int, observer: 
     `quant_layers`) does not name. The result starts in calibration mode: run calibration
     batches through it, then call `freeze_quantizers`.
     """
+    from quantdet import detectors
+
     model = copy.deepcopy(model).eval()
-    gm = fx.symbolic_trace(model)
+    config = getattr(model, "detector_config", None)
+    # the quantized region: the whole network as its family lets FX capture it
+    gm = fx.symbolic_trace(detectors.of(config).traceable(model) if config else model)
     remove_identities(gm)
     folded = fold_batchnorm(gm)
     layers = swap_quant_layers(gm, weight_bits)
@@ -186,7 +190,7 @@ def quantize_model(model: nn.Module, weight_bits: int, act_bits: int, observer: 
     if layer_bits:
         gm.quant_info["layer_bits"] = dict(layer_bits)
     # keep attributes callers read from detectors (stride, num_classes, ...)
-    for attr in ("stride", "num_classes"):
+    for attr in ("stride", "num_classes", "detector_config"):
         if hasattr(model, attr):
             setattr(gm, attr, getattr(model, attr))
     return gm

@@ -52,14 +52,15 @@ def layer_sizes(model) -> dict[str, int]:
 
 @torch.no_grad()
 def _measure(model, batches, metric: str, reference: list | None) -> float:
-    from quantdet.models.loss import detection_loss
+    from quantdet import detectors
 
+    loss = detectors.of_model(model).loss_fn(model) if metric == "loss" else None
     total = 0.0
     for i, (images, targets) in enumerate(batches):
         outputs = model(images)
         if metric == "loss":
             stride = images.shape[-1] // outputs[0].shape[-1]
-            total += float(detection_loss(outputs, targets, stride)[0])
+            total += float(loss(outputs, targets, stride)[0])
         else:
             total += sum(float(((o - r) ** 2).sum() / (r**2).sum().clamp(min=1e-12))
                          for o, r in zip(outputs, reference[i]))

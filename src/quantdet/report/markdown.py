@@ -263,6 +263,12 @@ def _seed_spread(spread: pd.DataFrame) -> str:
             + markdown_table(["model", "bits", "seeds", "P", "mPC", "rPC"], rows, align_right_from=3))
 
 
+def _detector(model_params: dict) -> str:
+    from quantdet import detectors
+
+    return detectors.of_params(model_params).describe(model_params)
+
+
 def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int],
                        classes: list[str] | None = None) -> str:
     data, models, quant, corr = params["data"], params["models"], params["quant"], params["corruptions"]
@@ -287,8 +293,8 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         "How much accuracy and corruption robustness a detector keeps when it is quantized.",
         "",
         f"- **Dataset**: {dataset}; evaluated on {'/'.join(map(str, images)) or 'an unknown number of'} images.",
-        f"- **Models**: teacher `{models['teacher']['backbone']}` and student `{models['student']['backbone']}` "
-        f"(FPN + anchor-free head, {models['input_size']} px input), trained in FP32.",
+        f"- **Models**: teacher {_detector(models['teacher'])} and student {_detector(models['student'])} "
+        f"({models['input_size']} px input), trained in FP32.",
         f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in matrix['ptq'])} at "
         f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
         "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "

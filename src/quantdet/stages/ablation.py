@@ -19,24 +19,13 @@ from quantdet.stages.common import decode_params, image_batches, log_job, requir
 ABLATION = "results/metrics/percentile_ablation.json"
 
 
-def _group_of(target: str) -> str:
-    """`backbone.layer2.0.conv1` -> backbone.layer2; the backbone's stem (conv1, act1, maxpool)
-    -> backbone.stem; `head.heatmap.1.0` -> head.heatmap.1 (one hidden layer of a head);
-    BatchNorm-folded convolutions (`backbone_layer1_0_conv2_bnfolded_4`) by their conv."""
-    if "." not in target and "_bnfolded" in target:
-        target = target.split("_bnfolded")[0].replace("_", ".")
-    parts = target.split(".")
-    if parts[0] == "head":
-        return ".".join(parts[:3])
-    if parts[0] == "backbone" and len(parts) > 1 and not parts[1].startswith(("layer", "stage", "block")):
-        return "backbone.stem"
-    return ".".join(parts[:2])
-
-
 def quantizer_groups(qmodel) -> dict[str, list[str]]:
-    """Activation quantizer names grouped by the module whose output each quantizes
-    (`_group_of`); a function's output (add, interpolate, the input scaling) joins the group of
-    the module feeding it, or `input`."""
+    """Activation quantizer names grouped by the module whose output each quantizes (the
+    detector family's `layer_group`); a function's output (add, interpolate, the input
+    scaling) joins the group of the module feeding it, or `input`."""
+    from quantdet import detectors
+
+    family = detectors.of(detectors.config_of(qmodel))
     groups: dict[str, list[str]] = {}
     owner: dict = {}
     for node in qmodel.graph.nodes:
@@ -46,7 +35,7 @@ def quantizer_groups(qmodel) -> dict[str, list[str]]:
                 members.append(node.target)
             owner[node] = owner.get(node.args[0], "input")
         elif node.op == "call_module":
-            owner[node] = _group_of(node.target)
+            owner[node] = family.layer_group(node.target)
         elif node.op in ("call_function", "call_method"):
             feeding = [a for a in node.args if hasattr(a, "op") and a in owner]
             owner[node] = owner[feeding[0]] if feeding else "input"
@@ -78,7 +67,9 @@ def ablation(params: dict, out: str | None = None) -> dict:
     bits = cfg["bits"]
     size = params["models"]["input_size"]
     model, payload = load_model(require(study.model_file("student-fp32")))
-    stride = payload["stride"]
+    from quantdet.detectors import Decoder
+
+    decode = Decoder(payload["detector"], size, **decode_params(params))
     ptq = {**params["quant"]["ptq"], "percentile": cfg["gamma"]}
 
     def calibrated(observer):
@@ -96,8 +87,7 @@ def ablation(params: dict, out: str | None = None) -> dict:
           "annotations": [a for a in val.coco["annotations"] if a["image_id"] in ids]}
 
     def points(m):
-        detections = predict(m, subset, stride=stride, batch_size=params["evaluate"]["batch_size"],
-                             decode_params=decode_params(params))
+        detections = predict(m, subset, decode=decode, batch_size=params["evaluate"]["batch_size"])
         return 100 * coco_box_metrics(gt, detections)["AP"]
 
     percentile, minmax = calibrated("percentile"), calibrated("minmax")

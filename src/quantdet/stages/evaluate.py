@@ -12,20 +12,21 @@ from quantdet.stages.common import decode_params, log_job, require, set_threads
 log = logging.getLogger("quantdet")
 
 def _load_for_evaluation(name: study.ModelName, threads: int):
+    """(the model, its detector config): a deployed model carries the config in its metadata."""
     if name.runtime == "onnxruntime":
         from quantdet.export.runner import OrtDetector
 
         model = OrtDetector(require(study.onnx_file(name.model)), threads=threads)
-        return model, int(model.metadata["quantdet.stride"])
+        return model, model.detector_config
     if name.runtime == "openvino":
         from quantdet.export.runner import OvDetector
 
         model = OvDetector(require(study.onnx_file(name.model)), threads=threads)
-        return model, int(model.metadata["quantdet.stride"])
+        return model, model.detector_config
     from quantdet.models.io import load_model
 
     model, payload = load_model(require(study.model_file(name.model)))
-    return model, payload["stride"]
+    return model, payload["detector"]
 
 
 def evaluate(params: dict, model: str, out: str | None = None) -> dict:
@@ -37,12 +38,15 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
     set_threads(cfg["threads"])
     splits = {c: [require(study.split_dir(c, s)) for s in study.severities_of(c, params)]
               for c in study.conditions(params)}
-    net, stride = _load_for_evaluation(name, cfg["threads"])
+    from quantdet.detectors import Decoder
+
+    net, detector = _load_for_evaluation(name, cfg["threads"])
+    decode = Decoder(detector, params["models"]["input_size"], **decode_params(params))
     start = time.perf_counter()
     summary = {}
     with atomic_directory(out) as tmp:
         for condition in splits:
-            results = _evaluate_severities(params, name, condition, net, stride,
+            results = _evaluate_severities(params, name, condition, net, decode,
                                            tmp / condition, out / condition)
             summary[condition] = {r["severity"]: r["metrics"] for r in results}
     log_job(params, "evaluate", model=model,
@@ -54,7 +58,7 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
     return summary
 
 
-def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: Path) -> list:
+def _evaluate_severities(params, name, condition, net, decode, tmp: Path, out: Path) -> list:
     from quantdet.evaluation.evaluate import evaluate_split
 
     cfg = params["evaluate"]
@@ -63,8 +67,8 @@ def _evaluate_severities(params, name, condition, net, stride, tmp: Path, out: P
     for severity in study.severities_of(condition, params):
         split = require(study.split_dir(condition, severity))
         metrics, detections, timing = evaluate_split(
-            net, split, input_size=params["models"]["input_size"], stride=stride,
-            batch_size=cfg["batch_size"], decode_params=decode_params(params))
+            net, split, input_size=params["models"]["input_size"], decode=decode,
+            batch_size=cfg["batch_size"])
         det_name = f"detections-s{severity}.json"
         write_json(tmp / det_name, detections, compact=True)
         results.append({"severity": severity, "metrics": metrics,

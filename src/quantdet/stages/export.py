@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 
 def _onnx_metadata(name, payload, params) -> dict:
     quant = payload.get("quant") or {}
+    import json
+
     meta = {"quantdet.model": name.model, "quantdet.stride": payload["stride"],
+            "quantdet.detector": json.dumps(payload["detector"], sort_keys=True),
             "quantdet.input_size": payload["input_size"],
             "quantdet.category_ids": ",".join(map(str, payload["classes"]["category_ids"])),
             "quantdet.class_names": ",".join(payload["classes"]["names"]),
@@ -44,8 +47,12 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     exp_cfg = params["export"]
     set_threads(exp_cfg["threads"])
     torch_model, payload = load_model(require(study.model_file(name.model)))
+    from quantdet import detectors
+
+    family = detectors.of(payload["detector"])
     graph = export_onnx(torch_model, out, payload["input_size"], exp_cfg["opset"],
-                        metadata=_onnx_metadata(name, payload, params))
+                        metadata=_onnx_metadata(name, payload, params),
+                        output_names=family.output_names(payload["detector"]))
     report = {"model": name.model, "onnx": str(out), "size_bytes": {"onnx": out.stat().st_size},
               "graph": graph}
     onnx_models = {name.model: out}
@@ -65,11 +72,11 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
             timing = time_files(files, exp_cfg, latency_input) if timed else None
         if variants and timed:
             report.update(method.export_summary(variants, timing["latency_ms"], graph, out))
-        decode = decode_params(params)
+        decode = detectors.Decoder(payload["detector"], payload["input_size"], **decode_params(params))
         outputs = batch_outputs(torch_model, int8, images)
         agreement = output_agreement(torch_model, int8, images, name.act_bits, outputs=outputs)
         agreement["detections_match_iou50"] = detection_agreement(
-            torch_model, int8, images, payload["stride"], decode, outputs=outputs)
+            torch_model, int8, images, decode, outputs=outputs)
         report.update({
             "fp32_onnx": str(fp32_onnx), "int8_onnx": str(out),
             "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size},

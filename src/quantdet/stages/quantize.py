@@ -158,8 +158,10 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
         import torch
 
         torch.manual_seed(seed)  # r's initial weights: the same run gives the same model
-        add_adaptation(qmodel, payload["detector"]["fpn_channels"],
-                       teacher_payload["detector"]["fpn_channels"])
+        from quantdet import detectors
+
+        add_adaptation(qmodel, detectors.of(payload["detector"]).tap_channels(payload["detector"]),
+                       detectors.of(teacher_payload["detector"]).tap_channels(teacher_payload["detector"]))
         term = MimicTerm(qmodel, teacher, variant, step=cfg["step"], roi_size=cfg["roi_size"],
                          roi_topk=cfg["roi_topk"])
         # The teacher runs in FP32: under bf16 autocast two runs of the same job gave different

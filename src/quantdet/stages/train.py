@@ -5,15 +5,17 @@ import time
 from pathlib import Path
 
 from quantdet import study
+from quantdet.errors import QuantdetError
 from quantdet.io_utils import write_json
 from quantdet.stages.common import log_job, require, set_threads
 from quantdet.train import distributed
 
 def detector_config(params: dict, role: str, num_classes: int) -> dict:
+    """The model file's detector config for `models.<role>` (its family's `config`)."""
+    from quantdet import detectors
+
     cfg = params["models"][role]
-    return {"backbone": cfg["backbone"], "num_classes": num_classes,
-            "fpn_channels": cfg["fpn_channels"], "head_channels": cfg["head_channels"],
-            "pretrained": cfg["pretrained"]}
+    return detectors.of_params(cfg).config(cfg, num_classes)
 
 
 def use_mixed_precision(setting) -> bool:
@@ -32,8 +34,8 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     """Train an FP32 detector; `seed` (a repeat seed) overrides study.seed for training only."""
     import torch
 
+    from quantdet import detectors
     from quantdet.data.dataset import DetectionDataset, collate_detections
-    from quantdet.models import build_detector
     from quantdet.models.io import save_model
     from quantdet.train.device import numerics_tags
     from quantdet.train.loop import fit
@@ -42,6 +44,8 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     seed = name.run_seed(params)
     out = Path(out or study.model_file(name.model))
     train_cfg, model_cfg = params["train"], params["models"][role]
+    if model_cfg.get("checkpoint"):
+        return import_checkpoint(params, role, out, seed)
     set_threads(train_cfg["threads"])
     dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"],
                                augment=True, seed=seed)
@@ -49,7 +53,8 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     # The initial weights come from the study seed: torch seeds each process randomly, so an
     # unseeded init would differ between runs (and between the ranks of a data-parallel job).
     torch.manual_seed(seed)
-    model = build_detector(**detector)
+    family = detectors.of(detector)
+    model = detectors.build(detector, pretrained=bool(detector.get("pretrained")))
     checkpoint = Path("results/checkpoints") / f"{name.model}.ckpt"
     start = time.perf_counter()
     with distributed.process_group():
@@ -58,7 +63,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
                       weight_decay=train_cfg["weight_decay"], warmup_iters=train_cfg["warmup_iters"],
                       seed=seed, checkpoint_path=checkpoint,
                       threads=train_cfg["threads"], collate_fn=collate_detections,
-                      description=f"pretrain {name.model}",
+                      loss_fn=family.loss_fn(model), description=f"pretrain {name.model}",
                       mixed_precision=use_mixed_precision(train_cfg["mixed_precision"]),
                       workers=train_cfg["workers"], tf32=train_cfg["tf32"])
     seconds = time.perf_counter() - start
@@ -66,7 +71,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
         return {"model": out.stem, "rank": distributed.rank(), "history": history}
     classes = {"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}
     save_model(out, model, kind="fp32", detector=detector, classes=classes,
-               extra={"history": history, "stride": model.stride, "seed": seed,
+               extra={"history": history, "stride": family.stride(detector), "seed": seed,
                       "input_size": params["models"]["input_size"]})
     summary = {"model": out.stem, "seconds": round(seconds, 1), "history": history}
     write_json(out.with_suffix(".train.json"), summary)
@@ -75,4 +80,87 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
              metrics={"train_seconds": seconds, **{k: v for k, v in last.items()
                                                    if isinstance(v, (int, float))}},
              tags=numerics_tags(history["numerics"]), artifacts=[out.with_suffix(".train.json")])
+    return summary
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_torch_file(path: Path):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, not a torch file, or pickled classes this install lacks
+        return e
+
+
+def load_trained(model_params: dict, path: Path, class_names: list[str], key: str):
+    """(FP32 network, detector config) from a user's trained checkpoint: a quantdet FP32 model
+    file (any family), a plain PyTorch state dict of the network `models.<role>` describes, or
+    the family's native format (yolo: a `yolo train` best.pt). The classes must be the
+    dataset's, in its order."""
+    from quantdet import detectors
+    from quantdet.models.io import build_from_config
+
+    if not path.is_file():
+        raise QuantdetError(f"{key}.checkpoint: {path}: file not found")
+    family = detectors.of_params(model_params)
+    content = _read_torch_file(path)
+    if isinstance(content, dict) and content.get("kind") == "fp32" and "detector" in content:
+        names = list(content.get("classes", {}).get("names", []))
+        if names != list(class_names):
+            raise QuantdetError(f"{path}: its classes differ from the dataset's\n  checkpoint ({len(names)}): "
+                                f"{names}\n  dataset ({len(class_names)}): {list(class_names)}")
+        model = build_from_config(content["detector"])
+        model.load_state_dict(content["state_dict"])
+        return model, dict(content["detector"])
+    if isinstance(content, dict) and content and all(hasattr(v, "shape") for v in content.values()):
+        config = family.config(model_params, len(class_names))
+        model = detectors.build(config)
+        missing, unexpected = model.load_state_dict(content, strict=False)
+        if missing or unexpected:
+            raise QuantdetError(f"{path}: a state dict that does not fit {family.describe(config)} with "
+                                f"{len(class_names)} classes: {len(missing)} missing keys (e.g. "
+                                f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        return model, config
+    model, config = family.load_checkpoint(path, list(class_names), len(class_names))
+    model.detector_config = dict(config)
+    return model, config
+
+
+def import_checkpoint(params: dict, role: str, out: Path, seed: int) -> dict:
+    """pretrain with `models.<role>.checkpoint`: no training; the user's trained network is
+    written as the study's FP32 model, its file's sha256 in the model file, MLflow and report."""
+    from quantdet.data.dataset import DetectionDataset
+    from quantdet.models.io import save_model
+
+    model_cfg = params["models"][role]
+    path = Path(model_cfg["checkpoint"])
+    dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"])
+    start = time.perf_counter()
+    model, config = load_trained(model_cfg, path, list(dataset.class_names), f"models.{role}")
+    digest = sha256_of(path)
+    config = {**config, "checkpoint": str(path), "checkpoint_sha256": digest}
+    from quantdet import detectors
+
+    family = detectors.of(config)
+    classes = {"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}
+    imported = {"path": str(path), "sha256": digest, "bytes": path.stat().st_size}
+    history = {"epochs": [], "imported": imported}
+    save_model(out, model, kind="fp32", detector=config, classes=classes,
+               extra={"history": history, "stride": family.stride(config), "seed": seed,
+                      "input_size": params["models"]["input_size"], "checkpoint": imported})
+    summary = {"model": out.stem, "seconds": round(time.perf_counter() - start, 1), "history": history}
+    write_json(out.with_suffix(".train.json"), summary)
+    log_job(params, "pretrain", model=out.stem, role=role, metrics={"train_seconds": 0.0},
+            tags={"quantdet.checkpoint.path": str(path), "quantdet.checkpoint.sha256": digest},
+            artifacts=[out.with_suffix(".train.json")])
     return summary

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from quantdet.data.dataset import collate_detections
-from quantdet.models.loss import detection_loss
 from quantdet.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from quantdet.train.device import loader_workers, numerics, set_tf32, training_device
 
@@ -93,7 +92,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     """Train ``model`` in place on ``dataset`` and return the history ``{"epochs": [metrics, ...],
     "numerics": {...}}`` (numerics: the device, GPU, autocast dtype and TF32 it trained with).
 
-    ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to ``detection_loss``;
+    ``loss_fn(outputs, targets, stride) -> (total, parts)`` defaults to the detector family's loss;
     ``extra_loss(model, images, targets, outputs) -> (tensor, parts)`` is added to it (QAT,
     distillation). ``log_fn(epoch, metrics)`` is called after each epoch's checkpoint.
 
@@ -123,7 +122,10 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
     """
     if threads:
         torch.set_num_threads(threads)
-    loss_fn = loss_fn or detection_loss
+    if loss_fn is None:
+        from quantdet import detectors
+
+        loss_fn = detectors.of(getattr(model, "detector_config", None) or {}).loss_fn(model)
     collate_fn = collate_fn or collate_detections
     rank, world = _world()
     if batch_size % world:

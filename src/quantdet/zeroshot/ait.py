@@ -40,10 +40,12 @@ SEARCH_STEPS = 5  # AIT: bisection steps after doubling
 
 
 # ---------------------------------------------------------------------------- loss
-def distillation_loss(outputs, teacher_outputs, stride: int) -> tuple[torch.Tensor, dict]:
-    """Bernoulli KL(FP32 ‖ student) of the class heatmaps (`fit`'s loss_fn signature)."""
-    heatmap = outputs[0].float()
-    teacher = teacher_outputs[0].to(heatmap.device).float()
+def distillation_loss(outputs, teacher_outputs, stride: int, class_logits=None) -> tuple[torch.Tensor, dict]:
+    """Bernoulli KL(FP32 ‖ student) of the class maps (`fit`'s loss_fn signature;
+    ``class_logits(outputs)``: the detector family's class logits, default the first output)."""
+    class_logits = class_logits or (lambda o: o[0])
+    heatmap = class_logits(outputs).float()
+    teacher = class_logits(teacher_outputs).to(heatmap.device).float()
     p = torch.sigmoid(teacher)
     kl = (p * (F.logsigmoid(teacher) - F.logsigmoid(heatmap))
           + (1 - p) * (F.logsigmoid(-teacher) - F.logsigmoid(-heatmap)))

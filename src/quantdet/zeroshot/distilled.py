@@ -13,9 +13,20 @@ import torch
 from quantdet.zeroshot.bn_stats import BatchNormStatistics, input_statistics_loss
 
 
+# The optimised space of a detector that takes [0, 1] images as they are (no normalisation in
+# the network): centred on mid-grey, [0, 1] spanning ±2 units, as ImageNet statistics roughly do.
+UNNORMALISED = (0.5, 0.25)
+
+
 def pixel_normalisation(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """The detector's input mean and std (1×3×1×1): images in [0, 1] are normalised by them."""
-    return model.pixel_mean.detach(), model.pixel_std.detach()
+    """The detector's input mean and std (1×3×1×1): images in [0, 1] are normalised by them
+    (its family's `input_statistics`; UNNORMALISED for a network taking [0, 1] input)."""
+    from quantdet import detectors
+
+    stats = detectors.of_model(model).input_statistics(model)
+    if stats is None:
+        return tuple(torch.full((1, 3, 1, 1), v) for v in UNNORMALISED)
+    return stats
 
 
 def distill_images(model, num_images: int, image_size: int, *, batch_size: int, steps: int,

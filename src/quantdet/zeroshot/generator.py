@@ -91,8 +91,10 @@ def train_generator(detector: nn.Module, num_classes: int, image_size: int, *, i
     """Train a generator against the frozen FP32 `detector`, on the training device (CUDA when
     present; the noise is drawn on the CPU, so a seed gives the same inputs anywhere); returns
     it on that device and the loss history."""
+    from quantdet import detectors
     from quantdet.train.device import training_device
 
+    class_logits = detectors.of_model(detector).class_logits
     device = training_device()
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
@@ -107,7 +109,7 @@ def train_generator(detector: nn.Module, num_classes: int, image_size: int, *, i
         for _ in range(iterations):
             noise, labels = (t.to(device) for t in sample_inputs(batch_size, num_classes, noise_dim, rng))
             images = (generator(noise, labels) + 1) / 2
-            heatmap_logits, _ = detector(images)
+            heatmap_logits = class_logits(detector(images))
             class_loss = detection_class_loss(heatmap_logits, labels, class_topk)
             bns_loss = bns.loss()
             loss = class_loss + bns_weight * bns_loss
