@@ -293,8 +293,8 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         "How much accuracy and corruption robustness a detector keeps when it is quantized.",
         "",
         f"- **Dataset**: {dataset}; evaluated on {'/'.join(map(str, images)) or 'an unknown number of'} images.",
-        f"- **Models**: teacher {_detector(models['teacher'])} and student {_detector(models['student'])} "
-        f"({models['input_size']} px input), trained in FP32.",
+        f"- **Models**: teacher {_detector(models['teacher'])}; student {_detector(models['student'])}; "
+        f"{models['input_size']} px input, trained in FP32.",
         f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in matrix['ptq'])} at "
         f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
         "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "
