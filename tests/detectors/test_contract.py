@@ -88,7 +88,10 @@ def test_quantized_whole_tapped_and_exported_to_integer_onnx(network, tmp_path):
     from quantdet.quant.modules import QUANTIZE
 
     family, config, model = network
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    # the quantized region is what the family lets FX capture: every conv the forward runs
+    traced = torch.fx.symbolic_trace(family.traceable(model))
+    convs = sum(n.op == "call_module" and isinstance(traced.get_submodule(n.target), torch.nn.Conv2d)
+                for n in traced.graph.nodes)
     qmodel = quantize_model(model, 8, 8, "minmax")
     assert len(quant_layers(qmodel)) == convs - len(family.float_layers(model))
     images = torch.rand(4, 3, SIZE, SIZE)

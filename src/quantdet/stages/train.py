@@ -94,12 +94,15 @@ def sha256_of(path: Path) -> str:
 
 
 def _read_torch_file(path: Path):
+    """The file's content if it holds tensors and plain Python only (a quantdet model file, a
+    state dict): torch's safe loader imports no class a pickle names. Else None: the family reads
+    its own format (an Ultralytics checkpoint pickles its network's classes)."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, not a torch file, or pickled classes this install lacks
-        return e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a pickled network, truncated, or not a torch file: the family says which
+        return None
 
 
 def load_trained(model_params: dict, path: Path, class_names: list[str], key: str):
