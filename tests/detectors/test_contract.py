@@ -116,7 +116,16 @@ def test_quantized_whole_tapped_and_exported_to_integer_onnx(network, tmp_path):
 
     path = tmp_path / f"{family.name}.onnx"
     export_onnx(qmodel, path, SIZE, 17)
-    session = OrtDetector(path)
+    optimized = tmp_path / f"{family.name}.optimized.onnx"
+    session = OrtDetector(path, optimized_model_path=str(optimized))
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    float_convs = sum(op in ("Conv", "FusedConv") for op in ops)
+    # integer kernels: every conv whose output is quantized; with integer outputs, every conv
+    assert ops.count("QLinearConv") >= convs - len(family.output_names(config))
+    if family.integer_outputs:
+        assert float_convs == 0 and ops.count("QLinearConv") == convs
     assert session.output_names == family.output_names(config)
     deployed = session(images)
     for s, d in zip(simulated, deployed):

@@ -22,6 +22,10 @@ class DetectorFamily:
     # Method names (quantdet.methods) or families ("mimic", "generate") this family cannot
     # serve, each with the reason `quantdet validate` prints.
     unsupported: dict[str, str] = {}
+    # Whether the raw outputs are quantized too (8-bit, min/max: quant.modules.OutputQuantizer),
+    # so that onnxruntime runs the prediction convs as integer kernels as well; False keeps them
+    # float-output convs (int8 weights and input, float accumulation out).
+    integer_outputs: bool = False
 
     # ---- what it accepts -------------------------------------------------------------
     def example(self) -> dict:

@@ -655,6 +655,9 @@ class Yolo(DetectorFamily):
                    "(arch: yolo11n.yaml) or a `yolo train` checkpoint; raw box/class maps per level, "
                    "DFL/NMS decoding outside the network")
     unsupported: dict[str, str] = {}
+    # every conv of backbone, neck and head an integer kernel in onnxruntime: the prediction
+    # convs' outputs are quantized (8-bit min/max), the DFL decode and NMS stay float outside
+    integer_outputs = True
 
     # ---- what it accepts ---------------------------------------------------------------------
     def example(self) -> dict:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from quantdet.quant.fold import fold_batchnorm
-from quantdet.quant.modules import QUANT_MODULES, ActQuantizer, QuantConv2d, QuantLinear
+from quantdet.quant.modules import QUANT_MODULES, ActQuantizer, OutputQuantizer, QuantConv2d, QuantLinear
 
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCTIONS = (F.relu, torch.relu, F.relu6)
@@ -113,6 +113,27 @@ def insert_quantizers(gm: fx.GraphModule, make_quantizer) -> int:
     return ins.count
 
 
+def quantize_outputs(gm: fx.GraphModule, act_bits: int) -> int:
+    """An OutputQuantizer after every raw output a quantized layer computes (families with
+    `integer_outputs`): the prediction convs then run as integer kernels as well."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    count = 0
+
+    def wrap(arg):
+        nonlocal count
+        if isinstance(arg, fx.Node) and _is_quant_layer(gm, arg):
+            name = f"output_quant_{count}"
+            count += 1
+            gm.add_submodule(name, OutputQuantizer(act_bits))
+            with gm.graph.inserting_after(arg):
+                return gm.graph.call_module(name, (arg,))
+        return arg
+
+    output.args = fx.node.map_arg(output.args, wrap)
+    gm.recompile()
+    return count
+
+
 def remove_identities(gm: fx.GraphModule) -> int:
     """Drop modules that are the identity in eval mode (nn.Identity, dropout), so they do not
     sit between a convolution and its ReLU."""
@@ -184,6 +205,8 @@ def quantize_model(model: nn.Module, weight_bits: int, act_bits: int, observer: 
         set_layer_weight_bits(gm, layer_bits)
     kwargs = observer_kwargs or {}
     n_act = insert_quantizers(gm, lambda: ActQuantizer(act_bits, observer, **kwargs))
+    if config and getattr(detectors.of(config), "integer_outputs", False):
+        n_act += quantize_outputs(gm, act_bits)
     gm.quant_info = {"folded_batchnorms": folded, "quantized_layers": layers,
                      "activation_quantizers": n_act, "weight_bits": weight_bits,
                      "act_bits": act_bits, "observer": observer}

@@ -138,6 +138,22 @@ def lsq_gradient_scale(scale: torch.Tensor, numel: int, qmax: int) -> torch.Tens
     return (scale - scale * g).detach() + scale * g
 
 
+
+class OutputQuantizer(ActQuantizer):
+    """The quantizer of a raw output (a prediction conv's, for families whose raw outputs are
+    quantized: `DetectorFamily.integer_outputs`), so onnxruntime runs that conv as an integer
+    kernel too (DQ → Conv → Q). At least 8 bits and min/max ranges whatever the method's
+    observer and bit width: a clipped or coarse logit would move the detections themselves.
+    In QAT its range follows an EMA of the batches' min/max."""
+
+    def __init__(self, bits: int = 8, observer: str = "minmax", **observer_kwargs):
+        super().__init__(max(8, bits), "minmax")
+
+    def track_ranges(self, observer: str | None = None, **observer_kwargs) -> None:
+        momentum = observer_kwargs.get("momentum")
+        super().track_ranges("ema_minmax" if observer else None,
+                             **({"momentum": momentum} if momentum is not None else {}))
+
 class _WeightQuantMixin:
     """Symmetric per-output-channel weight quantization (zero point 0)."""
 

@@ -1,0 +1,92 @@
+"""The smoke study with Ultralytics YOLO detectors (the yolo family) as student and teacher:
+every method family of the smoke matrix, and the four peers, trained, quantized, exported to
+integer ONNX, evaluated and reported, through Snakemake, reusing the smoke study's prepared and
+corrupted data. One smoke config for the family (CI keeps one per family)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from quantdet import study
+from quantdet.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+STUDENT = {"detector": "yolo", "arch": "yolov8n.yaml"}
+TEACHER = {"detector": "yolo", "arch": "yolov8s.yaml", "epochs": 2}
+PEERS = ["ort_minmax", "nncf", "modelopt", "pt2e"]
+
+
+@pytest.fixture(scope="module")
+def yolo_study(smoke_study, tmp_path_factory):
+    work = tmp_path_factory.mktemp("yolo") / "study"
+    shutil.copytree(smoke_study, work, symlinks=True, copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("mlflow.db", "models", "eval", "onnx", "logs",
+                                                  "checkpoints", "metrics", "report*", ".snakemake"))
+    params = load_params(work / "params.yaml")
+    params["study"]["name"] = "smoke-yolo"
+    params["models"]["student"] = STUDENT
+    params["models"]["teacher"] = TEACHER
+    params["matrix"]["peer"] = PEERS
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on",
+           "HOME": str(work / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(work),
+                          "--cores", "2"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-5000:]
+    return work
+
+
+def test_every_model_of_the_matrix_is_evaluated_and_reported(yolo_study):
+    params = load_params(yolo_study / "params.yaml")
+    robustness = json.loads((yolo_study / "results/metrics/robustness.json").read_text())
+    assert set(robustness) == set(study.evaluated_models(params))
+    for model, entry in robustness.items():
+        assert 0.0 <= entry["P"] <= 1.0, model
+    report = (yolo_study / "results/report.md").read_text()
+    assert "yolo `yolov8n.yaml`" in report
+
+
+def test_the_model_files_are_yolo_networks_rebuilt_offline(yolo_study):
+    from quantdet.models.io import load_model
+
+    model, payload = load_model(yolo_study / "results/models/student-ptq-minmax-w8a8.pt")
+    assert payload["detector"]["family"] == "yolo" and payload["detector"]["arch"] == "yolov8n.yaml"
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, 64, 64))
+    assert len(outputs) == 6  # box and class maps of three levels, never concatenated
+
+
+def test_the_integer_export_runs_every_conv_as_an_integer_kernel(yolo_study, tmp_path):
+    """onnxruntime's optimised graph of the W8A8 export: every convolution of backbone, neck and
+    head is a QLinearConv (none left as a float Conv); the decode is not in the graph."""
+    import onnx
+
+    from quantdet.export.runner import OrtDetector
+
+    path = yolo_study / "results/onnx/student-ptq-minmax-w8a8.onnx"
+    optimized = tmp_path / "optimized.onnx"
+    OrtDetector(path, optimized_model_path=str(optimized))
+    ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    convs = sum(op in ("Conv", "FusedConv") for op in ops)
+    assert ops.count("QLinearConv") > 0 and convs == 0, sorted(set(ops))
+    report = json.loads((yolo_study / "results/onnx/student-ptq-minmax-w8a8.export.json").read_text())
+    assert report["agreement"]["detections_match_iou50"] != report["agreement"]["detections_match_iou50"] \
+        or report["agreement"]["detections_match_iou50"] >= 0.9
+
+
+def test_nothing_is_written_outside_the_study(yolo_study):
+    """Ultralytics keeps its settings in the study (results/.ultralytics), not under HOME, and
+    its MLflow callback never ran (quantdet's runs only)."""
+    assert not (yolo_study / "home" / ".config" / "Ultralytics").exists()
+    assert not (yolo_study / "runs").exists()
