@@ -885,8 +885,8 @@ class Yolo(DetectorFamily):
         return None
 
     def describe(self, config: dict) -> str:
-        where = f" from `{Path(config['checkpoint']).name}`" if config.get("checkpoint") else ""
-        return f"Ultralytics `{config.get('arch')}`{where}"
+        arch = config.get("arch")
+        return f"Ultralytics YOLO `{arch}`" if arch else "Ultralytics YOLO"
 
 
 def _c2f_forward(self, x):

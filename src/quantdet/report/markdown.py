@@ -264,9 +264,20 @@ def _seed_spread(spread: pd.DataFrame) -> str:
 
 
 def _detector(model_params: dict) -> str:
+    """The family's line for a model; a user's trained checkpoint with its file's sha256."""
+    from pathlib import Path
+
     from quantdet import detectors
 
-    return detectors.of_params(model_params).describe(model_params)
+    text = detectors.of_params(model_params).describe(model_params)
+    checkpoint = model_params.get("checkpoint")
+    if checkpoint:
+        from quantdet.stages.train import sha256_of
+
+        path = Path(checkpoint)
+        digest = sha256_of(path) if path.is_file() else "file not found when the report was written"
+        text += f" from the trained checkpoint `{checkpoint}` (sha256 `{digest}`; not trained by this study)"
+    return text
 
 
 def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[int],
