@@ -11,7 +11,7 @@ import torch
 
 from quantdet.distill.mimic import FeatureTap, add_adaptation, mimic_loss, pooled
 from quantdet.methods import get_method, names
-from quantdet.models import build_detector
+from quantdet.detectors.centernet.network import build_detector
 from quantdet.quant.graph import quantize_model, set_quant_mode
 from quantdet.quant.modules import QUANTIZE
 from quantdet.quant.outlier import QuantErrorLoss

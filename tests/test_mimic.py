@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from quantdet.distill.mimic import (ADAPTATION, FeatureTap, MimicTerm, add_adaptation, mimic_loss,
                                     parse_variant, pooled, remove_adaptation, uniform_quantize)
-from quantdet.models import build_detector
+from quantdet.detectors.centernet.network import build_detector
 from quantdet.methods import get_method
 from quantdet.quant.qat import prepare_qat
 

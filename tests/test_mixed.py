@@ -14,7 +14,7 @@ from quantdet.errors import ParamsError
 from quantdet.export.fidelity import output_agreement
 from quantdet.export.onnx_export import export_onnx
 from quantdet.export.runner import OrtDetector
-from quantdet.models import build_detector
+from quantdet.detectors.centernet.network import build_detector
 from quantdet.models.io import load_model, save_model
 from quantdet.quant.graph import layer_weight_bits, quant_layers
 from quantdet.quant.mixed import (allocate_bits, check_budget, layer_sensitivities, layer_sizes,

@@ -5,8 +5,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from quantdet.models import build_detector, decode_detections, detection_loss
-from quantdet.models.loss import box_gaussians
+from quantdet.detectors.centernet.decode import decode_detections
+from quantdet.detectors.centernet.loss import detection_loss
+from quantdet.detectors.centernet.network import build_detector
+from quantdet.detectors.centernet.loss import box_gaussians
 
 NUM_CLASSES = 3
 

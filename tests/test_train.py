@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantdet.models import build_detector
+from quantdet.detectors.centernet.network import build_detector
 from quantdet.train.checkpoint import load_checkpoint
 from quantdet.train.loop import fit, warmup_cosine
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantdet.models import build_detector
+from quantdet.detectors.centernet.network import build_detector
 from quantdet.quant.modules import QuantConv2d
 from quantdet.zeroshot.ait import (GradientInflation, changed_fraction, distillation_loss,
                                    inflation_factor)

@@ -56,12 +56,12 @@ class Toy(DetectorFamily):
         return ToyNet(config["num_classes"], int(config["arch"][3:]))
 
     def loss_fn(self, model):
-        from quantdet.models.loss import detection_loss
+        from quantdet.detectors.centernet.loss import detection_loss
 
         return detection_loss
 
     def decode(self, outputs, config, input_size, *, score_threshold, max_detections, nms_iou):
-        from quantdet.models.decode import decode_detections
+        from quantdet.detectors.centernet.decode import decode_detections
 
         return decode_detections(tuple(outputs), STRIDE, score_threshold=score_threshold,
                                  max_detections=max_detections, nms_iou=nms_iou)

@@ -12,7 +12,9 @@ def detector_config(metadata: dict) -> dict:
     files exported before the detector registry hold quantdet's first detector)."""
     if "quantdet.detector" in metadata:
         return json.loads(metadata["quantdet.detector"])
-    return {"family": "centernet"}
+    from quantdet.detectors import DEFAULT
+
+    return {"family": DEFAULT}
 
 
 class OrtDetector:

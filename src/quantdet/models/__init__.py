@@ -1,6 +1,2 @@
-"""Detectors: timm backbone + FPN + dense anchor-free head, their loss, and decoding."""
-from quantdet.models.decode import decode_detections
-from quantdet.models.detector import Detector, build_detector
-from quantdet.models.loss import detection_loss
-
-__all__ = ["Detector", "build_detector", "decode_detections", "detection_loss"]
+"""Model files (quantdet.models.io): an FP32 or quantized network saved with the detector config
+that rebuilds it. The networks themselves are the detector families' (quantdet.detectors)."""

@@ -5,8 +5,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from quantdet.models.fpn import FeaturePyramid
-from quantdet.models.head import CenterHead
+from quantdet.detectors.centernet.fpn import FeaturePyramid
+from quantdet.detectors.centernet.head import CenterHead
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

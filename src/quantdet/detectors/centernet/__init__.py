@@ -2,7 +2,7 @@
 dense head (class heatmap and ltrb box distances per cell).
 
 Raw outputs: (heatmap logits B×C×S/4×S/4, box ltrb B×4×S/4×S/4). Decoding: 3×3 peak picking,
-top-k, boxes around the cell centres, class-wise NMS (``quantdet.models.decode``).
+top-k, boxes around the cell centres, class-wise NMS (``quantdet.detectors.centernet.decode``).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class CenterNet(DetectorFamily):
                 "pretrained": model_params.get("pretrained", False)}
 
     def build(self, config: dict, pretrained: bool = False):
-        from quantdet.models.detector import build_detector
+        from quantdet.detectors.centernet.network import build_detector
 
         return build_detector(config["backbone"], config["num_classes"], config["fpn_channels"],
                               config["head_channels"], pretrained=pretrained)
@@ -72,12 +72,12 @@ class CenterNet(DetectorFamily):
         raise QuantdetError(f"{path}: centernet reads quantdet model files only")
 
     def loss_fn(self, model):
-        from quantdet.models.loss import detection_loss
+        from quantdet.detectors.centernet.loss import detection_loss
 
         return detection_loss
 
     def decode(self, outputs, config, input_size, *, score_threshold, max_detections, nms_iou):
-        from quantdet.models.decode import decode_detections
+        from quantdet.detectors.centernet.decode import decode_detections
 
         return decode_detections(tuple(outputs), STRIDE, score_threshold=score_threshold,
                                  max_detections=max_detections, nms_iou=nms_iou)

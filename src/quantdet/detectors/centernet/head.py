@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantdet.models.fpn import conv_bn_relu
+from quantdet.detectors.centernet.fpn import conv_bn_relu
 
 HEATMAP_PRIOR = 0.1  # CenterNet: initial centre probability, keeps the focal loss stable at start
 BOX_SCALE = 16.0     # TTFNet: ReLU output × 16 px, so an initial output of ~1 is a mid-size box

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from quantdet.models.decode import ltrb_to_boxes
+from quantdet.detectors.centernet.decode import ltrb_to_boxes
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: Gaussian radius as a fraction of the half box side
 HEATMAP_WEIGHT = 1.0
