@@ -74,7 +74,8 @@ def test_a_yolo_train_checkpoint_runs_through_a_study(trained, tmp_path):
     robustness = json.loads((work / "results/metrics/robustness.json").read_text())
     assert {"student-fp32", "student-ptq-minmax-w8a8-ort"} <= set(robustness)
     assert digest in (work / "results/report.md").read_text()
-    assert not (work / "home" / ".config").exists()  # Ultralytics wrote nothing under HOME
+    assert not (work / "home" / ".config" / "Ultralytics").exists()  # its settings stay in the study
+    assert (work / "results" / ".ultralytics" / "settings.json").exists()
 
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")

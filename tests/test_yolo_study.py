@@ -1,7 +1,7 @@
 """The smoke study with Ultralytics YOLO detectors (the yolo family) as student and teacher:
-every method family of the smoke matrix, and the four peers, trained, quantized, exported to
-integer ONNX, evaluated and reported, through Snakemake, reusing the smoke study's prepared and
-corrupted data. One smoke config for the family (CI keeps one per family)."""
+every method of every family (each PTQ observer, QAT recipe, zero-shot method, mixed precision,
+mimic) and the four peers, trained, quantized, exported to integer ONNX, evaluated and
+reported, through Snakemake, reusing the smoke study's prepared and corrupted data. One smoke config for the family (CI keeps one per family)."""
 import json
 import os
 import shutil
@@ -24,6 +24,10 @@ pytestmark = pytest.mark.slow
 STUDENT = {"detector": "yolo", "arch": "yolov8n.yaml"}
 TEACHER = {"detector": "yolo", "arch": "yolov8s.yaml", "epochs": 2}
 PEERS = ["ort_minmax", "nncf", "modelopt", "pt2e"]
+# every method family on YOLO: each PTQ observer, dacal, ACIQ, the zero-shot ZeroQ and GDFQ; each
+# QAT recipe and AIT; mixed precision and mimic (the smoke matrix's) and the four peers
+PTQ = ["minmax", "percentile", "mse", "kl", "ema_minmax", "dacal", "aciq", "zeroq", "gdfq"]
+QAT = ["qat", "lsq", "fqn", "daqat", "oaqat", "ait"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def yolo_study(smoke_study, tmp_path_factory):
     params["study"]["name"] = "smoke-yolo"
     params["models"]["student"] = STUDENT
     params["models"]["teacher"] = TEACHER
-    params["matrix"]["peer"] = PEERS
+    params["matrix"].update(peer=PEERS, ptq=PTQ, qat=QAT)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on",
            "HOME": str(work / "home")}

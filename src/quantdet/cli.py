@@ -136,6 +136,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return result if reproduced(result) else 1
     params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = training_processes(params, args.stage)
+    if args.stage == "pretrain" and params["models"][args.role].get("checkpoint"):
+        processes = 1  # a trained checkpoint is imported, not trained: no data-parallel launch
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
         logging.getLogger("quantdet").info("%s: %d data-parallel processes under torchrun",
                                            args.stage, processes)
