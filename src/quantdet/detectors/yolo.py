@@ -90,6 +90,8 @@ def ultralytics_imported():
     import ultralytics
     from ultralytics.utils import SETTINGS
 
+    _unpatch()
+
     study_local = Path.cwd() / CONFIG_DIR
     try:
         local = Path(SETTINGS.file).resolve().is_relative_to(study_local.resolve())
@@ -100,30 +102,51 @@ def ultralytics_imported():
     return ultralytics
 
 
+def _unpatch() -> None:
+    """PIL's Image.open and torch.save as they were, whoever imported ultralytics first (its
+    `utils.patches` keeps the originals)."""
+    import torch
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    if Image.open is patches.image_open:
+        Image.open = patches._image_open
+    if torch.save is patches.torch_save:
+        torch.save = patches._torch_save
+
+
 def _import_keeping_globals() -> None:
-    """Import ultralytics.utils, then undo what it changes for the whole process besides its
-    own settings: numpy's and torch's print options, OpenCV's thread count (it sets 0) and
-    torch.save (it wraps it in retries)."""
+    """Import ultralytics (the modules this family uses), then undo what that changes for the
+    whole process besides its own settings: numpy's and torch's print options, OpenCV's thread
+    count (it sets 0), torch.save (it wraps it in retries), PIL's Image.open (it retries an
+    unreadable image by pip-installing a HEIF plugin: quantdet's own error for a truncated
+    image would become an install attempt) and OpenCV's imread/imwrite/imshow."""
     import numpy as np
     import torch
+    from PIL import Image
 
     numpy_print = np.get_printoptions()
     torch_print = dict(vars(torch._tensor_str.PRINT_OPTS))
-    save = torch.save
+    save, image_open = torch.save, Image.open
     try:
         import cv2
 
         cv2_threads = cv2.getNumThreads()
+        cv2_io = (cv2.imread, cv2.imwrite, cv2.imshow)
     except ImportError:
         cv2 = None
     import ultralytics.utils  # noqa: F401
+    import ultralytics.utils.patches  # noqa: F401
+    import ultralytics.nn.tasks  # noqa: F401
 
     np.set_printoptions(**numpy_print)
     for key, value in torch_print.items():
         setattr(torch._tensor_str.PRINT_OPTS, key, value)
     torch.save = save
+    Image.open = image_open
     if cv2 is not None:
         cv2.setNumThreads(cv2_threads)
+        cv2.imread, cv2.imwrite, cv2.imshow = cv2_io
 
 
 def ultralytics_version() -> str:
