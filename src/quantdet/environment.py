@@ -45,10 +45,11 @@ PACKAGES = {
     "mlflow": ("mlflow",),
     "snakemake": ("snakemake",),
     "dvc": ("dvc",),
+    "ultralytics": ("ultralytics",),   # the yolo detector family's networks, loss and checkpoints
 }
 # versions on every job run's tags (all of them are in the parent run's environment.json)
 KEY_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scipy", "pillow", "opencv",
-                "onnxruntime", "pycocotools", "faster-coco-eval")
+                "onnxruntime", "pycocotools", "faster-coco-eval", "ultralytics")
 
 # /proc/cpuinfo flags that change which kernels run, hence the rounding of results
 CPU_FEATURES = {
