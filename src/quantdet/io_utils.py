@@ -55,6 +55,17 @@ def _umask() -> int:
     return mask
 
 
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (a checkpoint may be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path: str | Path, data, compact: bool = False) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

@@ -488,29 +488,32 @@ print(json.dumps({"attempts": attempts}))
 '''
 
 
+def train_checkpoint(root: Path, arch: str) -> Path:
+    """best.pt of `YOLO(arch).train(...)`: Ultralytics' own trainer, offline, 3 epochs on 6 drawn
+    64-pixel images of 2 classes (data.yaml beside them in root/work), HOME and YOLO_CONFIG_DIR
+    in root; fails if it tried the network or wrote under HOME."""
+    (root / "home").mkdir()
+    script = root / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_"))}
+    env.update(HOME=str(root / "home"), YOLO_CONFIG_DIR=str(root / "config"), YOLO_OFFLINE="1",
+               YOLO_AUTOINSTALL="false")
+    run = subprocess.run([sys.executable, str(script), str(root / "work"), arch], capture_output=True,
+                         text=True, cwd=root, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["attempts"] == [], f"Ultralytics tried the network: {report['attempts']}"
+    assert [str(p) for p in (root / "home").rglob("*")] == []
+    best = root / "work" / "runs" / "train" / "weights" / "best.pt"
+    assert best.is_file()
+    return best
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """arch -> best.pt of `YOLO(arch).train(...)`: Ultralytics' own trainer, offline, 3 epochs
-    on 6 drawn 64-pixel images of 2 classes, HOME and YOLO_CONFIG_DIR in a temporary folder."""
-    out = {}
-    for arch in ("yolov8n.yaml", "yolo26n.yaml"):
-        root = tmp_path_factory.mktemp(f"train-{arch.split('.')[0]}")
-        (root / "home").mkdir()
-        script = root / "train.py"
-        script.write_text(TRAIN_SCRIPT)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_"))}
-        env.update(HOME=str(root / "home"), YOLO_CONFIG_DIR=str(root / "config"), YOLO_OFFLINE="1",
-                   YOLO_AUTOINSTALL="false")
-        run = subprocess.run([sys.executable, str(script), str(root / "work"), arch], capture_output=True,
-                             text=True, cwd=root, env=env, timeout=600)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        report = json.loads(run.stdout.strip().splitlines()[-1])
-        assert report["attempts"] == [], f"Ultralytics tried the network: {report['attempts']}"
-        assert [str(p) for p in (root / "home").rglob("*")] == []
-        best = root / "work" / "runs" / "train" / "weights" / "best.pt"
-        assert best.is_file()
-        out[arch] = best
-    return out
+    """arch -> best.pt of Ultralytics' own trainer (train_checkpoint)."""
+    return {arch: train_checkpoint(tmp_path_factory.mktemp(f"train-{arch.split('.')[0]}"), arch)
+            for arch in ("yolov8n.yaml", "yolo26n.yaml")}
 
 
 def _image(checkpoint: Path, index=0):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import importlib.util
 import os
 import re
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from quantdet.detectors import register_detector
 from quantdet.detectors.base import DetectorFamily
+from quantdet.io_utils import sha256_of
 from quantdet.errors import ParamsError, QuantdetError
 
 # Ultralytics' settings folder, relative to the working directory (the study's root).
@@ -593,14 +593,6 @@ class YoloLoss:
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _MODEL_TASKS = {"SegmentationModel": "segment", "PoseModel": "pose", "OBBModel": "obb",
                 "ClassificationModel": "classify", "SemanticSegmentationModel": "semantic",
                 "DepthModel": "depth", "RTDETRDetectionModel": "RT-DETR detection",
@@ -757,7 +749,7 @@ class Yolo(DetectorFamily):
         model_yaml = copy.deepcopy(model.yaml)
         arch = Path(str(model_yaml.get("yaml_file") or "checkpoint.yaml")).name
         config = self._config(arch, model_yaml, network)
-        return {**config, "checkpoint": str(path), "checkpoint_sha256": _sha256(path)}
+        return {**config, "checkpoint": str(path), "checkpoint_sha256": sha256_of(path)}
 
     def build(self, config: dict, pretrained: bool = False):
         if pretrained:

@@ -272,7 +272,7 @@ def _detector(model_params: dict) -> str:
     text = detectors.of_params(model_params).describe(model_params)
     checkpoint = model_params.get("checkpoint")
     if checkpoint:
-        from quantdet.stages.train import sha256_of
+        from quantdet.io_utils import sha256_of
 
         path = Path(checkpoint)
         digest = sha256_of(path) if path.is_file() else "file not found when the report was written"

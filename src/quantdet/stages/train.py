@@ -6,7 +6,7 @@ from pathlib import Path
 
 from quantdet import study
 from quantdet.errors import QuantdetError
-from quantdet.io_utils import write_json
+from quantdet.io_utils import sha256_of, write_json
 from quantdet.stages.common import log_job, require, set_threads
 from quantdet.train import distributed
 
@@ -81,16 +81,6 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
                                                    if isinstance(v, (int, float))}},
              tags=numerics_tags(history["numerics"]), artifacts=[out.with_suffix(".train.json")])
     return summary
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_torch_file(path: Path):
