@@ -118,7 +118,13 @@ def load_trained(model_params: dict, path: Path, class_names: list[str], key: st
     if isinstance(content, dict) and content and all(hasattr(v, "shape") for v in content.values()):
         config = family.config(model_params, len(class_names))
         model = detectors.build(config)
-        missing, unexpected = model.load_state_dict(content, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(content, strict=False)
+        except RuntimeError as e:  # same keys, other shapes
+            shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+            raise QuantdetError(f"{path}: a state dict that does not fit {family.describe(config)} with "
+                                f"{len(class_names)} classes: {len(shapes)} tensors of other shapes "
+                                f"(e.g. {shapes[0] if shapes else e})") from None
         if missing or unexpected:
             raise QuantdetError(f"{path}: a state dict that does not fit {family.describe(config)} with "
                                 f"{len(class_names)} classes: {len(missing)} missing keys (e.g. "

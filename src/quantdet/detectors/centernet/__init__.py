@@ -6,6 +6,8 @@ top-k, boxes around the cell centres, class-wise NMS (``quantdet.detectors.cente
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from quantdet.detectors import register_detector
 from quantdet.detectors.base import DetectorFamily
 from quantdet.errors import ParamsError, QuantdetError
@@ -42,11 +44,10 @@ class CenterNet(DetectorFamily):
         name = self._backbone(model_params)
         if not name:
             raise ParamsError(f"{key}.backbone: centernet needs a timm backbone name")
-        if model_params.get("checkpoint"):
-            raise ParamsError(f"{key}.checkpoint: a centernet checkpoint is a quantdet model file "
-                              "(results/models/*-fp32.pt of another study); give its path as "
-                              "models.<role>.checkpoint only with detector: yolo, or copy the file "
-                              "to results/models/ (see README, 'Your own detector')")
+        checkpoint = model_params.get("checkpoint")
+        if checkpoint and not Path(checkpoint).expanduser().is_file():
+            raise ParamsError(f"{key}.checkpoint: {checkpoint} does not exist (a quantdet model file "
+                              "or a state dict of this network)")
         # Hub and local weights name no registered architecture; a `.tag` names pretrained weights.
         if ":" in name:
             return
