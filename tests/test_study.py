@@ -8,12 +8,13 @@ from quantdet.config import load_params
                                   "student-ptq-ema_minmax-w4a4-ort", "student-qat-lsq-w4a8",
                                   "student-ptq-mixed-w5a8-ort", "student-ptq-zeroq-w8a8",
                                   "student-qat-ait-w4a4", "student-mimic-qmimic_l0p1-w4a4-ort",
-                                  "student-fp32-s1", "student-qat-fqn-w8a8-s1", "student-qat-fqn-w8a8-r2-ort"])
+                                  "student-fp32-s1", "student-qat-fqn-w8a8-s1", "student-qat-fqn-w8a8-r2-ort",
+                                  "yolo11n-fp32", "yolo26n-qat-daqat-w4a4-ort", "yolo11n-peer-nncf-w8a8-ort"])
 def test_model_names_round_trip(name):
     assert study.parse_model_name(name).name == name
 
 
-@pytest.mark.parametrize("name", ["student", "student-ptq-w8a8", "pupil-fp32", "student-ptq-kl-w8",
+@pytest.mark.parametrize("name", ["student", "student-ptq-w8a8", "Pupil-fp32", "yolo-11n-fp32", "student-ptq-kl-w8",
                                   "student-fp32-r1"])
 def test_malformed_model_names_are_rejected(name):
     with pytest.raises(ValueError, match="not a quantdet model name"):
@@ -81,7 +82,9 @@ def test_mixed_precision_models_come_from_their_budgets():
     params = load_params("params.yaml")
     params["matrix"]["mixed"] = [5, 6]
     params["quant"]["mixed"]["act_bits"] = 8
-    assert study.mixed_models(params) == ["student-ptq-mixed-w5a8", "student-ptq-mixed-w6a8"]
+    assert study.mixed_models(params) == ["student-ptq-mixed-w5a8", "student-ptq-mixed-w6a8",   # the
+                                          *(f"{r}-ptq-mixed-w{b}a8" for r in ("yolo11n", "yolo26n")  # YOLO
+                                            for b in (5, 6))]   # students' matrices do not set mixed
     assert set(study.mixed_models(params)) <= set(study.ptq_models(params))
     name = study.parse_model_name("student-ptq-mixed-w5a8")
     assert name.mixed_precision and name.stage == "ptq" and name.weight_bits == 5
@@ -188,7 +191,7 @@ def test_a_peer_job_reads_the_fp32_model_its_tool_quantizes():
     PyTorch model, whose file is then an input of its job too."""
     params = load_params("params.yaml")
     params["matrix"]["peer"] = ["ort_minmax", "nncf", "nncf_mixed", "modelopt", "pt2e"]
-    peers = {j.target: j for j in study.jobs(params) if j.stage == "peer"}
+    peers = {j.target: j for j in study.jobs(params) if j.stage == "peer" and j.target.startswith("student-")}
     assert set(peers) == {f"student-peer-{p}-w8a8" for p in params["matrix"]["peer"]}
     for model, job in peers.items():
         assert job.outputs == (study.onnx_file(model), f"results/models/{model}.export.json")
@@ -214,3 +217,52 @@ def test_extension_overlays_rerun_no_job_of_the_default_study(overlay):
         assert twin.inputs == job.inputs and twin.outputs == job.outputs
         assert select(extended, list(twin.reads)) == select(base, list(job.reads)), job
     assert len(new_jobs) > len(study.jobs(base))
+
+
+def test_the_detector_axis_runs_each_student_through_its_own_matrix():
+    """models.students: each extra detector is trained from its own settings and runs the
+    study's matrix with its own `matrix` keys over it, never mimic or the repeats."""
+    params = load_params("params.yaml")
+    assert study.students(params) == ["student", "yolo11n", "yolo26n"]
+    models = study.evaluated_models(params)
+    for role in ("yolo11n", "yolo26n"):
+        assert f"{role}-fp32" in models
+        mine = {m for m in models if m.startswith(role + "-")}
+        assert mine == {f"{role}-fp32", *(f"{role}-{s}-{m}-w{b}a{b}-ort" for s, m in
+                                          [("ptq", "minmax"), ("ptq", "dacal"), ("qat", "daqat"), ("peer", "nncf")]
+                                          for b in (8, 4) if (s, m, b) != ("peer", "nncf", 4))}
+        job = study.find_job(params, "qat", f"{role}-qat-daqat-w4a4")
+        assert job.inputs == (f"results/models/{role}-fp32.pt", "data/prepared")
+    pretrain = study.find_job(params, "pretrain", "yolo11n-fp32")
+    assert pretrain.options == (("role", "yolo11n"),)
+    # its network settings, not its matrix: a method appended to it retrains nothing
+    assert "models.students.yolo11n.arch" in pretrain.reads
+    assert not any(r.endswith(".matrix") for r in pretrain.reads)
+    assert study.model_params(params, "yolo11n") == {"detector": "yolo", "arch": "yolo11n.yaml"}
+    assert study.role_matrix(params, "yolo11n")["bits"] == params["matrix"]["bits"]
+    assert study.role_matrix(params, "yolo11n")["mimic"] == []
+
+
+def test_a_study_file_drops_a_detector_with_null(tmp_path):
+    import yaml
+
+    from quantdet.errors import ParamsError, QuantdetError
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"models": {"students": {"yolo26n": None}}}))
+    params = load_params(tmp_path / "p.yaml")
+    assert study.students(params) == ["student", "yolo11n"]
+    assert not any(m.startswith("yolo26n") for m in study.evaluated_models(params))
+    with pytest.raises(QuantdetError, match="yolo26n: not a model of this study"):
+        study.model_params(params, "yolo26n")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"models": {"students": None}}))
+    assert study.students(load_params(tmp_path / "p.yaml")) == ["student"]
+    for bad, message in [({"student": {"detector": "yolo"}}, "models.students"),
+                         ({"yolo11n": {"matrix": {"ptq": ["omse"]}}}, "models.students.yolo11n.matrix.ptq: unknown "
+                                                                      "method 'omse'"),
+                         ({"yolo11n": {"matrix": {"qat": ["ait"]}}}, "models.students.yolo11n.matrix.qat: ait "
+                                                                     "calibrates on images generated from "
+                                                                     "models.student's"),
+                         ({"yolo11n": {"detector": "detr"}}, "models.students.yolo11n.detector: unknown detector")]:
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump({"models": {"students": bad}}))
+        with pytest.raises(ParamsError, match=message):
+            load_params(tmp_path / "p.yaml")

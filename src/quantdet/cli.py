@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                    "corruptions.severities, a subfolder each under --out)")
     p.add_argument("--out")
     p = stage("pretrain", "train an FP32 detector from scratch")
-    p.add_argument("--role", required=True, choices=["teacher", "student"])
+    p.add_argument("--role", required=True, help="teacher, student or a key of models.students")
     p.add_argument("--seed", type=int, help="a repeat seed (study.repeat.seeds) instead of study.seed")
     p.add_argument("--out")
     p = stage("zeroshot-data", "generate a calibration set from the FP32 student alone "
@@ -136,8 +136,11 @@ def run(args, argv: list[str] | None = None) -> object:
         return result if reproduced(result) else 1
     params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = training_processes(params, args.stage)
-    if args.stage == "pretrain" and params["models"][args.role].get("checkpoint"):
-        processes = 1  # a trained checkpoint is imported, not trained: no data-parallel launch
+    if args.stage == "pretrain":
+        from quantdet import study
+
+        if study.model_params(params, args.role).get("checkpoint"):
+            processes = 1  # a trained checkpoint is imported, not trained: no data-parallel launch
     if args.stage in TRAINING_STAGES and processes > 1 and not distributed.launched():
         logging.getLogger("quantdet").info("%s: %d data-parallel processes under torchrun",
                                            args.stage, processes)

@@ -86,11 +86,12 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
         raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
     _check_consistency(params, source)
     if check_backbones:
-        from quantdet import detectors
+        from quantdet import detectors, study
 
-        for role in ("teacher", "student"):
+        for role in ("teacher", *study.students(params)):
+            model = study.model_params(params, role)
             try:
-                detectors.of_params(params["models"][role]).check(params["models"][role], f"models.{role}")
+                detectors.of_params(model).check(model, study.model_key(role))
             except ParamsError as e:
                 raise ParamsError(f"{source}: {e}") from None
     return params
@@ -98,12 +99,12 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
 
 def _check_consistency(params: dict, source: str) -> None:
     """Rules a JSON schema cannot say."""
-    from quantdet import detectors
+    from quantdet import detectors, study
 
-    for role in ("teacher", "student"):
-        family = params["models"][role].get("detector", detectors.DEFAULT)
+    for role in ("teacher", *study.students(params)):
+        family = study.model_params(params, role).get("detector", detectors.DEFAULT)
         if family not in detectors.names():
-            raise ParamsError(f"{source}: models.{role}.detector: unknown detector family {family!r} "
+            raise ParamsError(f"{source}: {study.model_key(role)}.detector: unknown detector family {family!r} "
                               f"(known: {', '.join(detectors.names())}; `quantdet detectors` lists them)")
     data = params["data"]
     if data["source"] == "coco":
@@ -115,6 +116,7 @@ def _check_consistency(params: dict, source: str) -> None:
     if data["source"] == "yolo" and not data["yolo"]["data_yaml"]:
         raise ParamsError(f"{source}: data.yolo.data_yaml: required when data.source is yolo")
     _check_matrix(params["matrix"], source)
+    _check_students(params, source)
     _check_detector_methods(params, source)
     corr = params["corruptions"]
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
@@ -176,14 +178,39 @@ def _check_matrix(matrix: dict, source: str) -> None:
                               f"matrix.{family} (a repeat re-runs methods the study runs)")
 
 
-def _check_detector_methods(params: dict, source: str) -> None:
-    """A method the student's detector family cannot serve (its registry entry's `unsupported`,
-    by method name or by stage family) is refused with the family's reason."""
-    from quantdet import detectors
+def _check_students(params: dict, source: str) -> None:
+    """An extra student's own matrix lists registered methods; zero-shot methods are the
+    study student's alone: their generated sets (data/synthetic/<generator>) are drawn from
+    `student-fp32`, one set per generator, which the zero-shot comparisons calibrate on."""
+    from quantdet import study
+    from quantdet.methods import get_method, names
 
-    matrix = params["matrix"]
-    for role in ("student", "teacher"):
-        family = detectors.of_params(params["models"][role])
+    for role in study.extra_students(params):
+        key = f"{study.model_key(role)}.matrix"
+        m = study.role_matrix(params, role)
+        for family in ("ptq", "qat", "peer"):
+            for method in m[family]:
+                try:
+                    found = get_method(family, method)
+                except KeyError:
+                    raise ParamsError(f"{source}: {key}.{family}: unknown method {method!r} (registered: "
+                                      f"{', '.join(names(family))}; see `quantdet methods`)") from None
+                if getattr(found, "generated", None):
+                    raise ParamsError(
+                        f"{source}: {key}.{family}: {method} calibrates on images generated from "
+                        f"models.student's FP32 network (data/synthetic/{found.generated}), not from "
+                        f"{role}'s: list it in this student's matrix without it (its own `matrix` key), "
+                        f"or study {role} as models.student")
+
+
+def _check_detector_methods(params: dict, source: str) -> None:
+    """A method a student's detector family cannot serve (its registry entry's `unsupported`,
+    by method name or by stage family) is refused with the family's reason."""
+    from quantdet import detectors, study
+
+    for role in ("teacher", *study.students(params)):
+        matrix = study.role_matrix(params, "student" if role == "teacher" else role)
+        family = detectors.of_params(study.model_params(params, role))
         if not family.unsupported or (role == "teacher" and not matrix["mimic"]):
             continue
         listed = [(stage, m) for stage in ("ptq", "qat", "peer", "mimic") for m in matrix[stage]]
@@ -193,7 +220,8 @@ def _check_detector_methods(params: dict, source: str) -> None:
                 continue
             reason = family.unsupported.get(method) or family.unsupported.get(stage)
             if reason:
-                raise ParamsError(f"{source}: matrix.{stage}: {method} cannot quantize the {role}'s "
+                where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
+                raise ParamsError(f"{source}: {where}.{stage}: {method} cannot quantize the {role}'s "
                                   f"detector ({family.name}): {reason}")
 
 

@@ -25,6 +25,9 @@ Model names are built here and parsed back here, nowhere else:
     student-mimic-qmimic-w8a8                        quantization mimic of the teacher (distill.mimic)
     student-peer-ort_minmax-w8a8-ort                 another tool's quantizer (a peer), from the FP32
                                                      ONNX model, evaluated deployed only
+    yolo11n-fp32, yolo11n-qat-daqat-w8a8-ort         a detector beside the student (the detector
+                                                     axis: `models.students.yolo11n`), through its
+                                                     own matrix (the study's, or its `matrix` keys)
 
 The part after the family (ptq, qat, mimic, peer) is a method of the registry of that family.
 
@@ -42,16 +45,20 @@ SUFFIXES = {"torch": "", "onnxruntime": ORT_SUFFIX, "openvino": OV_SUFFIX}  # ru
 DEPLOYED = ("onnxruntime", "openvino")  # runtimes that run the exported integer ONNX model
 MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
+ROLE = re.compile(r"^[a-z][a-z0-9_]*$")   # a role: teacher, student or a key of models.students
+# what an extra student's matrix may set (the rest is the study's): no mimic (the teacher is the
+# student's) and no repeats (those measure the headline comparisons' seed-to-seed spread)
+STUDENT_MATRIX_KEYS = ("bits", "ptq", "qat", "peer", "mixed")
 
 _NAME = re.compile(
-    r"^(?P<role>teacher|student)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
+    r"^(?P<role>[a-z][a-z0-9_]*)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
     r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov)?$"
 )
 
 
 @dataclass(frozen=True)
 class ModelName:
-    role: str                 # teacher | student
+    role: str                 # teacher | student | an extra student (models.students)
     stage: str                # pretrain | ptq | qat | mimic
     method: str | None        # observer / recipe / zero-shot method / mimic variant; None for FP32
     weight_bits: int | None
@@ -144,21 +151,69 @@ def matrix(params: dict) -> dict:
     return params["matrix"]
 
 
-def ptq_models(params: dict) -> list[str]:
+# ---------------------------------------------------------------------------- the detector axis
+def extra_students(params: dict) -> list[str]:
+    """The detectors beside the student (`models.students`), by name, in params order; an
+    entry set to null (a study file's way to drop one of the base study's) is none."""
+    return [name for name, entry in (params["models"].get("students") or {}).items() if entry is not None]
+
+
+def students(params: dict) -> list[str]:
+    """Every student role of the study: `student` first, then the extra ones."""
+    return ["student", *extra_students(params)]
+
+
+def model_key(role: str) -> str:
+    """The params key that describes a role's network."""
+    return f"models.{role}" if role in ROLES else f"models.students.{role}"
+
+
+def model_params(params: dict, role: str) -> dict:
+    """A role's network settings (detector, arch/backbone, checkpoint, ...), without the matrix
+    of an extra student."""
+    if role in ROLES:
+        return params["models"][role]
+    extra = params["models"].get("students") or {}
+    if extra.get(role) is None:
+        from quantdet.errors import QuantdetError
+
+        raise QuantdetError(f"{role}: not a model of this study (models.student, models.teacher or a "
+                            f"key of models.students: {', '.join(extra_students(params)) or 'none'})")
+    return {k: v for k, v in extra[role].items() if k != "matrix"}
+
+
+def role_matrix(params: dict, role: str = "student") -> dict:
+    """What a student role runs: the study's matrix for `student`; for an extra student, the
+    study's with its own `matrix` keys (STUDENT_MATRIX_KEYS) over it, no mimic, no repeats."""
     m = matrix(params)
-    return [quantized_model_name("student", "ptq", method, b, b)
-            for method in m["ptq"] for b in m["bits"]] + mixed_models(params)
+    if role in ROLES:
+        return m
+    own = (params["models"]["students"][role] or {}).get("matrix") or {}
+    return {**m, **{k: own[k] for k in STUDENT_MATRIX_KEYS if k in own}, "mimic": [],
+            "repeat": {**m["repeat"], "seeds": []}}
+
+
+def ptq_models(params: dict) -> list[str]:
+    names = []
+    for role in students(params):
+        m = role_matrix(params, role)
+        names += [quantized_model_name(role, "ptq", method, b, b) for method in m["ptq"] for b in m["bits"]]
+    return names + mixed_models(params)
 
 
 def mixed_models(params: dict) -> list[str]:
     """One mixed-precision PTQ model per average-bits budget."""
     act_bits = params["quant"]["mixed"]["act_bits"]
-    return [quantized_model_name("student", "ptq", MIXED, b, act_bits) for b in matrix(params)["mixed"]]
+    return [quantized_model_name(role, "ptq", MIXED, b, act_bits) for role in students(params)
+            for b in role_matrix(params, role)["mixed"]]
 
 
 def qat_models(params: dict) -> list[str]:
-    m = matrix(params)
-    return [quantized_model_name("student", "qat", recipe, b, b) for recipe in m["qat"] for b in m["bits"]]
+    names = []
+    for role in students(params):
+        m = role_matrix(params, role)
+        names += [quantized_model_name(role, "qat", recipe, b, b) for recipe in m["qat"] for b in m["bits"]]
+    return names
 
 
 def mimic_models(params: dict) -> list[str]:
@@ -176,9 +231,12 @@ def peer_models(params: dict) -> list[str]:
     """Other tools' quantized ONNX models, at the study's widths the tool supports."""
     from quantdet.methods import get_method
 
-    m = matrix(params)
-    return [quantized_model_name("student", "peer", p, b, b) for p in m.get("peer", [])
-            for b in m["bits"] if b in get_method("peer", p).bits]
+    names = []
+    for role in students(params):
+        m = role_matrix(params, role)
+        names += [quantized_model_name(role, "peer", p, b, b) for p in m.get("peer", [])
+                  for b in m["bits"] if b in get_method("peer", p).bits]
+    return names
 
 
 def generators(params: dict) -> list[str]:
@@ -259,7 +317,7 @@ def teacher_needed(params: dict) -> bool:
 
 
 def fp32_models(params: dict) -> list[str]:
-    return (["teacher-fp32"] if teacher_needed(params) else []) + ["student-fp32"]
+    return (["teacher-fp32"] if teacher_needed(params) else []) + [f"{r}-fp32" for r in students(params)]
 
 
 def exported_models(params: dict) -> list[str]:
@@ -370,7 +428,7 @@ class Job:
 
 
 def job_reads(stage: str, role: str = "student", model: str | None = None,
-              generator: str | None = None) -> list[str]:
+              generator: str | None = None, params: dict | None = None) -> list[str]:
     """The params leaves a job reads: its stage's, or its method's (quantdet.methods)."""
     from quantdet.methods import method_reads
 
@@ -382,7 +440,15 @@ def job_reads(stage: str, role: str = "student", model: str | None = None,
         return method_reads(stage, parse_model_name(model).method)
     if stage == "export" and model is not None and not parse_model_name(model).quantized:
         return ["models.input_size", "export"]  # no detections compared: `evaluate` unread
-    return [k.format(role=role) for k in STAGE_READS[stage]]
+    reads = []
+    for key in STAGE_READS[stage]:
+        if key != "models.{role}":
+            reads.append(key)
+        elif role in ROLES or params is None:
+            reads.append(model_key(role))
+        else:  # an extra student's network settings, not its matrix: appending a method to it
+            reads += [f"{model_key(role)}.{k}" for k in model_params(params, role)]   # retrains nothing
+    return reads
 
 
 def _model_job(params: dict, model: str) -> Job:
@@ -392,9 +458,9 @@ def _model_job(params: dict, model: str) -> Job:
     if not name.quantized:
         options = (("role", name.role),) + ((("seed", str(name.seed)),) if name.seed is not None else ())
         # a user's trained checkpoint replaces training: the job reads (and hashes) that file
-        checkpoint = params["models"][name.role].get("checkpoint")
+        checkpoint = model_params(params, name.role).get("checkpoint")
         return Job("pretrain", model, (model_file(model),), (PREPARED,) + ((checkpoint,) if checkpoint else ()),
-                   tuple(job_reads("pretrain", name.role)), options, seed=name.seed, log=log)
+                   tuple(job_reads("pretrain", name.role, params=params)), options, seed=name.seed, log=log)
     method = method_of(name)
     if name.stage == "peer":  # from the FP32 ONNX (or PyTorch) model to an integer ONNX model
         sources = (onnx_file(name.fp32_source),) + (
@@ -480,6 +546,7 @@ REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/plots/rpc_per_model.png", "results/plots/ap_per_corruption.png",
                   "results/plots/accuracy_vs_robustness.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
+                  "results/tables/detectors.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",
                   "results/study.tsv", "results/environment.json")

@@ -8,6 +8,8 @@ from quantdet.methods import methods
 
 JOBS = {(job.stage, job.target): job for job in study.jobs(config)}
 CORRUPTIONS = study.corruptions(config)   # benchmark + held-out
+# teacher, student and the detectors beside the student (models.students)
+ROLE = "(" + "|".join(["teacher", *study.students(config)]) + ")"
 
 
 def _names(family, extra_outputs):
@@ -19,20 +21,20 @@ def _names(family, extra_outputs):
 
 
 wildcard_constraints:
-    role="teacher|student",
+    role=ROLE,
     corruption="|".join(CORRUPTIONS) or "^$",
     severity=r"\d",
-    model=r"(teacher|student)-[a-z0-9_-]+",
+    model=ROLE + r"-[a-z0-9_-]+",
     seed=r"\d+",
     generator="|".join(m.name for m in methods("generate")),
 
 
-PTQ_MODEL = rf"(teacher|student)-ptq-{_names('ptq', False)}-w\da\d(-[sr]\d+)?"
-PTQ_FILES_MODEL = rf"(teacher|student)-ptq-{_names('ptq', True)}-w\da\d(-[sr]\d+)?"
-QAT_MODEL = rf"(teacher|student)-qat-{_names('qat', False)}-w\da\d(-[sr]\d+)?"
-MIMIC_MODEL = rf"(teacher|student)-mimic-{_names('mimic', False)}-w\da\d(-[sr]\d+)?"
-PEER_MODEL = rf"(teacher|student)-peer-{_names('peer', False)}-w\da\d"
-EXPORTED_MODEL = r"(teacher|student)-(?!peer-)[a-z0-9_-]+"  # our models; a peer's ONNX is its own job's
+PTQ_MODEL = rf"{ROLE}-ptq-{_names('ptq', False)}-w\da\d(-[sr]\d+)?"
+PTQ_FILES_MODEL = rf"{ROLE}-ptq-{_names('ptq', True)}-w\da\d(-[sr]\d+)?"
+QAT_MODEL = rf"{ROLE}-qat-{_names('qat', False)}-w\da\d(-[sr]\d+)?"
+MIMIC_MODEL = rf"{ROLE}-mimic-{_names('mimic', False)}-w\da\d(-[sr]\d+)?"
+PEER_MODEL = rf"{ROLE}-peer-{_names('peer', False)}-w\da\d"
+EXPORTED_MODEL = ROLE + r"-(?!peer-)[a-z0-9_-]+"  # our models; a peer's ONNX is its own job's
 
 
 def job_of(stage, target):

@@ -33,6 +33,7 @@ rule report:
             category="Tables",
         ),
         "results/tables/ap_by_condition.csv",
+        "results/tables/detectors.csv",
         "results/tables/quantization_drop.csv",
         "results/tables/ap_vs_severity.csv",
         "results/metrics/robustness.json",

@@ -59,7 +59,7 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
     figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
                                             list(params["corruptions"]["severities"]), corruption_groups(params))
                for model, ap in zip(models, replicates)}
-    pairs = comparison_pairs(models, params) + peer_pairs(models, figures)
+    pairs = comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
     comparisons = [_comparison(record, figures, level) for record in pairs]
     log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
              len(image_ids), time.perf_counter() - started)
@@ -200,7 +200,7 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
     """Group "peer": at each bit width, each of our deployed models against the best peer (other
     tools' quantizers, by P on the full image set), all from the same FP32 ONNX model. Group
     "fp32": each peer against that FP32 model, as our quantized models are."""
-    names = {m: study.parse_model_name(m) for m in models}
+    names = {m: n for m in models if (n := study.parse_model_name(m)).role == "student"}  # others: detector_pairs
     records = [{"group": "fp32", "comparison": f"peer {n.method} deployed vs FP32", "bits": n.bits_label,
                 "seeds": [0], "treatment": [m], "baseline": [n.fp32_source]}
                for m, n in names.items() if n.stage == "peer" and n.runtime == "onnxruntime"
@@ -214,6 +214,35 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
         records += [{"group": "peer", "comparison": f"{names[m].stage} {names[m].method} (deployed) vs the "
                      f"best peer, {names[best].method}", "bits": bits, "seeds": [0], "treatment": [m],
                      "baseline": [best]} for m in ours]
+    return records
+
+
+def detector_pairs(models: list[str], params: dict) -> list[dict]:
+    """Group "detector", the detector axis (models.students beside models.student), per
+    detector: each of its quantized models (in the runtime the study analyses) and its peers
+    (deployed) against its own FP32 model, and each FP32 detector against the student's."""
+    names = {m: study.parse_model_name(m) for m in models}
+    roles = study.students(params)
+    if len(roles) < 2:
+        return []
+    analysed = study.analysed_runtime(params)
+    deployed = " deployed" if analysed == "onnxruntime" else ""
+    records = []
+    for model, name in names.items():
+        if name.role not in roles or not name.quantized or name.seed is not None:
+            continue
+        if name.runtime != ("onnxruntime" if name.stage == "peer" else analysed):
+            continue
+        if name.fp32_source in names:
+            what = f"peer {name.method} deployed" if name.stage == "peer" else f"{name.stage} {name.method}{deployed}"
+            records.append({"group": "detector", "detector": name.role, "comparison": f"{name.role}: {what} vs FP32",
+                            "bits": name.bits_label, "seeds": [name.run_seed(params)], "treatment": [model],
+                            "baseline": [name.fp32_source]})
+    for role in roles[1:]:
+        if f"{role}-fp32" in names and "student-fp32" in names:
+            records.append({"group": "detector", "detector": role, "comparison": f"{role} vs student (FP32)",
+                            "bits": "fp32", "seeds": [names["student-fp32"].run_seed(params)],
+                            "treatment": [f"{role}-fp32"], "baseline": ["student-fp32"]})
     return records
 
 

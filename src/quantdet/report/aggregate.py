@@ -13,7 +13,7 @@ from quantdet.report.inputs import read_evaluation_rows, read_exports, read_json
 from quantdet.report.markdown import render_study_report
 from quantdet.report.plots import (plot_accuracy_vs_robustness, plot_ap_per_corruption, plot_ap_vs_severity,
                                    plot_rpc_per_model)
-from quantdet.study import PREPARED
+from quantdet.study import PREPARED, ROLES, parse_model_name
 
 ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
                       "P_AP50": "AP50_clean", "mPC_AP50": "mPC_AP50", "rPC_AP50": "rPC_AP50"}
@@ -26,17 +26,28 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                        intervals: dict | None = None, environment: str = "",
                        ablation: dict | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
-    (per-model P/mPC/rPC and the paths written) for the CLI to log."""
+    (per-model P/mPC/rPC and the paths written) for the CLI to log.
+
+    The metrics and the robustness and AP tables hold every model of the study; the report's
+    sections and plots the student's and teacher's, and "Detectors side by side" the detector
+    axis (models.students: quantdet.report.detectors), each detector against its own FP32."""
     out = Path(out_root)
-    rows = read_evaluation_rows(eval_files)
-    exports = read_exports(export_files)
+    every_row = read_evaluation_rows(eval_files)
+    every_export = read_exports(export_files)
+    primary = {m for m in {r["model"] for r in every_row} | set(every_export)
+               if parse_model_name(m).role in ROLES}
+    rows = [r for r in every_row if r["model"] in primary]
+    exports = {m: e for m, e in every_export.items() if m in primary}
 
     ap = t.ap_by_condition(rows, params)
     robustness = t.robustness_table(ap, params)
+    every_ap = t.ap_by_condition(every_row, params)
+    every_robustness = t.robustness_table(every_ap, params)
     if intervals:  # the 95% interval of every figure, beside it
         from quantdet.report.answers import interval_columns
 
         robustness = robustness.merge(interval_columns(intervals), on="model", how="left")
+        every_robustness = every_robustness.merge(interval_columns(intervals), on="model", how="left")
     order = list(robustness["model"])
     tables = {
         "ap_by_condition": ap,
@@ -52,12 +63,20 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     tables["comparison_summary"] = t.comparison_summary(tables["paired_comparisons"])
 
     written = {
-        "robustness_metrics": atomic_write_json(out / "metrics" / "robustness.json", _robustness_metrics(robustness)),
-        "export_metrics": atomic_write_json(out / "metrics" / "export.json", _export_metrics(tables["export"], exports)),
+        "robustness_metrics": atomic_write_json(out / "metrics" / "robustness.json",
+                                                _robustness_metrics(every_robustness)),
+        "export_metrics": atomic_write_json(out / "metrics" / "export.json",
+                                            _export_metrics(t.export_table(every_export, list(every_robustness["model"])),
+                                                            every_export)),
     }
-    for name in ("ap_by_condition", "robustness", "quantization_drop", "ap_vs_severity", "method_ranking",
+    written["ap_by_condition_table"] = _write_csv(every_ap, out / "tables" / "ap_by_condition.csv")
+    written["robustness_table"] = _write_csv(every_robustness, out / "tables" / "robustness.csv")
+    for name in ("quantization_drop", "ap_vs_severity", "method_ranking",
                  "paired_comparisons", "seed_spread"):
         written[f"{name}_table"] = _write_csv(tables[name], out / "tables" / f"{name}.csv")
+    from quantdet.report.detectors import detector_rows, detectors_section
+
+    written["detectors_table"] = _write_csv(detector_rows(params, intervals or {}), out / "tables" / "detectors.csv")
     written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
                                                        _wide_curves(tables["ap_vs_severity"], order))
 
@@ -85,10 +104,12 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     written["report"] = atomic_write_text(report, render_study_report(params, tables, exports, relative, num_images,
                                                                       mixed_bits or {}, grids,
                                                                       generated_info or {}, _dataset_classes(),
-                                                                      intervals, environment, ablation))
+                                                                      intervals, environment, ablation,
+                                                                      detectors_section(params, intervals,
+                                                                                        every_export)))
 
-    return {"models": order,
-            "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in robustness.itertuples()},
+    return {"models": list(every_robustness["model"]),
+            "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in every_robustness.itertuples()},
             "outputs": {key: str(path) for key, path in written.items()}}
 
 

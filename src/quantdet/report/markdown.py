@@ -7,6 +7,7 @@ from quantdet.report.deployment import deployment_table, fastest_runtime_answers
 from quantdet.report.findings import study_findings
 from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
                                         signed_points)
+from quantdet.study import extra_students, model_params
 from quantdet.report.tables import analysed, corruption_groups, corruption_severity_grid
 
 
@@ -16,7 +17,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         generated_grids: dict[str, str] | None = None,
                         generated_info: dict[str, dict] | None = None,
                         classes: list[str] | None = None, intervals: dict | None = None,
-                        environment: str = "", ablation: dict | None = None) -> str:
+                        environment: str = "", ablation: dict | None = None, detectors: str = "") -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report; ``classes`` are those of the prepared data, where known;
     ``intervals``: results/metrics/intervals.json, whose answers replace the interval-less
@@ -26,6 +27,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
         _answers(intervals, exports),
+        detectors,
         _study_description(params, tables["robustness"], num_images, classes),
         _methods(params),
         _percentile_ablation(ablation, params),
@@ -305,7 +307,8 @@ def _study_description(params: dict, robustness: pd.DataFrame, num_images: list[
         "",
         f"- **Dataset**: {dataset}; evaluated on {'/'.join(map(str, images)) or 'an unknown number of'} images.",
         f"- **Models**: teacher {_detector(models['teacher'])}; student {_detector(models['student'])}; "
-        f"{models['input_size']} px input, trained in FP32.",
+        + "".join(f"beside it `{role}` {_detector(model_params(params, role))}; " for role in extra_students(params))
+        + f"{models['input_size']} px input, trained in FP32.",
         f"- **Quantization**: post-training methods {', '.join(f'`{m}`' for m in matrix['ptq'])} at "
         f"{bits}; {ptq.get('calib_batches', '?')} calibration batches of {ptq.get('calib_batch_size', '?')} images. "
         "Runtime `torch` is fake quantization in PyTorch (simulated); `onnxruntime` (names ending in `-ort`) "

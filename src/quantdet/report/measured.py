@@ -146,6 +146,7 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
     if not stages:   # an extension's block: its models' accuracy; latency belongs to the whole study
         lines.append(targets_markdown(intervals))
         lines.append(deployment_markdown(root, params, intervals))
+        lines.append(detectors_markdown(root, params, intervals))
     ablation = root / study.ABLATION
     if ablation.is_file() and not stages:
         lines.append(ablation_markdown(read_json(ablation), params))
@@ -182,6 +183,8 @@ def deployment_markdown(root: Path, params: dict, intervals: dict, stages: list[
     for model in study.quantized_models(params) + study.peer_models(params):
         if stages and study.parse_model_name(model).stage not in stages:
             continue
+        if study.parse_model_name(model).role not in study.ROLES:   # other detectors: detectors_markdown
+            continue
         path = root / study.MODELS / f"{model}.export.json"
         if path.is_file():
             exports[model] = read_json(path)
@@ -199,6 +202,23 @@ def deployment_markdown(root: Path, params: dict, intervals: dict, stages: list[
                          f"model without them ({side['latency_ms_with']:.1f} vs {side['latency_ms_without']:.1f} ms "
                          "in onnxruntime).")
     return "\n".join(lines[:1]) + "\n\n" + "\n".join(lines[1:])
+
+
+def detectors_markdown(root: Path, params: dict, intervals: dict) -> str:
+    """Per detector of the detector axis (models.students beside models.student): FP32 P and
+    mPC, the best W8A8 and W4A4 method, INT8 speed-up in each runtime beside NNCF's."""
+    from quantdet.report.detectors import summary_table
+
+    if len(study.students(params)) < 2:
+        return ""
+    exports = {}
+    for model in study.quantized_models(params) + study.peer_models(params):
+        path = root / study.MODELS / f"{model}.export.json"
+        if path.is_file():
+            exports[model] = read_json(path)
+    return ("Per detector (the detector axis; AP points with 95% intervals; speed-ups: the median over the "
+            "detector's W8A8 exports, each timed beside its own FP32 ONNX model):\n\n"
+            + summary_table(params, intervals, exports))
 
 
 def targets_markdown(intervals: dict) -> str:

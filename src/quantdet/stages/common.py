@@ -15,7 +15,7 @@ log = logging.getLogger("quantdet")
 
 def log_job(params, stage, model=None, role="student", generator=None, **kwargs):
     """The job's MLflow run, with the params leaves the job reads (study.job_reads)."""
-    read = select(params, study.job_reads(stage, role, model=model, generator=generator))
+    read = select(params, study.job_reads(stage, role, model=model, generator=generator, params=params))
     return tracking.log_job(params, stage=stage, model=model, params_read=read,
                             params_hash=params_hash(read), **kwargs)
 

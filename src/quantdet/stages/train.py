@@ -14,7 +14,7 @@ def detector_config(params: dict, role: str, num_classes: int) -> dict:
     """The model file's detector config for `models.<role>` (its family's `config`)."""
     from quantdet import detectors
 
-    cfg = params["models"][role]
+    cfg = study.model_params(params, role)
     return detectors.of_params(cfg).config(cfg, num_classes)
 
 
@@ -43,7 +43,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
     name = study.ModelName(role, "pretrain", None, None, None, "torch", seed)
     seed = name.run_seed(params)
     out = Path(out or study.model_file(name.model))
-    train_cfg, model_cfg = params["train"], params["models"][role]
+    train_cfg, model_cfg = params["train"], study.model_params(params, role)
     if model_cfg.get("checkpoint"):
         return import_checkpoint(params, role, out, seed)
     set_threads(train_cfg["threads"])
@@ -141,11 +141,11 @@ def import_checkpoint(params: dict, role: str, out: Path, seed: int) -> dict:
     from quantdet.data.dataset import DetectionDataset
     from quantdet.models.io import save_model
 
-    model_cfg = params["models"][role]
+    model_cfg = study.model_params(params, role)
     path = Path(model_cfg["checkpoint"])
     dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"])
     start = time.perf_counter()
-    model, config = load_trained(model_cfg, path, list(dataset.class_names), f"models.{role}")
+    model, config = load_trained(model_cfg, path, list(dataset.class_names), study.model_key(role))
     digest = sha256_of(path)
     config = {**config, "checkpoint": str(path), "checkpoint_sha256": digest}
     from quantdet import detectors
