@@ -1,15 +1,16 @@
 """Does quantdet score a `yolo train` checkpoint as Ultralytics does? The checkpoint's FP32 COCO
-AP on a prepared val split, twice: quantdet's evaluator (the yolo family's network and decode,
-quantdet's letterbox) and Ultralytics' own validator (its letterbox, conf and NMS), whose
+AP on a prepared val split, twice: quantdet's evaluator (the yolo family's network, decode and
+letterbox) and Ultralytics' own validator (its letterbox, conf and NMS), whose
 predictions (`save_json`) are scored with the same COCO evaluation on the same annotations.
 
     python scripts/ultralytics_agreement.py --checkpoint runs/detect/train/weights/best.pt \
         --data data.yaml --val studies/mine/data/prepared/val --imgsz 640 [--conf 0.001 --iou 0.7]
 
 `--val` is the val split `quantdet prepare` made from the same data.yaml (`data.source: yolo`).
-Ultralytics runs square letterboxing (`rect=False`), as quantdet's evaluator does; quantdet
-letterboxes to the top-left corner with black, Ultralytics centres with grey (114), which only
-matters for images that are not square. Prints both APs and their difference as JSON.
+Ultralytics runs square letterboxing (`rect=False`), as quantdet's evaluator does, and the yolo
+family letterboxes as Ultralytics' validator (long side to imgsz by OpenCV, sides rounded up,
+centred on grey 114: tests/test_letterbox.py compares the pixels). Prints both APs and their
+difference as JSON.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def quantdet_ap(checkpoint: Path, val: Path, imgsz: int, conf: float, iou: float
     network, config = family.load_checkpoint(checkpoint, list(names), len(names))
     network.detector_config = dict(config)
     decode = detectors.Decoder(config, imgsz, score_threshold=conf, max_detections=max_det, nms_iou=iou)
-    metrics, _, timing = evaluate_split(network.eval(), val, input_size=imgsz, decode=decode, batch_size=batch)
+    metrics, _, timing = evaluate_split(network.eval(), val, input_size=imgsz, decode=decode, batch_size=batch,
+                                        letterbox=family.letterbox)
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], **timing}
 
 

@@ -1,5 +1,7 @@
 """A split folder as a torch Dataset of letterboxed images and detection targets."""
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +19,53 @@ MIN_KEPT_AREA = 0.5
 MIN_KEPT_SIDE_PX = 2.0
 
 
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image becomes a square network input: scaled to fit S, then padded.
+
+    The default (quantdet's own detector) pads right and bottom with black, resized by PIL's
+    bilinear filter. A detector family trained elsewhere sees its own: Ultralytics' (the `yolo`
+    family) resizes the long side to S with OpenCV's bilinear interpolation, each side rounded
+    up, and centres the image on grey (114), so a checkpoint `yolo train` made scores here as it
+    does in Ultralytics' validator. A box maps back by (box - offset) / scale."""
+    centre: bool = False
+    pad: int = 0
+    ceil: bool = False      # resized sides rounded up (min(ceil(w * r), S)) rather than to nearest
+    resample: str = "pil"   # pil: PIL bilinear (antialiased); cv2: OpenCV INTER_LINEAR
+
+    def sizes(self, width: int, height: int, scale: float) -> tuple[int, int]:
+        if self.ceil:
+            return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def resize(self, image, size: tuple[int, int]) -> np.ndarray:
+        if size == image.size:
+            return np.asarray(image)
+        if self.resample == "cv2":
+            import cv2
+
+            return cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR)
+        return np.asarray(image.resize(size, Image.Resampling.BILINEAR))
+
+
+CORNER = Letterbox()
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Items are (image 3xSxS float in [0, 1], {"boxes" xyxy, "labels"}, meta).
 
-    Images are letterboxed: scaled by S / max(h, w) and padded right and bottom, so a box
-    maps back to the original image by dividing by meta["scale"]. Crowd (ignored)
+    Images are letterboxed (``letterbox``: the detector family's, default CORNER): scaled by
+    S / max(h, w) and padded, so a box maps back to the original image by subtracting
+    meta["offset"] and dividing by meta["scale"]. Crowd (ignored)
     annotations are not targets. Augmentation is geometric only (flip, rescale, shift):
     photometric changes would blur the line between clean training and the corruptions the
     study measures. Its randomness depends on (seed, epoch, index) only, so it does not
     depend on worker count or order; call set_epoch() each epoch.
     """
 
-    def __init__(self, split_dir, input_size, augment=False, seed=0):
+    def __init__(self, split_dir, input_size, augment=False, seed=0, letterbox: Letterbox | None = None):
         self.split_dir = Path(split_dir)
+        self.letterbox = letterbox or CORNER
         self.input_size = int(input_size)
         self.augment = augment
         self.seed = seed
@@ -66,29 +102,38 @@ class DetectionDataset(torch.utils.data.Dataset):
         meta = {"image_id": info["id"], "orig_size": (image.height, image.width), "file_name": info["file_name"]}
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            pixels, boxes, labels, scale = augmented(image, boxes, labels, self.input_size, rng)
+            pixels, boxes, labels, scale = augmented(image, boxes, labels, self.input_size, rng, self.letterbox)
+            offset = (0, 0)
         else:
-            pixels, scale = letterbox(image, self.input_size)
-            boxes = boxes * scale
-        meta["scale"] = scale
+            pixels, scale, offset = letterbox(image, self.input_size, self.letterbox)
+            boxes = boxes * scale + np.array(offset * 2, dtype=np.float32)
+        meta["scale"], meta["offset"] = scale, offset
         # numpy, not torch, converts: torch's intra-op threads cost more than they save on one image.
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255)
         target = {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels)}
         return tensor, target, meta
 
 
-def letterbox(image, size):
-    """(uint8 size x size x 3 array, scale): `image` scaled to fit, padded with zeros right and bottom."""
-    return placed(image, size, size / max(image.size), (0, 0)), size / max(image.size)
+def letterbox(image, size, style: Letterbox = CORNER):
+    """(uint8 size x size x 3 array, scale, (left, top)): `image` scaled to fit and padded."""
+    scale = size / max(image.size)
+    width, height = style.sizes(image.width, image.height, scale)
+    width, height = min(width, size), min(height, size)
+    if style.centre:   # Ultralytics' split of the padding (LetterBox: round(d / 2 -+ 0.1))
+        offset = (round((size - width) / 2 - 0.1), round((size - height) / 2 - 0.1))
+    else:
+        offset = (0, 0)
+    if style.ceil:   # boxes scale as the image did (Ultralytics: the resized height / the original)
+        scale = height / image.height
+    return placed(image, size, scale, offset, style, (width, height)), scale, offset
 
 
-def placed(image, size, scale, offset):
-    """`image` scaled by `scale` and pasted with its top-left corner at `offset` on a black square."""
-    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    if (width, height) != image.size:
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image)
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+def placed(image, size, scale, offset, style: Letterbox = CORNER, resized: tuple[int, int] | None = None):
+    """`image` scaled by `scale` (to `resized` where given) and pasted with its top-left corner
+    at `offset` on a square of the letterbox's pad value."""
+    width, height = resized or style.sizes(image.width, image.height, scale)
+    pixels = style.resize(image, (width, height))
+    canvas = np.full((size, size, 3), style.pad, dtype=np.uint8)
     ox, oy = offset
     x1, y1 = max(ox, 0), max(oy, 0)
     x2, y2 = min(ox + width, size), min(oy + height, size)
@@ -96,16 +141,17 @@ def placed(image, size, scale, offset):
     return canvas
 
 
-def augmented(image, boxes, labels, size, rng):
+def augmented(image, boxes, labels, size, rng, style: Letterbox = CORNER):
     """Random flip, then either the plain letterbox or a random rescale and shift (with crop)."""
     if rng.random() < FLIP_PROBABILITY:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         boxes = np.stack([image.width - boxes[:, 2], boxes[:, 1], image.width - boxes[:, 0], boxes[:, 3]], axis=1)
     scale = size / max(image.size)
     if rng.random() >= RESCALE_PROBABILITY:
-        return placed(image, size, scale, (0, 0)), boxes * scale, labels, scale
+        pixels, scale, offset = letterbox(image, size, style)
+        return pixels, boxes * scale + np.array(offset * 2, dtype=np.float32), labels, scale
     scale *= rng.uniform(*RESCALE_RANGE)
-    width, height = round(image.width * scale), round(image.height * scale)
+    width, height = style.sizes(image.width, image.height, scale)
     offset = tuple(
         int(rng.integers(0, size - extent + 1)) if extent <= size else -int(rng.integers(0, extent - size + 1))
         for extent in (width, height)
@@ -114,7 +160,7 @@ def augmented(image, boxes, labels, size, rng):
     clipped = np.clip(moved, 0, size)
     sides = clipped[:, 2:] - clipped[:, :2]
     keep = (sides.min(axis=1) >= MIN_KEPT_SIDE_PX) & (box_area(clipped) >= MIN_KEPT_AREA * box_area(moved))
-    return placed(image, size, scale, offset), clipped[keep], labels[keep], scale
+    return placed(image, size, scale, offset, style, (width, height)), clipped[keep], labels[keep], scale
 
 
 def box_area(boxes):

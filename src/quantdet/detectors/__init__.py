@@ -78,6 +78,11 @@ def of_params(model_params: dict):
     return get(model_params.get("detector", DEFAULT))
 
 
+def letterbox_of(config: dict | None):
+    """The letterbox of a model file's detector config (None: quantdet's default)."""
+    return of(config).letterbox if config else None
+
+
 def build(config: dict, pretrained: bool = False):
     """The FP32 network a detector config describes; it carries the config (``detector_config``)
     so that quantizing, tracing and decoding it need nothing else."""

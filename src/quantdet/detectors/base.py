@@ -26,6 +26,9 @@ class DetectorFamily:
     # so that onnxruntime runs the prediction convs as integer kernels as well; False keeps them
     # float-output convs (int8 weights and input, float accumulation out).
     integer_outputs: bool = False
+    # How images become square inputs (quantdet.data.dataset.Letterbox); None: quantdet's own
+    # (right/bottom black padding). A family trained elsewhere keeps its trainer's.
+    letterbox = None
 
     # ---- what it accepts -------------------------------------------------------------
     def example(self) -> dict:

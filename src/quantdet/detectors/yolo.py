@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 from quantdet.detectors import register_detector
+from quantdet.data.dataset import Letterbox
 from quantdet.detectors.base import DetectorFamily
 from quantdet.io_utils import sha256_of
 from quantdet.errors import ParamsError, QuantdetError
@@ -673,6 +674,8 @@ class Yolo(DetectorFamily):
     # every conv of backbone, neck and head an integer kernel in onnxruntime: the prediction
     # convs' outputs are quantized (8-bit min/max), the DFL decode and NMS stay float outside
     integer_outputs = True
+    # Ultralytics' validator: long side to S by OpenCV bilinear, sides rounded up, centred on grey 114
+    letterbox = Letterbox(centre=True, pad=114, ceil=True, resample="cv2")
 
     # ---- what it accepts ---------------------------------------------------------------------
     def example(self) -> dict:

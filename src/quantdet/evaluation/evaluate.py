@@ -15,7 +15,11 @@ def to_coco_detections(decoded: list[dict], metas: list[dict], category_ids: lis
     """Boxes in network-input pixels → COCO results in original image coordinates."""
     results = []
     for det, meta in zip(decoded, metas):
-        boxes = det["boxes"] / meta["scale"]
+        boxes = det["boxes"]
+        if any(meta.get("offset", (0, 0))):   # a centred letterbox (the detector family's)
+            left, top = meta["offset"]
+            boxes = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        boxes = boxes / meta["scale"]
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), det["scores"].tolist(),
                                                   det["labels"].tolist()):
             results.append({"image_id": int(meta["image_id"]),
@@ -43,10 +47,11 @@ def predict(model, dataset: DetectionDataset, *, decode, batch_size: int) -> lis
     return detections
 
 
-def evaluate_split(model, split_dir, *, input_size: int, decode, batch_size: int
+def evaluate_split(model, split_dir, *, input_size: int, decode, batch_size: int, letterbox=None
                    ) -> tuple[dict, list[dict], dict]:
-    """COCO box metrics of model on one split folder; returns (metrics, detections, timing)."""
-    dataset = DetectionDataset(split_dir, input_size, augment=False)
+    """COCO box metrics of model on one split folder; returns (metrics, detections, timing).
+    ``letterbox``: the detector family's (quantdet.detectors.letterbox_of)."""
+    dataset = DetectionDataset(split_dir, input_size, augment=False, letterbox=letterbox)
     start = time.perf_counter()
     detections = predict(model, dataset, decode=decode, batch_size=batch_size)
     seconds = time.perf_counter() - start

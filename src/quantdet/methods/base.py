@@ -92,8 +92,11 @@ class QATMethod(Method):
 
         params, seed = job.params, job.seed
         qat_cfg = params["quant"]["qat"]
+        from quantdet.detectors import letterbox_of
+
         dataset = DetectionDataset(job.require(f"{study.PREPARED}/train"),
-                                   params["models"]["input_size"], augment=True, seed=seed)
+                                   params["models"]["input_size"], augment=True, seed=seed,
+                                   letterbox=letterbox_of(job.payload["detector"]))
         if qat_cfg.get("images") is not None and qat_cfg["images"] < len(dataset):
             dataset = SeededSubset(dataset, qat_cfg["images"], seed)  # a per-epoch budget
         degradations = None

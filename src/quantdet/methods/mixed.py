@@ -30,8 +30,10 @@ class MixedPrecision(PTQMethod):
 
         params, name = job.params, job.name
         cfg, ptq_cfg = params["quant"]["mixed"], params["quant"]["ptq"]
+        from quantdet.detectors import letterbox_of
+
         dataset = DetectionDataset(f"{study.PREPARED}/calib", params["models"]["input_size"],
-                                   augment=False)
+                                   augment=False, letterbox=letterbox_of(job.payload["detector"]))
         loader = DataLoader(dataset, batch_size=ptq_cfg["calib_batch_size"], shuffle=False,
                             collate_fn=collate_detections)
         labelled = []

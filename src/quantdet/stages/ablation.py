@@ -67,16 +67,17 @@ def ablation(params: dict, out: str | None = None) -> dict:
     bits = cfg["bits"]
     size = params["models"]["input_size"]
     model, payload = load_model(require(study.model_file("student-fp32")))
-    from quantdet.detectors import Decoder
+    from quantdet.detectors import Decoder, letterbox_of
 
     decode = Decoder(payload["detector"], size, **decode_params(params))
+    letterbox = letterbox_of(payload["detector"])
     ptq = {**params["quant"]["ptq"], "percentile": cfg["gamma"]}
 
     def calibrated(observer):
-        batches = image_batches(require(f"{study.PREPARED}/calib"), size, ptq["calib_batch_size"])
+        batches = image_batches(require(f"{study.PREPARED}/calib"), size, ptq["calib_batch_size"], letterbox)
         return post_training_quantize(model, batches, observer, bits, bits, ptq)
 
-    val = DetectionDataset(require(study.split_dir("clean", 0)), size, augment=False)
+    val = DetectionDataset(require(study.split_dir("clean", 0)), size, augment=False, letterbox=letterbox)
     rng = np.random.default_rng(params["study"]["seed"])
     count = min(cfg["images"], len(val))
     indices = sorted(rng.choice(len(val), size=count, replace=False).tolist())

@@ -42,12 +42,13 @@ def split_fingerprint(split: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def image_batches(split: str | Path, input_size: int, batch_size: int):
+def image_batches(split: str | Path, input_size: int, batch_size: int, letterbox=None):
+    """Batches of a split's letterboxed images (``letterbox``: the detector family's)."""
     from torch.utils.data import DataLoader
 
     from quantdet.data.dataset import DetectionDataset, collate_detections
 
-    dataset = DetectionDataset(require(split), input_size, augment=False)
+    dataset = DetectionDataset(require(split), input_size, augment=False, letterbox=letterbox)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detections)
     return (images for images, _, _ in loader)
 
@@ -63,7 +64,7 @@ class CalibrationSet:
     """
 
     def __init__(self, params: dict, degraded: bool = False, seed: int | None = None,
-                 split: str | None = None):
+                 split: str | None = None, letterbox=None):
         from torch.utils.data import DataLoader
 
         from quantdet.data.dataset import DetectionDataset, collate_detections
@@ -72,7 +73,7 @@ class CalibrationSet:
         self.split = split or f"{study.PREPARED}/calib"  # zero-shot: a generated split
         self.batch_size = params["quant"]["ptq"]["calib_batch_size"]
         size = params["models"]["input_size"]
-        dataset = DetectionDataset(require(self.split), size, augment=False)
+        dataset = DetectionDataset(require(self.split), size, augment=False, letterbox=letterbox)
         self.drawn_with = None
         if (self.split == f"{study.PREPARED}/calib" and seed is not None
                 and seed != params["study"]["seed"]):
@@ -81,7 +82,8 @@ class CalibrationSet:
             from quantdet.data.dataset import SeededSubset
 
             self.split, self.drawn_with = f"{study.PREPARED}/train", seed
-            dataset = SeededSubset(DetectionDataset(require(self.split), size, augment=False),
+            dataset = SeededSubset(DetectionDataset(require(self.split), size, augment=False,
+                                                    letterbox=letterbox),
                                    len(dataset), seed)
         self.degradations = None
         if degraded:

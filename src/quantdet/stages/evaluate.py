@@ -38,16 +38,17 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
     set_threads(cfg["threads"])
     splits = {c: [require(study.split_dir(c, s)) for s in study.severities_of(c, params)]
               for c in study.conditions(params)}
-    from quantdet.detectors import Decoder
+    from quantdet.detectors import Decoder, letterbox_of
 
     net, detector = _load_for_evaluation(name, cfg["threads"])
+    letterbox = letterbox_of(detector)
     decode = Decoder(detector, params["models"]["input_size"], **decode_params(params))
     start = time.perf_counter()
     summary = {}
     with atomic_directory(out) as tmp:
         for condition in splits:
             results = _evaluate_severities(params, name, condition, net, decode,
-                                           tmp / condition, out / condition)
+                                           tmp / condition, out / condition, letterbox)
             summary[condition] = {r["severity"]: r["metrics"] for r in results}
     log_job(params, "evaluate", model=model,
              metrics={f"{c}.{s}.{k}": v for c, by_severity in summary.items()
@@ -58,7 +59,7 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
     return summary
 
 
-def _evaluate_severities(params, name, condition, net, decode, tmp: Path, out: Path) -> list:
+def _evaluate_severities(params, name, condition, net, decode, tmp: Path, out: Path, letterbox=None) -> list:
     from quantdet.evaluation.evaluate import evaluate_split
 
     cfg = params["evaluate"]
@@ -68,7 +69,7 @@ def _evaluate_severities(params, name, condition, net, decode, tmp: Path, out: P
         split = require(study.split_dir(condition, severity))
         metrics, detections, timing = evaluate_split(
             net, split, input_size=params["models"]["input_size"], decode=decode,
-            batch_size=cfg["batch_size"])
+            batch_size=cfg["batch_size"], letterbox=letterbox)
         det_name = f"detections-s{severity}.json"
         write_json(tmp / det_name, detections, compact=True)
         results.append({"severity": severity, "metrics": metrics,

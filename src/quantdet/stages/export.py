@@ -58,7 +58,7 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     onnx_models = {name.model: out}
     if name.quantized:
         fp32_onnx = require(study.onnx_file(name.fp32_source))
-        batches = image_batches(f"{study.PREPARED}/val", payload["input_size"], 64)
+        batches = image_batches(f"{study.PREPARED}/val", payload["input_size"], 64, family.letterbox)
         images = next(iter(batches))
         int8 = OrtDetector(out, threads=exp_cfg["threads"])
         latency_input = images[: exp_cfg["latency_batch"]].numpy().astype(np.float32)

@@ -39,8 +39,11 @@ class QuantizeJob:
     def calibration(self, degraded: bool = False) -> CalibrationSet:
         """A fresh pass over the calibration set; the model's calibration identity is that of
         the last pass opened."""
+        from quantdet.detectors import letterbox_of
+
         self.sets.append(CalibrationSet(self.params, degraded=degraded, seed=self.seed,
-                                        split=self.calibration_split))
+                                        split=self.calibration_split,
+                                        letterbox=letterbox_of(self.payload["detector"])))
         return self.sets[-1]
 
     @staticmethod
@@ -149,7 +152,10 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
     student, payload = job.fp32, job.payload
     teacher_file = study.model_file("teacher-fp32")
     teacher, teacher_payload = load_model(require(teacher_file))
-    calib = CalibrationSet(params, seed=seed)
+    from quantdet.detectors import letterbox_of
+
+    letterbox = letterbox_of(payload["detector"])
+    calib = CalibrationSet(params, seed=seed, letterbox=letterbox)
     qmodel, config = prepare_qat(student, recipe, name.weight_bits, name.act_bits, calib,
                                  ptq_cfg["calib_batches"], ptq_cfg["percentile"],
                                  params["quant"]["qat"]["ema_momentum"])
@@ -167,7 +173,7 @@ def mimic(params: dict, model: str, out: str | None = None) -> dict:
         # The teacher runs in FP32: under bf16 autocast two runs of the same job gave different
         # students on this CPU (oneDNN), and a rerun must reproduce its model.
     dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"],
-                               augment=True, seed=seed)
+                               augment=True, seed=seed, letterbox=letterbox)
     if cfg["images"] is not None and cfg["images"] < len(dataset):
         dataset = SeededSubset(dataset, cfg["images"], seed)
     start = time.perf_counter()
@@ -235,7 +241,12 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     set_threads(params["export"]["threads"])
     fp32_onnx = require(study.onnx_file(name.fp32_source))
     out = Path(out or study.onnx_file(name.model))
-    calib = CalibrationSet(params, seed=params["study"]["seed"])
+    from quantdet.detectors import letterbox_of
+    from quantdet.export.runner import detector_config
+
+    metadata = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
+    letterbox = letterbox_of(detector_config(metadata))   # the FP32 model's family's
+    calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
     batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
     start = time.perf_counter()
     with atomic_path(out) as tmp:
@@ -255,7 +266,7 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     # timed as our exports are (the export stage's time_files): the same batch of val images
     exp_cfg = params["export"]
     images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
-                                     exp_cfg["latency_batch"])))
+                                     exp_cfg["latency_batch"], letterbox)))
     summary.update(time_files({"fp32_onnx": fp32_onnx, "int8_onnx": out}, exp_cfg,
                               images.numpy().astype("float32")))
     report_path = out.with_suffix(".export.json")

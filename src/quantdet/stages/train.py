@@ -48,7 +48,7 @@ def pretrain(params: dict, role: str, out: str | None = None, seed: int | None =
         return import_checkpoint(params, role, out, seed)
     set_threads(train_cfg["threads"])
     dataset = DetectionDataset(require(f"{study.PREPARED}/train"), params["models"]["input_size"],
-                               augment=True, seed=seed)
+                               augment=True, seed=seed, letterbox=detectors.of_params(model_cfg).letterbox)
     detector = detector_config(params, role, len(dataset.category_ids))
     # The initial weights come from the study seed: torch seeds each process randomly, so an
     # unseeded init would differ between runs (and between the ranks of a data-parallel job).

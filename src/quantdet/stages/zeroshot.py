@@ -34,7 +34,9 @@ def zeroshot_data(params: dict, generator: str, out: str | None = None) -> dict:
     made = method.generate(model, payload, params, seed)
     images, metrics = made["images"], made["metrics"]
     seconds = time.perf_counter() - start
-    real = next(iter(image_batches(f"{study.PREPARED}/val", size, 8)))
+    from quantdet.detectors import letterbox_of
+
+    real = next(iter(image_batches(f"{study.PREPARED}/val", size, 8, letterbox_of(payload["detector"]))))
     summary = {"generator": generator, "source": source, "images": int(images.shape[0]),
                "seconds": round(seconds, 1), "settings": params["quant"]["zeroshot"][generator],
                "numerics": numerics(training_device(), None), **metrics}
