@@ -40,7 +40,8 @@ def test_letterbox_maps_boxes_and_pads_right_bottom(split):
     assert dataset.category_ids == [3, 7] and dataset.class_names == ["three", "seven"]
     image, target, meta = dataset[0]
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32
-    assert meta == {"image_id": 10, "orig_size": (40, 80), "file_name": "wide.png", "scale": 0.5}
+    assert meta == {"image_id": 10, "orig_size": (40, 80), "file_name": "wide.png", "scale": 0.5,
+                    "offset": (0, 0), "clip": False}   # quantdet's own letterbox: top-left, not clipped
     assert target["boxes"].tolist() == [[8.0, 2.0, 20.0, 8.0]]  # crowd box left out
     assert target["labels"].tolist() == [1]
     assert image[:, 20:, :].abs().sum() == 0  # padding below

@@ -91,3 +91,21 @@ def test_augmented_images_pad_with_the_family_value():
         pixels, *_ = augmented(_image(200, 120), boxes, np.array([0]), SIZE, rng, style)
         pads.add(tuple(pixels[-1, -1].tolist()))
     assert (114, 114, 114) in pads and (0, 0, 0) not in pads
+
+
+@pytest.mark.parametrize("family", ["centernet", "yolo"])
+def test_yolo_detections_are_clipped_to_the_image(tmp_path, family):
+    """Ultralytics' scale_boxes clips to the original image; a box reaching into the padding
+    would otherwise score a lower IoU than in Ultralytics' validator."""
+    split, _ = _split(tmp_path, 200, 120)
+    dataset = DetectionDataset(split, SIZE, letterbox=detectors.get(family).letterbox)
+    _, _, meta = dataset[0]
+    decoded = [{"boxes": torch.tensor([[0.0, 0.0, SIZE, SIZE]]), "scores": torch.ones(1),
+                "labels": torch.zeros(1, dtype=torch.long)}]
+    [result] = to_coco_detections(decoded, [meta], dataset.category_ids)
+    x, y, w, h = result["bbox"]
+    if family == "yolo":
+        assert (x, y, y + h) == (0, 0, 120) and x + w == pytest.approx(min(SIZE / meta["scale"], 200), abs=0.01)
+        assert y + h < (SIZE - meta["offset"][1]) / meta["scale"]   # cut at the image, not the padding
+    else:
+        assert (x, y, w, h) == (0, 0, 200, 200)   # quantdet's own: as decoded

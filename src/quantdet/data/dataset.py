@@ -32,6 +32,7 @@ class Letterbox:
     pad: int = 0
     ceil: bool = False      # resized sides rounded up (min(ceil(w * r), S)) rather than to nearest
     resample: str = "pil"   # pil: PIL bilinear (antialiased); cv2: OpenCV INTER_LINEAR
+    clip: bool = False      # detections mapped back are clipped to the image (Ultralytics' scale_boxes)
 
     def sizes(self, width: int, height: int, scale: float) -> tuple[int, int]:
         if self.ceil:
@@ -107,7 +108,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         else:
             pixels, scale, offset = letterbox(image, self.input_size, self.letterbox)
             boxes = boxes * scale + np.array(offset * 2, dtype=np.float32)
-        meta["scale"], meta["offset"] = scale, offset
+        meta["scale"], meta["offset"], meta["clip"] = scale, offset, self.letterbox.clip
         # numpy, not torch, converts: torch's intra-op threads cost more than they save on one image.
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255)
         target = {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels)}

@@ -675,7 +675,7 @@ class Yolo(DetectorFamily):
     # convs' outputs are quantized (8-bit min/max), the DFL decode and NMS stay float outside
     integer_outputs = True
     # Ultralytics' validator: long side to S by OpenCV bilinear, sides rounded up, centred on grey 114
-    letterbox = Letterbox(centre=True, pad=114, ceil=True, resample="cv2")
+    letterbox = Letterbox(centre=True, pad=114, ceil=True, resample="cv2", clip=True)
 
     # ---- what it accepts ---------------------------------------------------------------------
     def example(self) -> dict:

@@ -20,6 +20,10 @@ def to_coco_detections(decoded: list[dict], metas: list[dict], category_ids: lis
             left, top = meta["offset"]
             boxes = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
         boxes = boxes / meta["scale"]
+        if meta.get("clip"):   # the family's own evaluation clips to the image (yolo: Ultralytics')
+            height, width = meta["orig_size"]
+            boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
+                                 boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), det["scores"].tolist(),
                                                   det["labels"].tolist()):
             results.append({"image_id": int(meta["image_id"]),
