@@ -35,7 +35,8 @@ def _study(folder: Path, data_yaml: Path, checkpoint: Path) -> Path:
                    "runtimes": ["onnxruntime"], "repeat": {"seeds": [], "ptq": [], "qat": []}},
         "data": {"source": "yolo", "yolo": {"data_yaml": str(data_yaml)}, "calib_size": 4},
         "corruptions": {"names": ["gaussian_noise"], "heldout": [], "severities": [3], "images": None},
-        "models": {"input_size": 64, "student": {"detector": "yolo", "checkpoint": str(checkpoint)}},
+        "models": {"input_size": 64, "student": {"detector": "yolo", "checkpoint": str(checkpoint)},
+                   "students": None},
         "quant": {"ptq": {"calib_batches": 1, "calib_batch_size": 4}},
         "export": {"latency_batch": 2, "latency_runs": 3, "threads": 1},
     }
