@@ -14,7 +14,7 @@ import tests.detectors.toy_family  # noqa: F401  (registers the toy family)
 from quantdet import detectors
 from tests.conftest import BIN, ROOT
 
-SIZE = 64
+SIZE = 64   # the default; a family sets its own (DetectorFamily.example_size)
 NUM_CLASSES = 3
 
 
@@ -49,12 +49,12 @@ def test_the_registry_lists_every_family_and_its_architectures():
 def test_raw_outputs_decode_to_boxes_in_the_image(network):
     family, config, model = network
     with torch.no_grad():
-        outputs = model(torch.rand(2, 3, SIZE, SIZE))
+        outputs = model(torch.rand(2, 3, family.example_size, family.example_size))
     assert isinstance(outputs, tuple) and len(outputs) == len(family.output_names(config))
-    decode = detectors.Decoder(config, SIZE, score_threshold=0.0, max_detections=20, nms_iou=0.6)
+    decode = detectors.Decoder(config, family.example_size, score_threshold=0.0, max_detections=20, nms_iou=0.6)
     for det in decode(outputs):
         assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= 20
-        assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE
+        assert det["boxes"].min() >= 0 and det["boxes"].max() <= family.example_size
         assert det["labels"].dtype == torch.long and (det["labels"] < NUM_CLASSES).all()
     logits = family.class_logits(outputs)
     assert logits.shape[:2] == (2, NUM_CLASSES)
@@ -64,7 +64,7 @@ def test_the_loss_reaches_the_whole_network(network):
     family, config, model = network
     model.train()
     try:
-        images = torch.rand(2, 3, SIZE, SIZE)
+        images = torch.rand(2, 3, family.example_size, family.example_size)
         outputs = tuple(o.float() for o in model(images))
         loss, parts = family.loss_fn(model)(outputs, _targets(), family.stride(config))
         assert torch.isfinite(loss) and parts
@@ -88,13 +88,15 @@ def test_quantized_whole_tapped_and_exported_to_integer_onnx(network, tmp_path):
     from quantdet.quant.modules import QUANTIZE
 
     family, config, model = network
-    # the quantized region is what the family lets FX capture: every conv the forward runs
+    # the quantized region is what the family lets FX capture: every conv the forward runs (a
+    # head shared by the levels, as torchvision's RetinaNet and FCOS, is one layer run per level)
     traced = torch.fx.symbolic_trace(family.traceable(model))
-    convs = sum(n.op == "call_module" and isinstance(traced.get_submodule(n.target), torch.nn.Conv2d)
-                for n in traced.graph.nodes)
+    calls = [n.target for n in traced.graph.nodes
+             if n.op == "call_module" and isinstance(traced.get_submodule(n.target), torch.nn.Conv2d)]
+    convs = len(calls)
     qmodel = quantize_model(model, 8, 8, "minmax")
-    assert len(quant_layers(qmodel)) == convs - len(family.float_layers(model))
-    images = torch.rand(4, 3, SIZE, SIZE)
+    assert len(quant_layers(qmodel)) == len(set(calls)) - len(family.float_layers(model))
+    images = torch.rand(4, 3, family.example_size, family.example_size)
     with torch.no_grad():
         qmodel(images)
     freeze_quantizers(qmodel)
@@ -115,7 +117,7 @@ def test_quantized_whole_tapped_and_exported_to_integer_onnx(network, tmp_path):
             t.remove()
 
     path = tmp_path / f"{family.name}.onnx"
-    export_onnx(qmodel, path, SIZE, 17)
+    export_onnx(qmodel, path, family.example_size, 17)
     optimized = tmp_path / f"{family.name}.optimized.onnx"
     session = OrtDetector(path, optimized_model_path=str(optimized))
     import onnx

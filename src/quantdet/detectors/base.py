@@ -29,6 +29,9 @@ class DetectorFamily:
     # How images become square inputs (quantdet.data.dataset.Letterbox); None: quantdet's own
     # (right/bottom black padding). A family trained elsewhere keeps its trainer's.
     letterbox = None
+    # The input size of `example()`'s network in the registry's contract test (a family whose
+    # coarsest level needs more than 64 px to be more than one cell says so here).
+    example_size: int = 64
 
     # ---- what it accepts -------------------------------------------------------------
     def example(self) -> dict:
