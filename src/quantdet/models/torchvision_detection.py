@@ -57,7 +57,7 @@ class TorchvisionNetwork(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         # torchvision's detection models freeze batch norm as FrozenBatchNorm2d (no
         # num_batches_tracked): their state dicts load here, where it is BatchNorm2d
-        self._register_load_state_dict_pre_hook(_add_num_batches_tracked)
+        self._register_load_state_dict_pre_hook(_add_num_batches_tracked, with_module=True)
 
     def forward(self, images):
         x = (images - self.pixel_mean) / self.pixel_std
@@ -257,8 +257,7 @@ def loss(outputs, targets, config: dict):
     input_size = input_size_of(outputs, config)
     anchors = anchors_for(template, maps, input_size)
     device = heads["cls_logits"].device
-    targets = [{"boxes": t["boxes"].to(device).float(),
-                "labels": t["labels"].to(device).long() + (1 if kind == "ssdlite" else 0)} for t in targets]
+    targets = [_positive(t, device, 1 if kind == "ssdlite" else 0) for t in targets]
     if kind == "retinanet":
         parts = template.compute_loss(targets, heads, anchors)
     elif kind == "fcos":
@@ -274,6 +273,14 @@ def loss(outputs, targets, config: dict):
         parts = template.compute_loss(targets, heads, anchors, matched)
     total = sum(parts.values())
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _positive(target: dict, device, label_offset: int) -> dict:
+    """A target with only the boxes of positive width and height (augmentation can crop a box to
+    a line; torchvision's box coders take the log of its size), labels shifted by the offset."""
+    boxes = target["boxes"].to(device).float()
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {"boxes": boxes[keep], "labels": target["labels"].to(device).long()[keep] + label_offset}
 
 
 @torch.no_grad()

@@ -115,6 +115,8 @@ def load_trained(model_params: dict, path: Path, class_names: list[str], key: st
         model = build_from_config(content["detector"])
         model.load_state_dict(content["state_dict"])
         return model, dict(content["detector"])
+    if isinstance(content, dict) and isinstance(content.get("model"), dict) and "optimizer" in content:
+        content = content["model"]  # torchvision references' checkpoint: {"model", "optimizer", ...}
     if isinstance(content, dict) and content and all(hasattr(v, "shape") for v in content.values()):
         config = family.config(model_params, len(class_names))
         model = detectors.build(config)
