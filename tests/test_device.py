@@ -246,3 +246,29 @@ def test_ait_draws_its_batches_and_targets_on_the_training_device(device):
     images, targets = batches.prepare((noise, labels), torch.device(device))
     assert images.device.type == device and images.shape == (4, 3, 64, 64)
     assert all(t.device.type == device for t in targets)
+
+
+def test_a_strided_conv_on_a_line_trains_in_fp32_under_cpu_autocast():
+    """torch's oneDNN bf16 weight gradient of a 3x3 stride-2 conv on an input with a side of 1
+    is NaN or wrong (scripts/bf16_conv_check.py): inside the guard it is FP32's, and other
+    convs stay in bf16."""
+    from quantdet.train.device import Fp32StridedConvOnLines
+
+    torch.manual_seed(1)
+    line, square = torch.nn.Conv2d(32, 32, 3, 2, 1), torch.nn.Conv2d(32, 32, 3, 2, 1)
+    model = torch.nn.ModuleDict({"line": line, "square": square})
+    x1 = torch.relu(torch.randn(16, 32, 4, 1)).contiguous(memory_format=torch.channels_last)
+    x2 = torch.randn(16, 32, 4, 4)
+    with Fp32StridedConvOnLines(model, True) as guard, torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, y2 = line(x1), square(x2)
+    assert y1.dtype == torch.float32 and y2.dtype == torch.bfloat16 and guard.guarded == 1
+    assert not line._forward_pre_hooks and not line._forward_hooks  # removed on leaving
+    grad = torch.randn(y1.shape)
+    y1.backward(grad)
+    got = line.weight.grad.clone()
+    line.weight.grad = None
+    line(x1).backward(grad)
+    torch.testing.assert_close(got, line.weight.grad)
+    with Fp32StridedConvOnLines(model, True) as guard:   # no autocast: nothing to do
+        line(x1)
+    assert guard.guarded == 0

@@ -83,7 +83,7 @@ def test_another_family_or_class_count_is_refused_naming_the_file(tmp_path):
 @pytest.mark.parametrize("params,message", [
     ({"detector": "retinanet", "arch": "resnet19"}, r"models.student.arch: retinanet has no backbone 'resnet19' \(close: resnet18"),
     ({"detector": "ssdlite", "arch": "resnet18"}, r"ssdlite has no backbone 'resnet18'.*mobilenet_v3_large"),
-    ({"detector": "fcos", "arch": "resnet18", "fpn_channels": 48}, r"fpn_channels: fcos's head .*GroupNorm"),
+    ({"detector": "fcos", "arch": "resnet18", "fpn_channels": 20}, r"fpn_channels: fcos's head .*GroupNorm"),
     ({"detector": "fcos"}, r"models.student.arch: the fcos family needs a backbone"),
     ({"detector": "retinanet", "arch": "resnet18", "checkpoint": "/nope.pt"}, r"checkpoint: /nope.pt does not exist"),
 ])

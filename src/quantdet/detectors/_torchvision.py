@@ -37,7 +37,7 @@ class TorchvisionFamily(DetectorFamily):
     def example(self) -> dict:
         params = {"detector": self.name, "arch": self.example_arch}
         if self.fpn:
-            params["fpn_channels"] = 64 if self.kind == "fcos" else 32
+            params["fpn_channels"] = 32
         return params
 
     def architectures(self) -> list[str]:
@@ -63,10 +63,10 @@ class TorchvisionFamily(DetectorFamily):
             raise ParamsError(f"{key}.checkpoint: {checkpoint} does not exist (a torchvision state dict of "
                               f"this {self.title})")
         channels = self._fpn_channels(model_params)
-        if self.kind == "fcos" and (channels % 32 or channels < 64):
-            raise ParamsError(f"{key}.fpn_channels: fcos's head normalises with GroupNorm(32, channels): "
-                              f"{channels} must be a multiple of 32, and at least 64 (at 32, P7's 1x1 map "
-                              "below 256 px leaves one value per group)")
+        if self.kind == "fcos" and (channels % 8 or channels < 32):
+            raise ParamsError(f"{key}.fpn_channels: fcos's head normalises with GroupNorm, at least 8 "
+                              f"channels per group (32 groups from 256 channels, as torchvision): {channels} "
+                              "must be a multiple of 8, and at least 32")
 
     # ---- building ----------------------------------------------------------------------
     def config(self, model_params: dict, num_classes: int) -> dict:

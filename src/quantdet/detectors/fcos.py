@@ -12,9 +12,6 @@ class Fcos(TorchvisionFamily):
     title = "FCOS"
     backbones = RESNETS
     example_arch = "resnet18"
-    # P7 (stride 128) is 1x1 below 256 px: its GroupNorm then normalises 2 values per group
-    # (64 channels) and flips sign with any quantization noise
-    example_size = 256
-    description = ("torchvision FCOS (arch: resnet18/34/50/101 + FPN P3-P7 at fpn_channels, a multiple of 32; "
+    description = ("torchvision FCOS (arch: resnet18/34/50/101 + FPN P3-P7 at fpn_channels, a multiple of 8; GroupNorm of at least 8 channels a group; "
                    "anchor-free); quantized: backbone, FPN, head convs to the raw per-level maps (GroupNorm "
                    "float); float: points, box decoding, top-k, NMS")

@@ -123,6 +123,14 @@ def _resnet_fpn(arch: str, fpn_channels: int, p6_from_p5: bool, pretrained: bool
                            fpn_channels, extra_blocks=extra)
 
 
+def fcos_groups(channels: int) -> int:
+    """GroupNorm groups of FCOS's head: torchvision's 32 at its 256 channels (its checkpoints
+    are unchanged), fewer below, so that every group holds at least 8 channels. With 32 groups
+    of 2 channels (64 channels), P7's 1x1 map below 256 px normalises 2 values per group: the
+    output is +-1 whatever the input, and training from scratch diverged to NaN at batch 1."""
+    return min(32, int(channels) // 8)
+
+
 def build_torchvision(config: dict, pretrained: bool = False):
     """The torchvision detection model (RetinaNet/FCOS/SSD) a config describes, initialised
     as torchvision does; `pretrained`: the backbone's ImageNet weights (a download)."""
@@ -139,7 +147,12 @@ def build_torchvision(config: dict, pretrained: bool = False):
         from torchvision.models.detection.fcos import FCOS
 
         backbone = _resnet_fpn(arch, config["fpn_channels"], p6_from_p5=True, pretrained=pretrained)
-        return FCOS(backbone, classes)
+        model = FCOS(backbone, classes)
+        groups = fcos_groups(config["fpn_channels"])
+        for module in model.head.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.num_groups = groups
+        return model
     if kind == "ssdlite":
         from torchvision.models import mobilenetv3
         from torchvision.models.detection import _utils as det_utils

@@ -91,3 +91,51 @@ def loader_workers(setting, processes_on_node: int = 1, cuda: bool | None = None
     if not cuda:
         return 0
     return max(0, available_cpus() // max(1, processes_on_node) - 1)
+
+
+class Fp32StridedConvOnLines:
+    """Under CPU bf16 autocast, a strided convolution whose input has a side of 1 (FPN's P6/P7
+    below 128 px, SSDlite's last extra layers) runs in FP32. torch 2.14.1's oneDNN bf16 kernel
+    returns a wrong weight gradient there, NaN or off by orders of magnitude: measured for a
+    3x3 stride-2 conv of 32-256 channels on a 16x32x1x1 input (scripts/bf16_conv_check.py).
+    The forward hooks are in place only inside the `with` block (the training loop)."""
+
+    def __init__(self, model: torch.nn.Module, enabled: bool):
+        self.model, self.enabled, self.handles, self.guarded = model, enabled, [], 0
+
+    @staticmethod
+    def _affected(module, x) -> bool:
+        stride = module.stride if isinstance(module.stride, tuple) else (module.stride,)
+        kernel = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
+        return (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() == 4
+                and max(stride) > 1 and max(kernel) > 1 and min(x.shape[-2:]) == 1
+                and torch.is_autocast_enabled("cpu"))
+
+    def _before(self, module, args):
+        if not self._affected(module, args[0]):
+            return None
+        context = torch.autocast("cpu", enabled=False)
+        context.__enter__()
+        module._quantdet_fp32_context = context
+        self.guarded += 1
+        return (args[0].float(), *args[1:])
+
+    @staticmethod
+    def _after(module, _args, _output):
+        context = module.__dict__.pop("_quantdet_fp32_context", None)
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    def __enter__(self):
+        if self.enabled:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    self.handles.append(module.register_forward_pre_hook(self._before))
+                    self.handles.append(module.register_forward_hook(self._after, always_call=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        return False

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from quantdet.data.dataset import collate_detections
 from quantdet.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from quantdet.train.device import loader_workers, numerics, set_tf32, training_device
+from quantdet.train.device import Fp32StridedConvOnLines, loader_workers, numerics, set_tf32, training_device
 
 GRAD_CLIP_NORM = 10.0
 
@@ -188,6 +188,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
 
         # Broadcasts rank 0's weights and buffers first, so every rank starts alike.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fp32_line_convs = False
     for epoch in range(start_epoch, epochs):
         if hasattr(dataset, "set_epoch"):  # DetectionDataset draws its augmentation from (seed, epoch, index)
             dataset.set_epoch(epoch)
@@ -198,9 +199,11 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
         loader = DataLoader(dataset, batch_sampler=shards, collate_fn=collate_fn, num_workers=workers,
                             generator=torch.Generator().manual_seed(shuffle_seed),
                             pin_memory=device.type == "cuda")
-        metrics = _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
-                               mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0,
-                               after_backward, prepare_batch)
+        with Fp32StridedConvOnLines(model, mixed_precision and device.type == "cpu") as guard:
+            metrics = _train_epoch(net, model, loader, optimizer, scheduler, loss_fn, extra_loss, device,
+                                   mixed_precision, f"{description} {epoch + 1}/{epochs}", rank == 0,
+                                   after_backward, prepare_batch)
+        fp32_line_convs = fp32_line_convs or guard.guarded > 0
         if world > 1:
             metrics = _average_over_ranks(metrics, device)
         history["epochs"].append({"epoch": epoch + 1, **metrics})
@@ -214,7 +217,7 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int, batch_size: int, lr: fl
                 log_fn(epoch + 1, metrics)
     model.to(memory_format=torch.contiguous_format)
     return {**history, "numerics": {**numerics(device, torch.bfloat16 if mixed_precision else None, world),
-                                    "ddp": ddp}}
+                                    "ddp": ddp, "fp32_strided_line_convs": fp32_line_convs}}
 
 
 def _cap_relative_updates(optimizer, weights: list, fraction: float) -> None:
