@@ -5,20 +5,90 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from quantdet.errors import QuantdetError
 
+# The documentation site's results page: `quantdet measured` rewrites its measured blocks.
+RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+
+
+# What each command reads and writes (paths relative to the study folder, the working directory
+# of Snakemake and DVC jobs): `quantdet <stage> --help` prints it, and the documentation's CLI
+# reference (scripts/gen_docs.py) is generated from the same help.
+READS_WRITES = {
+    "validate": ("the params file (--params), the base params.yaml and "
+                 "workflow/schemas/params.schema.yaml", "the merged params, on standard output"),
+    "methods": ("the method registry (src/quantdet/methods/, modules named in QUANTDET_METHODS); "
+                "no params file: it runs in any folder", "the list, on standard output"),
+    "detectors": ("the detector registry (src/quantdet/detectors/, modules named in "
+                  "QUANTDET_DETECTORS); no params file: it runs in any folder", "the list, on standard output"),
+    "compose": ("the study files given and the base params.yaml", "the complete params file --out"),
+    "dvc-yaml": ("the params file", "dvc.yaml (--out), one DVC stage per job of the study table"),
+    "study-table": ("the params file", "the study table as TSV (--out, default standard output)"),
+    "measured": ("a finished study (--root): params.yaml, results/metrics/intervals.json, "
+                 "results/environment.json, .snakemake/log/, benchmarks/, results/models/*.export.json, "
+                 "results/metrics/percentile_ablation.json",
+                 "its measured block in the results page (--into, default docs/results.md of the project), "
+                 "or standard output with --into -"),
+    "reproduce": ("two finished studies (--root, --against): results/metrics/, results/eval/, "
+                  "results/models/*.export.json and *.train.json, data/prepared/summary.json",
+                  "the comparison on standard output, and into the results page's reproduced block with --into"),
+    "track-study": ("the params file; MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db)",
+                    "the study's MLflow parent run"),
+    "track-flush": ("results/tracking/pending/*.json", "one MLflow run per queued job"),
+    "prepare": ("the dataset named by data.source in the params file (embedded, coco, voc, yolo)",
+                "data/prepared/ (--out): COCO-format train/, val/, calib/ and summary.json"),
+    "corrupt": ("data/prepared/val", "data/corrupted/CORRUPTION/SEVERITY/ (--out), one folder per severity"),
+    "pretrain": ("data/prepared/ (or the checkpoint of models.ROLE.checkpoint, imported instead of trained)",
+                 "results/models/ROLE-fp32[-sSEED].pt (--out); per-epoch checkpoints in results/checkpoints/"),
+    "zeroshot-data": ("results/models/student-fp32.pt and data/prepared/",
+                      "data/synthetic/GENERATOR/ (--out): the generated images, grid.png"),
+    "ptq": ("results/models/DETECTOR-fp32.pt and the calibration images (data/prepared/calib, or "
+            "data/synthetic/GENERATOR/ for a zero-shot method)",
+            "results/models/MODEL.pt (--out); a mixed-precision model also MODEL.bits.json"),
+    "qat": ("results/models/DETECTOR-fp32.pt and data/prepared/ (data/synthetic/gdfq/ for ait)",
+            "results/models/MODEL.pt (--out)"),
+    "mimic": ("results/models/student-fp32.pt, results/models/teacher-fp32.pt and data/prepared/",
+              "results/models/MODEL.pt (--out)"),
+    "peer": ("results/models/DETECTOR-fp32.onnx (the .pt for a PyTorch peer) and data/prepared/calib",
+             "results/models/MODEL.onnx (--out) and MODEL.export.json (latency beside the FP32 source)"),
+    "export": ("results/models/MODEL.pt, data/prepared/val and, for a quantized model, its FP32 ONNX source",
+               "results/models/MODEL.onnx (--out) and MODEL.export.json (latency, agreement, sizes)"),
+    "evaluate": ("the model (results/models/MODEL.pt, or MODEL.onnx for a -ort/-ov model), "
+                 "data/prepared/val and data/corrupted/",
+                 "results/eval/MODEL/CONDITION/ (--out): COCO metrics.json and detections"),
+    "ablation": ("results/models/student-fp32.pt and data/prepared/",
+                 "results/metrics/percentile_ablation.json (--out)"),
+    "intervals": ("results/eval/*/ and data/prepared/, data/corrupted/",
+                  "results/metrics/intervals.json (--out)"),
+    "bench": ("the ONNX files given", "a latency table on standard output, and JSON with --out"),
+    "report": ("results/eval/, results/metrics/intervals.json, results/models/*.export.json and the "
+               "other jobs' outputs",
+               "results/report.md, results/plots/*.png, results/tables/, results/metrics/*.json, "
+               "results/study.tsv, results/environment.json (under --out)"),
+}
+
+def _description(name: str, help_text: str) -> str:
+    reads, writes = READS_WRITES[name]
+    return "\n\n".join(textwrap.fill(text, 92) for text in
+                        (help_text[0].upper() + help_text[1:] + ".", f"Reads: {reads}.", f"Writes: {writes}."))
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantdet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="quantdet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="`quantdet STAGE --help` says what a stage reads and writes. `quantdet methods` and "
+               "`quantdet detectors` list the registries in any folder.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="study parameters (params.yaml)")
     common.add_argument("--log", help="also write the log to this file")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     def stage(name, help_text):
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        return sub.add_parser(name, parents=[common], help=help_text, description=_description(name, help_text),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
     stage("validate", "validate params.yaml against the schema and print it merged onto the base study")
     stage("methods", "list the registered methods of each family, with the params leaves they read")
@@ -31,9 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     p = stage("study-table", "write the study table (one row per job) as TSV")
     p.add_argument("--out", default="-", help="a file, or - for standard output")
-    p = stage("measured", "the README's Measured section from a finished study's outputs")
+    p = stage("measured", "a measured block of the results page (docs/results.md), generated from a "
+                          "finished study's outputs")
     p.add_argument("--root", default=".", help="the folder of the finished study")
-    p.add_argument("--readme", help="rewrite this README's measured block (default: print it)")
+    p.add_argument("--into", "--readme", dest="into", metavar="PAGE",
+                   help="rewrite this page's measured block (default: the project's docs/results.md; "
+                        "- prints it instead; --readme is the former name of this option)")
     p.add_argument("--block", help="a named block (<!-- measured:NAME:begin -->) instead of the default one")
     p.add_argument("--stages", nargs="+", help="only the FP32 models and these stages' or methods' models "
                    "(e.g. mimic; zeroq gdfq ait minmax), "
@@ -42,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
               "exit status 1 when they differ")
     p.add_argument("--root", default=".", help="the folder of the first finished study")
     p.add_argument("--against", required=True, help="the folder of the second")
-    p.add_argument("--readme", help="also write the result into this README's reproduced block")
+    p.add_argument("--into", "--readme", dest="into", metavar="PAGE",
+                   help="also write the result into this page's reproduced block (e.g. docs/results.md; "
+                        "--readme is the former name of this option)")
     stage("track-study", "create the study's MLflow parent run (once, before jobs fan out)")
     stage("track-flush", "log the job runs queued under results/tracking/pending/ to MLflow "
           "(tracking.log: report; the report job does it at the end of a study)")
@@ -53,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--severity", type=int, help="only this severity (default: every one of "
                    "corruptions.severities, a subfolder each under --out)")
     p.add_argument("--out")
-    p = stage("pretrain", "train an FP32 detector from scratch")
+    p = stage("pretrain", "train an FP32 detector from scratch, or import a trained checkpoint")
     p.add_argument("--role", required=True, help="teacher, student or a key of models.students")
     p.add_argument("--seed", type=int, help="a repeat seed (study.repeat.seeds) instead of study.seed")
     p.add_argument("--out")
@@ -70,18 +145,17 @@ def _parser() -> argparse.ArgumentParser:
                        ("export", "export a model to ONNX (QDQ for quantized models), "
                                   "measure latency and simulated-vs-deployed agreement")):
         p = stage(name, text)
-        p.add_argument("--model", required=True)
+        p.add_argument("--model", required=True, help="the model's name, e.g. student-ptq-dacal-w8a8")
         p.add_argument("--out")
     p = stage("evaluate", "COCO box metrics of one model on clean data and on every corruption "
                           "and severity of the study")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model's name, e.g. student-ptq-dacal-w8a8-ort")
     p.add_argument("--out", help="folder for the model's results (one subfolder per condition)")
     p = stage("ablation", "where percentile clipping costs accuracy: percentile on every "
-                          "quantizer group but one, and on one alone "
-                          "(results/metrics/percentile_ablation.json)")
+                          "quantizer group but one, and on one alone")
     p.add_argument("--out", default="results/metrics/percentile_ablation.json")
     p = stage("intervals", "95%% intervals of every model's figures and every comparison "
-                           "(image bootstrap, paired; results/metrics/intervals.json)")
+                           "(image bootstrap, paired)")
     p.add_argument("--out", default="results/metrics/intervals.json")
     p = stage("bench", "latency of ONNX models, each timed in its own process, with ratios "
                        "against an FP32 baseline (the first model unless --baseline)")
@@ -99,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the results as JSON")
     p = stage("report", "P/mPC/rPC tables, plots and results/report.md")
     p.add_argument("--out", default="results", help="results root")
+    missing = set(sub.choices) ^ set(READS_WRITES)
+    assert not missing, f"READS_WRITES and the stages differ: {sorted(missing)}"
     return parser
 
 
@@ -131,9 +207,22 @@ def run(args, argv: list[str] | None = None) -> object:
         return _bench(args)
     if args.stage == "reproduce":
         from quantdet.report.reproduce import reproduced, write_reproduce
-        result = write_reproduce(args.root, args.against, args.readme)
+        result = write_reproduce(args.root, args.against, args.into)
         sys.stdout.write(result["markdown"] + "\n")
         return result if reproduced(result) else 1
+    if args.stage == "methods":      # the registries need no params file: these run in any folder
+        return _list_methods()
+    if args.stage == "detectors":
+        return _list_detectors()
+    if args.stage == "measured":
+        from quantdet.report.measured import write_measured
+        into = None if args.into == "-" else (args.into or RESULTS_PAGE)
+        block = write_measured(args.root, into, args.block, args.stages)
+        if into is None:
+            sys.stdout.write(block + "\n")
+        else:
+            print(f"{into}: measured block {args.block or '(default)'} rewritten")
+        return block
     params = load_params(args.params, check_backbones=args.stage == "validate")
     processes = training_processes(params, args.stage)
     if args.stage == "pretrain":
@@ -149,19 +238,9 @@ def run(args, argv: list[str] | None = None) -> object:
         import yaml
         print(yaml.safe_dump(params, sort_keys=False))
         return params
-    if args.stage == "methods":
-        return _list_methods()
-    if args.stage == "detectors":
-        return _list_detectors()
     if args.stage == "dvc-yaml":
         from quantdet.dvc_yaml import write_dvc_yaml
         return write_dvc_yaml(params, args.out, check=args.check)
-    if args.stage == "measured":
-        from quantdet.report.measured import write_measured
-        block = write_measured(args.root, args.readme, args.block, args.stages)
-        if not args.readme:
-            sys.stdout.write(block + "\n")
-        return block
     if args.stage == "study-table":
         from quantdet import study
         table = study.study_table(params)
