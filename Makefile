@@ -10,7 +10,7 @@ LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
 # LOCK_FLAGS=--upgrade make lock: re-resolve every package, not only what requirements.txt changed
 LOCK_FLAGS :=
 
-.PHONY: venv lock study dvc-study test test-fast lint report-html gpu-wheels clean
+.PHONY: venv lock study dvc-study test test-fast lint report-html docs gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -56,9 +56,15 @@ lint: venv
 report-html: venv
 	snakemake --report results/report.html
 
+## the documentation site in site/: reference pages generated from the code, then a strict build
+## (a broken link or anchor, or a page outside the nav, fails it)
+docs: venv
+	$(PYTHON) scripts/gen_docs.py --out docs/reference
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
+
 ## wheels for the GPU check (tests/gpu/README.md): what the GPU machine's Python 3.12 lacks
 gpu-wheels: venv
 	$(PYTHON) tests/gpu/gpu_check.py wheels --out tests/gpu/wheels
 
 clean:
-	rm -rf data results logs benchmarks .snakemake mlflow.db mlflow.lock mlruns mlartifacts
+	rm -rf data results logs benchmarks .snakemake mlflow.db mlflow.lock mlruns mlartifacts site
