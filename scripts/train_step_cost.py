@@ -1,5 +1,5 @@
 """Cost of one training step (forward, the family's loss, backward, AdamW) per detector, as a
-ratio to the default study's student: the numbers the README's detector families table quotes.
+ratio to the default study's student: the numbers the detector families table of docs/detectors.md quotes.
 
     python scripts/train_step_cost.py --size 128 --batch 32 --threads 1
 

@@ -1,4 +1,4 @@
-"""README, "Your own detector", as a new user runs it: a checkpoint trained by Ultralytics' own
+"""docs/detectors.md, "Your own detector", as a new user runs it: a checkpoint trained by Ultralytics' own
 `yolo train` on an Ultralytics dataset, and a quantdet study on the same data.yaml with that
 checkpoint as its student: imported (not trained), quantized, exported, evaluated, reported,
 with the checkpoint's sha256 in the model file, MLflow and the report."""

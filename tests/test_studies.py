@@ -1,5 +1,5 @@
 """The ready study files (workflow/studies/*.yaml): valid params, and a full job graph in a dry
-run through the SLURM profile, as a user would start them on a cluster (README)."""
+run through the SLURM profile, as a user would start them on a cluster (docs/cluster.md)."""
 import os
 import re
 import shutil
