@@ -72,13 +72,14 @@ def test_an_unfinished_study_is_a_clear_error(tmp_path):
         compare_studies(a, tmp_path / "b")
 
 
-def test_cli_writes_the_readme_block_and_exits_1_on_a_difference(tmp_path):
+def test_cli_writes_the_results_page_block_and_exits_1_on_a_difference(tmp_path):
     a = _study(tmp_path / "a")
     b = _study(tmp_path / "b")
-    readme = tmp_path / "README.md"
-    readme.write_text("x\n<!-- measured:reproduced:begin -->\nSTALE-TEXT\n<!-- measured:reproduced:end -->\ny\n")
-    assert main(["reproduce", "--root", str(a), "--against", str(b), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text("x\n<!-- measured:reproduced:begin -->\nSTALE-TEXT\n<!-- measured:reproduced:end -->\ny\n")
+    assert main(["reproduce", "--root", str(a), "--against", str(b), "--into", str(page)]) == 0
+    text = page.read_text()
+    assert "--into docs/results.md`" in text
     assert "all 9 identical" in text and "STALE-TEXT" not in text and text.endswith("y\n")
     c = _study(tmp_path / "c", ap=0.3)
     assert main(["reproduce", "--root", str(a), "--against", str(c)]) == 1
