@@ -60,3 +60,32 @@ def test_dry_run_lists_the_whole_job_graph(path, tmp_path):
     assert "results/report.md" in outputs
     # the training stages ask SLURM for GPUs from the profile
     assert re.search(r"rule pretrain:(?:\n    .*)*\n    resources: .*gpu=4", out)
+
+
+LOCAL = sorted((ROOT / "workflow" / "studies" / "local").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LOCAL, ids=lambda p: p.stem)
+def test_local_study_overlays_validate_with_every_detector_checked(path):
+    """Each overlay of workflow/studies/local composes onto params.yaml into valid params, every
+    student's and the teacher's family accepting its arch (what `quantdet validate` checks), and
+    plans an FP32 model for each detector it names."""
+    params = load_params(path, check_backbones=True)
+    assert params["study"]["name"]
+    models = set(study.evaluated_models(params))
+    assert "student-fp32" in models
+    for name, student in (params["models"].get("students") or {}).items():
+        if student is not None:
+            assert f"{name}-fp32" in models, name
+
+
+def test_the_detector_studies_name_the_families_they_promise():
+    families = {path.stem: {params.get("detector", "centernet") for params in
+                            [load_params(path)["models"]["student"],
+                             *(load_params(path)["models"].get("students") or {}).values()] if params}
+                for path in LOCAL}
+    assert families["torchvision"] == {"retinanet", "fcos", "ssdlite"}
+    assert families["yolo_scales"] == {"yolo"}
+    scales = load_params(ROOT / "workflow/studies/local/yolo_scales.yaml")["models"]
+    assert {scales["student"]["arch"], *(s["arch"] for s in scales["students"].values() if s)} == \
+        {"yolo11n.yaml", "yolo11s.yaml", "yolo26n.yaml", "yolo26s.yaml"}
