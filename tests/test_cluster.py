@@ -97,10 +97,13 @@ def _cancel_when_running(cluster, comment: str, proc, timeout: float = 600) -> s
 
 
 def cluster_overlay() -> dict:
-    """The smoke study without its detector axis (`models.students: null`): the cluster path is
-    the same for every family, and the YOLO student's jobs are the local smoke study's to test."""
+    """The smoke study with one job of each stage (PTQ, QAT, mimic and its teacher, peer), without
+    the detector axis, mixed precision, zero-shot or repeat seeds: a SLURM job runs every method
+    alike, and the whole matrix is the local smoke study's to run."""
     overlay = yaml.safe_load(SMOKE.read_text())
     overlay["models"]["students"] = None
+    overlay["matrix"].update(ptq=["minmax", "dacal"], qat=["daqat"], mixed=[],
+                             repeat={"seeds": [], "ptq": [], "qat": []})
     return overlay
 
 
