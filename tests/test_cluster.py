@@ -23,6 +23,7 @@ import yaml
 from quantdet import study
 from quantdet.config import load_params
 from tests.local_slurm import start_or_skip_reason
+from tests.smoke_overlays import one_job_per_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -96,17 +97,6 @@ def _cancel_when_running(cluster, comment: str, proc, timeout: float = 600) -> s
     raise AssertionError(f"no running SLURM job {comment} (snakemake exit {proc.poll()})")
 
 
-def cluster_overlay() -> dict:
-    """The smoke study with one job of each stage (PTQ, QAT, mimic and its teacher, peer), without
-    the detector axis, mixed precision, zero-shot or repeat seeds: a SLURM job runs every method
-    alike, and the whole matrix is the local smoke study's to run."""
-    overlay = yaml.safe_load(SMOKE.read_text())
-    overlay["models"]["students"] = None
-    overlay["matrix"].update(ptq=["minmax", "dacal"], qat=["daqat"], mixed=[],
-                             repeat={"seeds": [], "ptq": [], "qat": []})
-    return overlay
-
-
 def cluster_params(work) -> dict:
     return load_params(work / "params.yaml")
 
@@ -115,7 +105,7 @@ def cluster_params(work) -> dict:
 def cluster_study(slurm, tracking_server, tmp_path_factory):
     cluster, reason = slurm
     work = tmp_path_factory.mktemp("cluster-study")
-    (work / "params.yaml").write_text(yaml.safe_dump(cluster_overlay(), sort_keys=False))
+    (work / "params.yaml").write_text(yaml.safe_dump(one_job_per_stage(), sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on",
            "MLFLOW_TRACKING_URI": tracking_server}
     snakemake = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile")]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.smoke_overlays import one_job_per_stage
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -30,13 +32,7 @@ def dvc_study(tmp_path_factory):
     work = tmp_path_factory.mktemp("dvc")
     # DVC reads params values itself: the smoke overlay composed into a complete params.yaml,
     # and the study's own dvc.yaml generated from it
-    # one job of each stage (PTQ, QAT, mimic, peer), without the detector axis, mixed precision,
-    # zero-shot or repeat seeds: DVC runs every method's jobs alike, and the whole matrix is the
-    # Snakemake smoke study's to run (tests/test_workflow_agreement.py: both plan the same jobs)
-    overlay = yaml.safe_load((ROOT / "tests" / "smoke" / "params.yaml").read_text())
-    overlay["models"]["students"] = None
-    overlay["matrix"].update(ptq=["minmax", "dacal"], qat=["daqat"], mixed=[],
-                             repeat={"seeds": [], "ptq": [], "qat": []})
+    overlay = one_job_per_stage()
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     _run(work, str(BIN / "quantdet"), "compose", "overlay.yaml", "--out", "params.yaml")
     _run(work, str(BIN / "quantdet"), "dvc-yaml", "--params", "params.yaml", "--out", "dvc.yaml")
