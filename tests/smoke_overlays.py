@@ -9,11 +9,12 @@ SMOKE = Path(__file__).resolve().parent / "smoke" / "params.yaml"
 
 def one_job_per_stage() -> dict:
     """The smoke overlay with one job of each stage (minmax and dacal PTQ, DA-QAT, mimic and its
-    teacher, the peer), without the detector axis, mixed precision, zero-shot or repeat seeds: a
+    teacher, the peer, one deployment precision), without the detector axis, mixed precision, zero-shot or repeat seeds: a
     runner runs every method's jobs alike, and the whole matrix is the Snakemake smoke study's
     (tests/test_workflow_agreement.py: DVC plans the same jobs)."""
     overlay = yaml.safe_load(SMOKE.read_text())
     overlay["models"]["students"] = None
     overlay["matrix"].update(ptq=["minmax", "dacal"], qat=["daqat"], mixed=[],
-                             repeat={"seeds": [], "ptq": [], "qat": []})
+                             repeat={"seeds": [], "ptq": [], "qat": []},
+                             precisions={"int8_dynamic": ["onnxruntime"]})
     return overlay

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from quantdet.errors import QuantdetError
 
+LATENCY_RUNTIMES = ("onnxruntime", "openvino", "openvino-default", "openvino-f16", "openvino-bf16", "torch",
+                    "torch-bf16")   # quantdet.export.latency.RUNTIMES (not imported: --help stays fast)
+
 # The documentation site's results page: `quantdet measured` rewrites its measured blocks.
 RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 
@@ -63,7 +66,11 @@ READS_WRITES = {
                  "results/metrics/percentile_ablation.json (--out)"),
     "intervals": ("results/eval/*/ and data/prepared/, data/corrupted/",
                   "results/metrics/intervals.json (--out)"),
-    "bench": ("the ONNX files given", "a latency table on standard output, and JSON with --out"),
+    "bench": ("the ONNX files given (quantdet model files, .pt, for the torch runtimes)",
+              "a latency table on standard output, and JSON with --out"),
+    "precision": ("results/models/DETECTOR-fp32.onnx and .pt, data/prepared/val",
+                  "results/models/MODEL.precision.json (--out: what the runtime ran, agreement with FP32, "
+                  "latency) and, for an onnxruntime precision, results/models/DETECTOR-PRECISION.onnx"),
     "report": ("results/eval/, results/metrics/intervals.json, results/models/*.export.json and the "
                "other jobs' outputs",
                "results/report.md, results/plots/*.png, results/tables/, results/metrics/*.json, "
@@ -147,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
         p = stage(name, text)
         p.add_argument("--model", required=True, help="the model's name, e.g. student-ptq-dacal-w8a8")
         p.add_argument("--out")
+    p = stage("precision", "a deployment precision (fp16, bf16, int8_dynamic) of an FP32 detector in "
+                           "a runtime: convert, check what the runtime ran, time it against FP32")
+    p.add_argument("--model", required=True, help="the model's name, e.g. student-fp16-ov")
+    p.add_argument("--out")
     p = stage("evaluate", "COCO box metrics of one model on clean data and on every corruption "
                           "and severity of the study")
     p.add_argument("--model", required=True, help="the model's name, e.g. student-ptq-dacal-w8a8-ort")
@@ -159,10 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/metrics/intervals.json")
     p = stage("bench", "latency of ONNX models, each timed in its own process, with ratios "
                        "against an FP32 baseline (the first model unless --baseline)")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files (a .pt model file for torch runtimes)")
     p.add_argument("--runtime", nargs="+", default=["onnxruntime"],
-                   choices=["onnxruntime", "openvino", "openvino-default"],
-                   help="openvino: precision hint f32; openvino-default: its default hint")
+                   choices=list(LATENCY_RUNTIMES),
+                   help="openvino: precision hint f32; openvino-default: its default hint; "
+                        "openvino-f16, openvino-bf16: those inference precisions; torch, torch-bf16: "
+                        "a quantdet model file (.pt) in PyTorch, float32 or under bf16 autocast")
     p.add_argument("--baseline", help="the FP32 model the ratios are against")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -279,6 +292,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return stages.export(params, args.model, args.out)
     if args.stage == "evaluate":
         return stages.evaluate(params, args.model, args.out)
+    if args.stage == "precision":
+        return stages.precision(params, args.model, args.out)
     if args.stage == "intervals":
         return stages.intervals(params, args.out)
     if args.stage == "ablation":

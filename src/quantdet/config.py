@@ -94,7 +94,40 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
                 detectors.of_params(model).check(model, study.model_key(role))
             except ParamsError as e:
                 raise ParamsError(f"{source}: {e}") from None
+        _probe_precisions(params, source)
     return params
+
+
+def _precision_keys(params: dict):
+    """(params key, precision, runtime) of every deployment precision the study lists."""
+    from quantdet import study
+
+    for role in study.students(params):
+        where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
+        for precision, runtimes in (study.role_matrix(params, role).get("precisions") or {}).items():
+            for runtime in runtimes or []:
+                yield f"{where}.precisions.{precision}", precision, runtime
+
+
+def _check_precisions(params: dict, source: str) -> None:
+    """Each listed (precision, runtime) pair is one quantdet runs (quantdet.export.precision)."""
+    from quantdet.export.precision import refusal
+
+    for key, precision, runtime in _precision_keys(params):
+        reason = refusal(precision, runtime)
+        if reason:
+            raise ParamsError(f"{source}: {key}: {precision} in {runtime}: not run by quantdet: {reason}")
+
+
+def _probe_precisions(params: dict, source: str) -> None:
+    """Each listed pair runs on this machine: the runtime, asked to run a one-convolution model
+    at the precision, ran it so (never a silent float32 fallback)."""
+    from quantdet.export.precision import probe
+
+    for key, precision, runtime in _precision_keys(params):
+        reason = probe(precision, runtime)
+        if reason:
+            raise ParamsError(f"{source}: {key}: {precision} in {runtime} cannot run on this machine: {reason}")
 
 
 def _check_consistency(params: dict, source: str) -> None:
@@ -118,6 +151,7 @@ def _check_consistency(params: dict, source: str) -> None:
     _check_matrix(params["matrix"], source)
     _check_students(params, source)
     _check_detector_methods(params, source)
+    _check_precisions(params, source)
     corr = params["corruptions"]
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
     if both:

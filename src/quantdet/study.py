@@ -28,6 +28,10 @@ Model names are built here and parsed back here, nowhere else:
     yolo11n-fp32, yolo11n-qat-daqat-w8a8-ort         a detector beside the student (the detector
                                                      axis: `models.students.yolo11n`), through its
                                                      own matrix (the study's, or its `matrix` keys)
+    student-fp16-ov, student-bf16-ov, student-bf16,  a deployment precision of an FP32 detector
+    student-int8_dynamic-ort                         (matrix.precisions: precision -> runtimes):
+                                                     OpenVINO's inference precision, PyTorch's bf16
+                                                     autocast, onnxruntime's converted model
 
 The part after the family (ptq, qat, mimic, peer) is a method of the registry of that family.
 
@@ -48,10 +52,12 @@ ROLES = ("teacher", "student")
 ROLE = re.compile(r"^[a-z][a-z0-9_]*$")   # a role: teacher, student or a key of models.students
 # what an extra student's matrix may set (the rest is the study's): no mimic (the teacher is the
 # student's) and no repeats (those measure the headline comparisons' seed-to-seed spread)
-STUDENT_MATRIX_KEYS = ("bits", "ptq", "qat", "peer", "mixed")
+STUDENT_MATRIX_KEYS = ("bits", "ptq", "qat", "peer", "mixed", "precisions")
+PRECISION = "precision"   # the stage of a deployment-precision model (quantdet.export.precision)
+PRECISIONS = ("fp16", "bf16", "int8_dynamic")
 
 _NAME = re.compile(
-    r"^(?P<role>[a-z][a-z0-9_]*)-(?:(?P<fp32>fp32)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
+    r"^(?P<role>[a-z][a-z0-9_]*)-(?:(?P<fp32>fp32)|(?P<precision>fp16|bf16|int8_dynamic)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
     r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov)?$"
 )
 
@@ -59,8 +65,9 @@ _NAME = re.compile(
 @dataclass(frozen=True)
 class ModelName:
     role: str                 # teacher | student | an extra student (models.students)
-    stage: str                # pretrain | ptq | qat | mimic
-    method: str | None        # observer / recipe / zero-shot method / mimic variant; None for FP32
+    stage: str                # pretrain | ptq | qat | mimic | peer | precision
+    method: str | None        # observer / recipe / zero-shot method / mimic variant / peer / the
+                              # deployment precision (fp16, bf16, int8_dynamic); None for FP32
     weight_bits: int | None
     act_bits: int | None
     runtime: str              # torch | onnxruntime | openvino
@@ -73,6 +80,16 @@ class ModelName:
         return self.weight_bits is not None
 
     @property
+    def fp32(self) -> bool:
+        """An FP32 model from `pretrain` (not a quantized or deployment-precision one)."""
+        return self.stage == "pretrain"
+
+    @property
+    def precision(self) -> bool:
+        """A deployment precision of an FP32 model (matrix.precisions)."""
+        return self.stage == PRECISION
+
+    @property
     def _seed_suffix(self) -> str:
         if self.seed is None:
             return ""
@@ -81,6 +98,8 @@ class ModelName:
     @property
     def model(self) -> str:
         """Name of the trained/quantized model file (without the runtime suffix)."""
+        if self.precision:
+            return f"{self.role}-{self.method}"
         if not self.quantized:
             return f"{self.role}-fp32{self._seed_suffix}"
         return (f"{self.role}-{self.stage}-{self.method}-w{self.weight_bits}a{self.act_bits}"
@@ -97,6 +116,8 @@ class ModelName:
 
     @property
     def bits_label(self) -> str:
+        if self.precision:
+            return self.method
         return "fp32" if not self.quantized else f"W{self.weight_bits}A{self.act_bits}"
 
     @property
@@ -126,6 +147,10 @@ def parse_model_name(name: str) -> ModelName:
         raise ValueError(f"not a quantdet model name: {name!r}")
     runtime = {v: k for k, v in SUFFIXES.items()}[m["rt"] or ""]
     seed = None if m["seed"] is None else int(m["seed"])
+    if m["precision"]:
+        if m["seed"] is not None:
+            raise ValueError(f"not a quantdet model name: {name!r} (a deployment precision has no repeats)")
+        return ModelName(m["role"], PRECISION, m["precision"], None, None, runtime)
     if m["fp32"]:
         if m["repeat"] == "r":
             raise ValueError(f"not a quantdet model name: {name!r} (an FP32 repeat is -s, retrained)")
@@ -239,6 +264,44 @@ def peer_models(params: dict) -> list[str]:
     return names
 
 
+def precision_models(params: dict) -> list[str]:
+    """Each FP32 detector at each deployment precision, in each of its runtimes
+    (matrix.precisions: {precision: [runtime, ...]}; quantdet.export.precision)."""
+    names = []
+    for role in students(params):
+        for precision, rts in (role_matrix(params, role).get("precisions") or {}).items():
+            names += [ModelName(role, PRECISION, precision, None, None, rt).name for rt in rts or []]
+    return names
+
+
+def precision_file(model: str) -> str:
+    """A deployment-precision model's record: what the runtime ran, agreement, latency."""
+    return f"{MODELS}/{model}.precision.json"
+
+
+def precision_job(params: dict, model: str) -> "Job":
+    """The job checking a deployment precision in its runtime (and writing its onnxruntime
+    model): from the FP32 detector's ONNX and PyTorch files."""
+    name = parse_model_name(model)
+    outputs = (precision_file(model),) + ((onnx_file(name.model),) if name.runtime == "onnxruntime" else ())
+    return Job(PRECISION, model, outputs,
+               (onnx_file(name.fp32_source), model_file(name.fp32_source), PREPARED),
+               tuple(job_reads(PRECISION)), (("model", model),), method=name.method,
+               bits=name.bits_label, runtime=name.runtime, log=f"logs/precision/{model}.log",
+               out=precision_file(model))
+
+
+def evaluated_file(name: "ModelName") -> str:
+    """The file an evaluation runs: the integer ONNX model (deployed), a precision's own
+    onnxruntime model or its FP32 source (OpenVINO's ONNX, PyTorch's model file), else the
+    PyTorch model."""
+    if name.precision:
+        if name.runtime == "onnxruntime":
+            return onnx_file(name.model)
+        return onnx_file(name.fp32_source) if name.runtime == "openvino" else model_file(name.fp32_source)
+    return onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
+
+
 def generators(params: dict) -> list[str]:
     """The generated sets the study's methods calibrate or train on, in matrix order."""
     from quantdet.methods import get_method
@@ -344,7 +407,7 @@ def evaluated_models(params: dict) -> list[str]:
         names += [p + SUFFIXES[r] for r in DEPLOYED if r == "onnxruntime" or r in rt]
     for r in repeat_models(params):
         names += evaluations(r) if parse_model_name(r).quantized else [r]
-    return names
+    return names + precision_models(params)
 
 
 def trained_models(params: dict) -> list[str]:
@@ -385,6 +448,7 @@ STAGE_READS = {
     "pretrain": ("study.seed", "models.input_size", "models.{role}", "train"),
     "export": ("models.input_size", "export", "evaluate"),
     "evaluate": ("models.input_size", "evaluate"),
+    PRECISION: ("models.input_size", "export", "evaluate"),
     "ablation": ("study.seed", "models.input_size", "quant.ptq", "quant.ablation", "evaluate"),
     "intervals": ("study", "matrix", "corruptions", "statistics"),
     "report": ("study", "matrix", "data", "corruptions", "models", "quant", "distill", "statistics"),
@@ -397,8 +461,8 @@ CLI = {"zeroshot_data": "zeroshot-data"}  # stage -> `quantdet` subcommand, wher
 @dataclass(frozen=True)
 class Job:
     """One job of the study: the `quantdet` command that makes `outputs` from `inputs`."""
-    stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic export evaluate
-                                      # intervals report
+    stage: str                        # prepare corrupt pretrain zeroshot_data ptq qat mimic peer export
+                                      # precision evaluate ablation intervals report
     target: str                       # the model, corruption (`fog`), generator or `report`
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] = ()
@@ -493,7 +557,8 @@ def jobs(params: dict) -> list[Job]:
                         method=g, log=f"logs/zeroshot_data/{g}.log"))
     rows += [_model_job(params, m) for m in trained_models(params)[len(fp32):] + peer_models(params)]
     exported = exported_models(params)
-    sources = list(dict.fromkeys(parse_model_name(q).fp32_source for q in exported + peer_models(params)))
+    sources = list(dict.fromkeys(parse_model_name(q).fp32_source
+                                 for q in exported + peer_models(params) + precision_models(params)))
     for m in sources + exported:  # FP32 sources first: the baselines of the latency figures
         name = parse_model_name(m)
         inputs = (model_file(m), PREPARED) + ((onnx_file(name.fp32_source),) if name.quantized else ())
@@ -501,11 +566,13 @@ def jobs(params: dict) -> list[Job]:
                         tuple(job_reads("export", model=m)), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime="onnxruntime",
                         log=f"logs/export/{m}.log", out=onnx_file(m)))
+    rows += [precision_job(params, m) for m in precision_models(params)]
     splits = tuple(corrupted_dir(c) for c in corruptions(params))
     for m in evaluated_models(params):
         name = parse_model_name(m)
-        model = onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
-        rows.append(Job("evaluate", m, (eval_dir(m),), (model, PREPARED, *splits),
+        # a precision's evaluation waits for its check (quantdet.export.precision)
+        checked = (precision_file(m),) if name.precision else ()
+        rows.append(Job("evaluate", m, (eval_dir(m),), (evaluated_file(name), *checked, PREPARED, *splits),
                         tuple(job_reads("evaluate")), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime=name.runtime,
                         log=f"logs/evaluate/{m}.log"))
@@ -537,6 +604,7 @@ def report_inputs(params: dict) -> list[str]:
     inputs += [ABLATION] if ablation_needed(params) else []
     inputs += [eval_dir(m) for m in evaluated_models(params)]
     inputs += [f"{MODELS}/{q}.export.json" for q in quantized_models(params) + peer_models(params)]
+    inputs += [precision_file(m) for m in precision_models(params)]
     inputs += [f"{MODELS}/{q}{s}" for q in quantized_models(params)
                for s in method_of(parse_model_name(q)).extra_outputs]
     return inputs + [synthetic_dir(g) for g in generators(params)]
@@ -546,7 +614,7 @@ REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/plots/rpc_per_model.png", "results/plots/ap_per_corruption.png",
                   "results/plots/accuracy_vs_robustness.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
-                  "results/tables/detectors.csv",
+                  "results/tables/detectors.csv", "results/tables/precisions.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",
                   "results/study.tsv", "results/environment.json")

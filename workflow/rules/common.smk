@@ -34,7 +34,9 @@ PTQ_FILES_MODEL = rf"{ROLE}-ptq-{_names('ptq', True)}-w\da\d(-[sr]\d+)?"
 QAT_MODEL = rf"{ROLE}-qat-{_names('qat', False)}-w\da\d(-[sr]\d+)?"
 MIMIC_MODEL = rf"{ROLE}-mimic-{_names('mimic', False)}-w\da\d(-[sr]\d+)?"
 PEER_MODEL = rf"{ROLE}-peer-{_names('peer', False)}-w\da\d"
-EXPORTED_MODEL = ROLE + r"-(?!peer-)[a-z0-9_-]+"  # our models; a peer's ONNX is its own job's
+# our models; a peer's ONNX is its own job's, a deployment precision's its precision job's
+EXPORTED_MODEL = ROLE + r"-(?!peer-|(fp16|bf16|int8_dynamic)\.)[a-z0-9_-]+"   # (then .onnx, .export.json)
+PRECISION = "(" + "|".join(study.PRECISIONS) + ")"
 
 
 def job_of(stage, target):
@@ -66,6 +68,10 @@ def export_timed(model):
 
 def by_model(wildcards):
     return wildcards.model
+
+
+def by_precision_ort(wildcards):
+    return f"{wildcards.role}-{wildcards.precision}-ort"
 
 
 def by_role(wildcards):

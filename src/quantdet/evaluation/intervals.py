@@ -59,7 +59,8 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
     figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
                                             list(params["corruptions"]["severities"]), corruption_groups(params))
                for model, ap in zip(models, replicates)}
-    pairs = comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
+    pairs = (comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
+             + precision_pairs(models))
     comparisons = [_comparison(record, figures, level) for record in pairs]
     log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
              len(image_ids), time.perf_counter() - started)
@@ -139,7 +140,7 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
     against the student. Seeds: the study seed and the repeat seeds where both models exist."""
     from quantdet.report.tables import study_comparisons
 
-    names = {m: study.parse_model_name(m) for m in models}
+    names = {m: n for m in models if not (n := study.parse_model_name(m)).precision}   # precision_pairs
     analysed = study.analysed_runtime(params)
     students = {}   # (family, method, bits) -> {seed: model}: FP32 and our quantized students,
     for model, name in names.items():   # in the runtime the study analyses; peers: peer_pairs
@@ -214,6 +215,21 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
         records += [{"group": "peer", "comparison": f"{names[m].stage} {names[m].method} (deployed) vs the "
                      f"best peer, {names[best].method}", "bits": bits, "seeds": [0], "treatment": [m],
                      "baseline": [best]} for m in ours]
+    return records
+
+
+def precision_pairs(models: list[str]) -> list[dict]:
+    """Group "precision", QRID's ladder: each detector at each deployment precision, in each
+    runtime (matrix.precisions), against its own FP32 model (PyTorch, float32)."""
+    records = []
+    for model in models:
+        name = study.parse_model_name(model)
+        if name.precision and name.fp32_source in models:
+            records.append({"group": "precision", "detector": name.role, "precision": name.method,
+                            "runtime": name.runtime,
+                            "comparison": f"{name.role}: {name.method} ({name.runtime}) vs FP32",
+                            "bits": name.bits_label, "seeds": [0], "treatment": [model],
+                            "baseline": [name.fp32_source]})
     return records
 
 

@@ -13,7 +13,9 @@ repetitions if none agreed, with `converged: false`).
 Runtimes: `onnxruntime` (CPU execution provider, all graph optimizations) and `openvino`
 (CPU, INFERENCE_PRECISION_HINT f32: on CPUs with bf16 or AMX, OpenVINO otherwise runs float
 layers in bf16, which is not an FP32 baseline); `openvino-default` is OpenVINO with its
-default precision hint, recorded separately.
+default precision hint, recorded separately; `openvino-f16` and `openvino-bf16` ask for those
+inference precisions (the deployment precisions, quantdet.export.precision). `torch` and
+`torch-bf16` time a quantdet model file (.pt) in PyTorch, in float32 and under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -29,11 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("onnxruntime", "openvino", "openvino-default")
+RUNTIMES = ("onnxruntime", "openvino", "openvino-default", "openvino-f16", "openvino-bf16", "torch",
+            "torch-bf16")
+OV_HINTS = {"openvino": "f32", "openvino-f16": "f16", "openvino-bf16": "bf16"}
 
 
 def _input_size(path: str) -> int:
     import onnx
+
+    if str(path).endswith(".pt"):
+        from quantdet.models.io import load_model
+
+        return int(load_model(path)[1]["input_size"])
 
     proto = onnx.load(path, load_external_data=False)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -77,7 +86,20 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x}), {"version": ort.__version__}
-    if runtime in ("openvino", "openvino-default"):
+    if runtime in ("torch", "torch-bf16"):
+        import torch
+
+        from quantdet.models.io import load_model
+
+        torch.set_num_threads(threads)
+        model = load_model(path)[0].eval()
+        dtype = torch.bfloat16 if runtime == "torch-bf16" else None
+
+        def run(x):
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                return model(torch.from_numpy(x))
+        return run, {"version": torch.__version__, "precision_hint": "bf16" if dtype else "f32"}
+    if runtime.startswith("openvino"):
         import openvino as ov
 
         core = ov.Core()
@@ -86,8 +108,8 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         model.reshape({model.inputs[0].any_name: list(batch_shape)})
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": 1}
-        if runtime == "openvino":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if runtime in OV_HINTS:
+            config["INFERENCE_PRECISION_HINT"] = OV_HINTS[runtime]
         compiled = core.compile_model(model, "CPU", config)
         if densified:
             os.remove(path)

@@ -49,9 +49,10 @@ class OrtDetector:
 class OvDetector:
     """The same callable as OrtDetector, in OpenVINO on the CPU. Inference precision f32: the
     CPU plugin's default on AVX-512-bf16/AMX machines is bf16, which is not the exported
-    model's arithmetic; the precision that ran is recorded in `info`."""
+    model's arithmetic; the precision that ran is recorded in `info`. A deployment precision
+    (quantdet.export.precision) asks for another hint."""
 
-    def __init__(self, path, threads: int = 1):
+    def __init__(self, path, threads: int = 1, precision_hint: str = "f32"):
         import onnx
         import openvino as ov
 
@@ -70,7 +71,7 @@ class OvDetector:
         shape = list(model.inputs[0].get_partial_shape())
         model.reshape({name: ov.PartialShape([-1, *[int(str(d)) for d in shape[1:]]])})   # any batch
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+                                                          "INFERENCE_PRECISION_HINT": precision_hint})
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.any_name for o in self.compiled.outputs]
         self.detector_config = detector_config(self.metadata)

@@ -24,7 +24,7 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                        generated_grids: dict[str, Path] | None = None,
                        generated_info: dict[str, dict] | None = None,
                        intervals: dict | None = None, environment: str = "",
-                       ablation: dict | None = None) -> dict:
+                       ablation: dict | None = None, precision_records: dict[str, dict] | None = None) -> dict:
     """Write metrics/, tables/, plots/ and report.md under ``out_root``; return a summary
     (per-model P/mPC/rPC and the paths written) for the CLI to log.
 
@@ -34,8 +34,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     out = Path(out_root)
     every_row = read_evaluation_rows(eval_files)
     every_export = read_exports(export_files)
-    primary = {m for m in {r["model"] for r in every_row} | set(every_export)
-               if parse_model_name(m).role in ROLES}
+    primary = {m for m in {r["model"] for r in every_row} | set(every_export)   # deployment precisions:
+               if parse_model_name(m).role in ROLES and not parse_model_name(m).precision}   # their section
     rows = [r for r in every_row if r["model"] in primary]
     exports = {m: e for m, e in every_export.items() if m in primary}
 
@@ -77,6 +77,10 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     from quantdet.report.detectors import detector_rows, detectors_section
 
     written["detectors_table"] = _write_csv(detector_rows(params, intervals or {}), out / "tables" / "detectors.csv")
+    from quantdet.report.precisions import precision_rows, precisions_section
+
+    written["precisions_table"] = _write_csv(precision_rows(params, intervals or {}, precision_records or {},
+                                                            every_export), out / "tables" / "precisions.csv")
     written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
                                                        _wide_curves(tables["ap_vs_severity"], order))
 
@@ -98,6 +102,9 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         grids[generator] = target
 
     report = out / "report.md"
+    sections = "\n\n".join(filter(None, [detectors_section(params, intervals, every_export),
+                                           precisions_section(params, intervals, precision_records or {},
+                                                              every_export)]))
     relative = {title: Path(os.path.relpath(p, report.parent)).as_posix() for title, p in plots.items()}
     grids = {g: Path(os.path.relpath(p, report.parent)).as_posix() for g, p in grids.items()}
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
@@ -105,8 +112,7 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                                                                       mixed_bits or {}, grids,
                                                                       generated_info or {}, _dataset_classes(),
                                                                       intervals, environment, ablation,
-                                                                      detectors_section(params, intervals,
-                                                                                        every_export)))
+                                                                      sections))
 
     return {"models": list(every_robustness["model"]),
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in every_robustness.itertuples()},

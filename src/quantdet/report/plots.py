@@ -39,7 +39,7 @@ def primary_models(models: list[str]) -> list[str]:
     simulated (PyTorch) where evaluated, else deployed (onnxruntime, the peers among them)."""
     names = {m: parse_model_name(m) for m in models}
     runtime = "torch" if any(n.quantized and n.runtime == "torch" for n in names.values()) else "onnxruntime"
-    return [m for m in models if names[m].seed is None
+    return [m for m in models if names[m].seed is None and not names[m].precision
             and names[m].runtime == (runtime if names[m].quantized else "torch")]
 
 

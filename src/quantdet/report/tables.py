@@ -46,12 +46,13 @@ def robustness_table(ap: pd.DataFrame, params: dict) -> pd.DataFrame:
             raise QuantdetError(f"model {model}: no clean evaluation (eval/{model}/clean.json) among the report inputs")
         name = parse_model_name(model)
         record = {"model": model, "bits": name.bits_label, "runtime": name.runtime, "role": name.role,
-                  "family": "fp32" if not name.quantized else name.stage,
+                  "family": "fp32" if name.fp32 else name.stage,
                   "method": name.method or "fp32", "base": name.base,
                   "seed": name.run_seed(params),
                   # the model the study's comparisons use: FP32 in PyTorch, quantized in the
                   # analysed runtime (simulated where evaluated, else deployed)
-                  "analysed": name.runtime == (analysed_runtime(params) if name.quantized else "torch")}
+                  "analysed": not name.precision
+                  and name.runtime == (analysed_runtime(params) if name.quantized else "torch")}
         for metric, suffix in (("AP", ""), ("AP50", "_AP50")):
             table = {(c, s): v for c, s, v in zip(group["condition"], group["severity"], group[metric])}
             try:

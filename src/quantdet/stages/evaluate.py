@@ -13,6 +13,8 @@ log = logging.getLogger("quantdet")
 
 def _load_for_evaluation(name: study.ModelName, threads: int):
     """(the model, its detector config): a deployed model carries the config in its metadata."""
+    if name.precision:
+        return _load_precision(name, threads)
     if name.runtime == "onnxruntime":
         from quantdet.export.runner import OrtDetector
 
@@ -26,6 +28,29 @@ def _load_for_evaluation(name: study.ModelName, threads: int):
     from quantdet.models.io import load_model
 
     model, payload = load_model(require(study.model_file(name.model)))
+    return model, payload["detector"]
+
+
+def _load_precision(name: study.ModelName, threads: int):
+    """A deployment precision, checked again as its precision job did: the runtime ran it."""
+    from quantdet.export import precision as prec
+
+    path = require(study.evaluated_file(name))
+    if name.runtime == "openvino":
+        model = prec.OvPrecisionDetector(path, name.method, threads=threads)
+        return model, model.detector_config
+    if name.runtime == "onnxruntime":
+        from quantdet.export.runner import OrtDetector
+
+        executed = prec.ort_executed(path, threads)
+        prec.check_executed(name.method, executed, str(path))
+        model = OrtDetector(path, threads=threads)
+        model.info = executed | {"precision": name.method}
+        return model, model.detector_config
+    from quantdet.models.io import load_model
+
+    net, payload = load_model(path)
+    model = prec.TorchAutocastDetector(net, name.method)
     return model, payload["detector"]
 
 

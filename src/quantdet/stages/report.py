@@ -18,6 +18,7 @@ def report(params: dict, out_root: str = "results") -> dict:
         require(path)
     mixed = {m: read_json(require(study.bits_file(m))) for m in study.quantized_models(params)
              if study.parse_model_name(m).mixed_precision}
+    precisions = {m: read_json(require(study.precision_file(m))) for m in study.precision_models(params)}
     generators = study.generators(params)
     grids = {g: require(Path(study.synthetic_dir(g)) / "grid.png") for g in generators}
     generated = {g: read_json(require(Path(study.synthetic_dir(g)) / "summary.json")) for g in generators}
@@ -31,7 +32,7 @@ def report(params: dict, out_root: str = "results") -> dict:
     env = environment_markdown(env_info, read_json(data_summary) if data_summary.is_file() else None)
     summary = write_study_report(evals, exports, params, out_root=out_root, mixed_bits=mixed,
                                  generated_grids=grids, generated_info=generated, intervals=intervals,
-                                 environment=env, ablation=ablation)
+                                 environment=env, ablation=ablation, precision_records=precisions)
     table = Path(out_root) / "study.tsv"
     with atomic_path(table) as tmp:
         Path(tmp).write_text(study.study_table(params))

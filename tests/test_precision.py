@@ -1,0 +1,156 @@
+"""Deployment precisions (matrix.precisions): names, the study table, validation against what
+this machine's runtimes actually run, and the precision stage on a small detector."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from quantdet import study
+from quantdet.config import ParamsError, load_params, validate_params
+from quantdet.errors import QuantdetError
+from quantdet.export import precision as prec
+from tests.conftest import SMOKE
+
+
+def _params(**precisions):
+    params = load_params(SMOKE)
+    params["matrix"]["precisions"] = precisions
+    return params
+
+
+@pytest.mark.parametrize("model, role, precision, runtime", [
+    ("student-fp16-ov", "student", "fp16", "openvino"),
+    ("student-bf16", "student", "bf16", "torch"),
+    ("yolo11n-int8_dynamic-ort", "yolo11n", "int8_dynamic", "onnxruntime"),
+])
+def test_precision_names_parse_and_round_trip(model, role, precision, runtime):
+    name = study.parse_model_name(model)
+    assert (name.role, name.stage, name.method, name.runtime) == (role, study.PRECISION, precision, runtime)
+    assert name.precision and not name.quantized and not name.fp32
+    assert name.name == model and name.fp32_source == f"{role}-fp32"
+    assert name.model == f"{role}-{precision}"
+
+
+def test_a_precision_has_no_repeat_seed():
+    with pytest.raises(ValueError, match="no repeats"):
+        study.parse_model_name("student-fp16-r1-ov")
+
+
+def test_each_precision_runtime_pair_is_a_precision_job_and_an_evaluation():
+    params = _params(fp16=["openvino"], bf16=["openvino", "torch"], int8_dynamic=["onnxruntime"])
+    expected = ["student-fp16-ov", "student-bf16-ov", "student-bf16", "student-int8_dynamic-ort"]
+    assert [m for m in study.precision_models(params) if m.startswith("student-")] == expected
+    jobs = {(j.stage, j.target): j for j in study.jobs(params)}
+    ort = jobs[("precision", "student-int8_dynamic-ort")]
+    assert ort.outputs == (study.precision_file("student-int8_dynamic-ort"), study.onnx_file("student-int8_dynamic"))
+    assert jobs[("precision", "student-fp16-ov")].outputs == (study.precision_file("student-fp16-ov"),)
+    # each evaluation runs the file its runtime runs, after its precision job checked it
+    assert jobs[("evaluate", "student-int8_dynamic-ort")].inputs[:2] == (
+        study.onnx_file("student-int8_dynamic"), study.precision_file("student-int8_dynamic-ort"))
+    assert jobs[("evaluate", "student-fp16-ov")].inputs[0] == study.onnx_file("student-fp32")
+    assert jobs[("evaluate", "student-bf16")].inputs[0] == study.model_file("student-fp32")
+    assert all(study.precision_file(m) in jobs[("report", "report")].inputs for m in expected)
+    assert ("export", "student-fp32") in jobs   # the FP32 ONNX source is exported
+
+
+def test_adding_a_precision_reruns_no_other_job():
+    base = _params(fp16=["openvino"])
+    more = _params(fp16=["openvino"], int8_dynamic=["onnxruntime"])
+    before = {j.name: j for j in study.jobs(base)}
+    after = {j.name: j for j in study.jobs(more)}
+    changed = [n for n, j in before.items() if n in after and after[n].reads != j.reads
+               and j.stage not in ("intervals", "report")]
+    assert not changed
+    assert set(after) - set(before) == {"precision-student-int8_dynamic-ort", "evaluate-student-int8_dynamic-ort",
+                                        "precision-yolo11n-int8_dynamic-ort", "evaluate-yolo11n-int8_dynamic-ort"} - set(before)
+
+
+@pytest.mark.parametrize("precision, runtime", [("bf16", "onnxruntime"), ("int8_dynamic", "openvino"),
+                                                ("int8_dynamic", "torch"), ("fp16", "torch")])
+def test_a_pair_quantdet_does_not_run_is_refused_naming_key_and_pair(precision, runtime):
+    params = _params(**{precision: [runtime]})
+    with pytest.raises(ParamsError, match=rf"matrix\.precisions\.{precision}: {precision} in {runtime}: not run"):
+        validate_params(params)
+
+
+def test_an_unknown_runtime_or_precision_is_refused_by_the_schema():
+    with pytest.raises(ParamsError, match="precisions"):
+        validate_params(_params(fp16=["tensorrt"]))
+    with pytest.raises(ParamsError, match="precisions"):
+        validate_params(_params(fp8=["openvino"]))
+
+
+def test_validate_refuses_a_pair_this_machine_runs_in_float32():
+    """fp16 in onnxruntime's CPU provider: refused where its convolutions fall back to float32
+    (measured by the probe), accepted where they do run in fp16."""
+    reason = prec.probe("fp16", "onnxruntime")
+    params = _params(fp16=["onnxruntime"])
+    if reason is None:
+        validate_params(params, check_backbones=True)
+        return
+    assert "fp32" in reason
+    with pytest.raises(ParamsError, match=r"matrix\.precisions\.fp16: fp16 in onnxruntime cannot run on this "
+                                          r"machine: .*ran none of the model's 1 convolutions in fp16"):
+        validate_params(params, check_backbones=True)
+
+
+def test_a_silent_float32_fallback_is_refused():
+    executed = {"runtime": "openvino", "version": "x", "convolutions_by_precision": {"f32": 12}}
+    with pytest.raises(QuantdetError, match="ran none of the model's 12 convolutions in bf16 .*12 f32"):
+        prec.check_executed("bf16", executed, "model.onnx")
+    prec.check_executed("bf16", {**executed, "convolutions_by_precision": {"bf16": 11, "f32": 1}}, "model.onnx")
+
+
+def test_each_supported_pair_runs_a_convolution_at_its_precision_here():
+    """The probes of the pairs the default study runs: OpenVINO's f16 and bf16 (AMX / AVX-512
+    here), PyTorch's bf16 autocast, onnxruntime's dynamic INT8."""
+    for precision, runtime in [("fp16", "openvino"), ("bf16", "openvino"), ("bf16", "torch"),
+                               ("int8_dynamic", "onnxruntime")]:
+        assert prec.probe(precision, runtime) is None, (precision, runtime)
+
+
+def test_int8_dynamic_conversion_records_which_operators_it_quantized(tmp_path):
+    source = str(tmp_path / "conv.onnx")
+    prec._tiny_onnx(source)
+    record = prec.convert(source, "int8_dynamic", tmp_path / "dyn.onnx")
+    assert record["quantized_operators"]["ConvInteger"] == 1
+    assert "Conv" not in record["float_operators_left"]
+    assert prec.ort_executed(tmp_path / "dyn.onnx")["convolutions_by_precision"] == {"int8": 1}
+
+
+@pytest.mark.slow
+def test_precision_stage_checks_converts_compares_and_times(tmp_path, monkeypatch):
+    import torch
+
+    from quantdet import detectors, stages
+    from quantdet.data.dataset import DetectionDataset
+    from quantdet.models.io import save_model
+
+    params = _params(fp16=["openvino"], bf16=["openvino", "torch"], int8_dynamic=["onnxruntime"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUANTDET_TRACKING", "off")
+    stages.prepare(params)
+    train = DetectionDataset(f"{study.PREPARED}/train", params["models"]["input_size"])
+    torch.manual_seed(0)   # an untrained detector exercises the stage
+    detector = stages.detector_config(params, "student", len(train.category_ids))
+    save_model(study.model_file("student-fp32"), detectors.build(detector), kind="fp32", detector=detector,
+               classes={"category_ids": train.category_ids, "names": train.class_names},
+               extra={"stride": 4, "input_size": params["models"]["input_size"]})
+    stages.export(params, "student-fp32")
+    expected = {"student-fp16-ov": ("f16", "fp16"), "student-bf16-ov": ("bf16", "bf16"),
+                "student-bf16": ("bf16", "bf16"), "student-int8_dynamic-ort": ("int8", "int8")}
+    for model, (ran, _) in expected.items():
+        record = stages.precision(params, model)
+        on_disk = json.loads((tmp_path / study.precision_file(model)).read_text())
+        assert on_disk["model"] == model and on_disk["executed"] == record["executed"]
+        convs = record["executed"]["convolutions_by_precision"]
+        assert convs.get(ran, 0) > 0, (model, convs)
+        assert record["latency_ms"]["fp32"] > 0 and record["speedup_vs_fp32"] > 0
+        agreement = record["agreement_with_fp32"]
+        assert agreement["num_images"] > 0 and all(np.isfinite(v) for v in agreement["max_abs_diff"].values())
+    # onnxruntime's model is written only for its own precision, OpenVINO and PyTorch run the FP32 files
+    assert (tmp_path / study.onnx_file("student-int8_dynamic")).is_file()
+    assert not (tmp_path / study.onnx_file("student-fp16")).exists()
+    record = json.loads((tmp_path / study.precision_file("student-int8_dynamic-ort")).read_text())
+    assert record["conversion"]["quantized_operators"]["ConvInteger"] >= 1
