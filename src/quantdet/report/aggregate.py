@@ -79,8 +79,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     written["detectors_table"] = _write_csv(detector_rows(params, intervals or {}), out / "tables" / "detectors.csv")
     from quantdet.report.precisions import precision_rows, precisions_section
 
-    written["precisions_table"] = _write_csv(precision_rows(params, intervals or {}, precision_records or {},
-                                                            every_export), out / "tables" / "precisions.csv")
+    precision_table = precision_rows(params, intervals or {}, precision_records or {}, every_export)
+    written["precisions_table"] = _write_csv(precision_table, out / "tables" / "precisions.csv")
     written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
                                                        _wide_curves(tables["ap_vs_severity"], order))
 
@@ -93,6 +93,11 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         "Accuracy against robustness (P vs mPC, 95% intervals)":
             plot_accuracy_vs_robustness(robustness, plots_dir / "accuracy_vs_robustness.png"),
     }
+    if precision_records:   # the deployment trade-off, where the study has deployment precisions
+        from quantdet.report.precisions import plot_latency_vs_robustness
+
+        plots["Latency against robustness (deployed models, 95% intervals of mPC)"] = plot_latency_vs_robustness(
+            precision_table, plots_dir / "latency_vs_robustness.png")
     written.update({f"{p.stem}_plot": p for p in plots.values()})
     grids = {}
     for generator, source in (generated_grids or {}).items():  # zero-shot images beside real ones

@@ -133,7 +133,7 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
     figures = intervals["models"]
     analysed = study.analysed_runtime(params)
     shown = [m for m in study.evaluated_models(params)
-             if m in figures and study.parse_model_name(m).seed is None
+             if m in figures and study.parse_model_name(m).seed is None and not study.parse_model_name(m).precision
              and study.parse_model_name(m).runtime == (analysed if study.parse_model_name(m).quantized else "torch")]
     rows = [[f"`{m}`", with_interval(figures[m].get("P"), "P"), with_interval(figures[m].get("mPC"), "mPC"),
              with_interval(figures[m].get("rPC"), "rPC"), with_interval(figures[m].get("mPC_heldout"), "mPC")]
@@ -148,6 +148,7 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
         lines.append(targets_markdown(intervals))
         lines.append(deployment_markdown(root, params, intervals))
         lines.append(detectors_markdown(root, params, intervals))
+        lines.append(precisions_markdown(root, params, intervals))
     ablation = root / study.ABLATION
     if ablation.is_file() and not stages:
         lines.append(ablation_markdown(read_json(ablation), params))
@@ -220,6 +221,19 @@ def detectors_markdown(root: Path, params: dict, intervals: dict) -> str:
     return ("Per detector (the detector axis; AP points with 95% intervals; speed-ups: the median over the "
             "detector's W8A8 exports, each timed beside its own FP32 ONNX model):\n\n"
             + summary_table(params, intervals, exports))
+
+
+def precisions_markdown(root: Path, params: dict, intervals: dict) -> str:
+    """The deployment precisions beside static INT8 (quantdet.report.precisions), from the
+    precision jobs' records and the export records."""
+    from quantdet.report.precisions import precisions_section
+
+    records = {m: read_json(p) for m in study.precision_models(params)
+               if (p := root / study.precision_file(m)).is_file()}
+    exports = {m: read_json(p) for m in study.quantized_models(params)
+               if (p := root / study.MODELS / f"{m}.export.json").is_file()}
+    section = precisions_section(params, intervals, records, exports)
+    return section.replace("## Deployment precisions\n\n", "Deployment precisions: ", 1)
 
 
 def targets_markdown(intervals: dict) -> str:

@@ -162,3 +162,48 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
     if skipped:
         lines += ["Not run:", ""] + [f"- {line}" for line in skipped] + [""]
     return "\n".join(lines)
+
+
+def plot_latency_vs_robustness(rows: pd.DataFrame, path) -> object:
+    """The deployment trade-off: latency against mPC, one point per deployed model of the
+    precision table (its 95% interval as the vertical bar), one panel per detector; FP32 is
+    drawn in each runtime it was timed in, at its own mPC. Latency: batch and threads of
+    `export`, each model timed in its own process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantdet.report.plots import _save
+
+    markers = {"onnxruntime": "o", "openvino": "s", "torch": "^"}
+    detectors = list(dict.fromkeys(rows["detector"])) if len(rows) else []
+    fig, axes = plt.subplots(1, max(1, len(detectors)), figsize=(6 * max(1, len(detectors)), 5), squeeze=False)
+    for ax, detector in zip(axes[0], detectors):
+        own = rows[rows["detector"] == detector]
+        fp32 = own[own["column"] == "FP32"].iloc[0] if (own["column"] == "FP32").any() else None
+        points = []
+        for r in own.itertuples():
+            if r.column == "FP32" or pd.isna(getattr(r, "latency_ms", None)):
+                continue
+            points.append((r.column, r.runtime, r.latency_ms, r.mPC, r.mPC_low, r.mPC_high))
+            if fp32 is not None and not pd.isna(r.fp32_latency_ms):
+                points.append((f"FP32 ({RUNTIME_LABELS.get(r.runtime, r.runtime)})", r.runtime, r.fp32_latency_ms,
+                               fp32["mPC"], fp32["mPC_low"], fp32["mPC_high"]))
+        seen = {}
+        for label, runtime, ms, mpc, low, high in points:
+            seen.setdefault((label, runtime), []).append(ms)
+        for (label, runtime), times in seen.items():
+            match = next(p for p in points if p[0] == label and p[1] == runtime)
+            ms = sorted(times)[len(times) // 2]   # FP32 timed beside several models: their median
+            _, _, _, mpc, low, high = match
+            ax.errorbar(ms, 100 * mpc, yerr=[[100 * (mpc - low)], [100 * (high - mpc)]],
+                        fmt=markers.get(runtime, "o"), capsize=2, elinewidth=0.8,
+                        mfc="white" if label.startswith("FP32") else None, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency per batch (ms, log scale)")
+        ax.set_ylabel("mPC: mean AP under corruption (points)")
+        ax.set_title(f"{detector}: latency and robustness")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
+    return _save(fig, path)
