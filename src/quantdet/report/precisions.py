@@ -156,7 +156,7 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
               "stated only where its interval excludes zero), with what the runtime ran (convolutions by the "
               "precision they ran in) and its latency against the FP32 model in the same runtime (each timed in "
               "its own process; static INT8: onnxruntime, from its export):", "",
-              markdown_table(["detector", "precision", "ΔP", "ΔmPC", "ΔrPC", "mPC", "ran", "latency",
+              markdown_table(["detector", "precision", "ΔP", "ΔmPC", "ΔrPC", "mPC vs FP32", "ran", "latency",
                               "× FP32"], rows, align_right_from=2), ""]
     skipped = not_run(params)
     if skipped:
