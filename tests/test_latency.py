@@ -62,3 +62,10 @@ def test_bench_command_for_both_runtimes(tiny_models, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "w4a4.onnx" in table and "vs baseline" in table
     assert format_table(report).splitlines()[0].startswith("model")
+
+
+def test_openvino_deployment_precisions_are_timed_at_their_hint(tiny_models):
+    fp32, _ = tiny_models
+    report = benchmark([fp32], ["openvino", "openvino-f16", "openvino-bf16"], **FAST)
+    hints = {r["runtime"]: r["precision_hint"] for r in report["results"]}
+    assert hints == {"openvino": "f32", "openvino-f16": "f16", "openvino-bf16": "bf16"}
