@@ -17,23 +17,20 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
-SIZES = (32, 64, 128, 256, 512)   # torchvision's retinanet anchor sizes, P3-P7
-STRIDES = (8, 16, 32, 64, 128)
+STRIDES = (8, 16, 32, 64, 128)   # P3-P7
 
 
 def anchors(input_size: int, scale: float) -> torch.Tensor:
-    out = []
-    for base, stride in zip(SIZES, STRIDES):
-        cells = max(1, math.ceil(input_size / stride))
-        ys, xs = torch.meshgrid(torch.arange(cells) * stride, torch.arange(cells) * stride, indexing="ij")
-        centres = torch.stack([xs.flatten(), ys.flatten()], 1).float()
-        for k in range(3):
-            size = base * 2 ** (k / 3) * scale
-            for ratio in (0.5, 1.0, 2.0):
-                h, w = size * math.sqrt(ratio), size / math.sqrt(ratio)
-                half = torch.tensor([w / 2, h / 2])
-                out.append(torch.cat([centres - half, centres + half], 1))
-    return torch.cat(out)
+    """Every anchor of quantdet's RetinaNet at `anchor_scale` (the generator its training and
+    decoding use: quantdet.models.torchvision_detection.retinanet_anchors)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from quantdet.models.torchvision_detection import retinanet_anchors
+
+    maps = [torch.zeros(1, 1, max(1, math.ceil(input_size / s)), max(1, math.ceil(input_size / s)))
+            for s in STRIDES]
+    images = ImageList(torch.zeros(1, 3, input_size, input_size), [(input_size, input_size)])
+    return retinanet_anchors(scale)(images, maps)[0]
 
 
 def main() -> None:

@@ -86,6 +86,7 @@ def test_another_family_or_class_count_is_refused_naming_the_file(tmp_path):
     ({"detector": "fcos", "arch": "resnet18", "fpn_channels": 20}, r"fpn_channels: fcos's head .*GroupNorm"),
     ({"detector": "fcos"}, r"models.student.arch: the fcos family needs a backbone"),
     ({"detector": "retinanet", "arch": "resnet18", "checkpoint": "/nope.pt"}, r"checkpoint: /nope.pt does not exist"),
+    ({"detector": "fcos", "arch": "resnet18", "anchor_scale": 0.5}, r"anchor_scale: only retinanet's anchors"),
 ])
 def test_bad_params_are_refused_naming_the_key(params, message):
     with pytest.raises(ParamsError, match=message):
@@ -104,3 +105,35 @@ def test_pretrained_backbone_weights_need_the_internet_and_say_so(monkeypatch):
                                                 "pretrained": True}, 2)
     with pytest.raises(QuantdetError, match="download.pytorch.org.*set pretrained: false"):
         detectors.build(config, pretrained=True)
+
+
+def test_retinanet_anchors_follow_anchor_scale_and_default_to_torchvision():
+    """anchor_scale multiplies every anchor size (torchvision's 32-512 px at 1, with no config
+    key, so existing models keep their config); the matching and decoding use the same anchors."""
+    from torchvision.models.detection.retinanet import _default_anchorgen
+
+    from quantdet.models import torchvision_detection as tvd
+
+    base = {"detector": "retinanet", "arch": "resnet18", "fpn_channels": 32}
+    config = detectors.get("retinanet").config(base, 3)
+    assert "anchor_scale" not in config
+    assert detectors.get("retinanet").config({**base, "anchor_scale": 1.0}, 3) == config
+    default = _default_anchorgen()
+    assert tvd.retinanet_anchors(1.0).sizes == default.sizes
+    small = detectors.get("retinanet").config({**base, "anchor_scale": 0.25}, 3)
+    assert small["anchor_scale"] == 0.25 and "anchors ×0.25" in detectors.get("retinanet").describe(small)
+    model = detectors.build(small).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, 128, 128))
+    _, maps = tvd.head_outputs(outputs, small)
+    for config, smallest in ((small, 8), (config, 32)):   # the template decoding and the loss use:
+        anchors = tvd.anchors_for(tvd._template(config), maps, 128)[0]
+        areas = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+        # the finest level's anchors cover about smallest² (torchvision rounds their corners)
+        assert abs(float(areas.min()) ** 0.5 / smallest - 1) < 0.05
+    loss = detectors.get("retinanet").loss_fn(model)(
+        model.train()(torch.rand(2, 3, 128, 128)),
+        [{"boxes": torch.tensor([[10.0, 10.0, 22.0, 24.0]]), "labels": torch.tensor([1])}] * 2)
+    total, parts = loss
+    assert torch.isfinite(total) and set(parts) == {"classification", "bbox_regression"}

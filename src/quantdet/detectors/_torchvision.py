@@ -62,6 +62,10 @@ class TorchvisionFamily(DetectorFamily):
         if checkpoint and not Path(checkpoint).expanduser().is_file():
             raise ParamsError(f"{key}.checkpoint: {checkpoint} does not exist (a torchvision state dict of "
                               f"this {self.title})")
+        if model_params.get("anchor_scale") is not None and self.kind != "retinanet":
+            raise ParamsError(f"{key}.anchor_scale: only retinanet's anchors take a scale ({self.name}'s "
+                              "are " + ("points at each stride" if self.kind == "fcos" else
+                                        "relative to the input (min_ratio, max_ratio)") + ")")
         channels = self._fpn_channels(model_params)
         if self.kind == "fcos" and (channels % 8 or channels < 32):
             raise ParamsError(f"{key}.fpn_channels: fcos's head normalises with GroupNorm, at least 8 "
@@ -77,6 +81,9 @@ class TorchvisionFamily(DetectorFamily):
                   "pretrained": bool(model_params.get("pretrained", False))}
         if self.fpn:
             config["fpn_channels"] = self._fpn_channels(model_params)
+        scale = model_params.get("anchor_scale")
+        if scale is not None and float(scale) != 1.0:   # torchvision's sizes: no key, as before
+            config["anchor_scale"] = float(scale)
         network = self._build(config)
         taps = self.feature_taps(network)
         if not self.fpn:  # SSDlite's depend on the MobileNet: kept for its quantized graphs
@@ -171,7 +178,8 @@ class TorchvisionFamily(DetectorFamily):
 
     def describe(self, config: dict) -> str:
         fpn = f" + FPN {config['fpn_channels']}" if config.get("fpn_channels") else ""
-        return f"torchvision {self.title} `{config.get('arch')}`{fpn}"
+        anchors = f", anchors ×{config['anchor_scale']:g}" if config.get("anchor_scale") else ""
+        return f"torchvision {self.title} `{config.get('arch')}`{fpn}{anchors}"
 
 
 def _tap_channels(network, taps: list[str]) -> list[int]:

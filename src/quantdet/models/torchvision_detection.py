@@ -123,6 +123,17 @@ def _resnet_fpn(arch: str, fpn_channels: int, p6_from_p5: bool, pretrained: bool
                            fpn_channels, extra_blocks=extra)
 
 
+def retinanet_anchors(scale: float = 1.0):
+    """torchvision's RetinaNet anchors (3 sizes per octave from 32, 64, ..., 512 px on P3-P7, 3
+    aspect ratios) with every size times `scale`: at 1, torchvision's own generator. At 128 px
+    input the objects of small-object data are 8-32 px, below its smallest anchor."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(tuple(float(x * scale * 2 ** (k / 3)) if scale != 1.0 else int(x * 2 ** (k / 3))
+                        for k in range(3)) for x in (32, 64, 128, 256, 512))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
 def fcos_groups(channels: int) -> int:
     """GroupNorm groups of FCOS's head: torchvision's 32 at its 256 channels (its checkpoints
     are unchanged), fewer below, so that every group holds at least 8 channels. With 32 groups
@@ -139,7 +150,7 @@ def build_torchvision(config: dict, pretrained: bool = False):
         from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
         backbone = _resnet_fpn(arch, config["fpn_channels"], p6_from_p5=True, pretrained=pretrained)
-        model = RetinaNet(backbone, classes)
+        model = RetinaNet(backbone, classes, anchor_generator=retinanet_anchors(config.get("anchor_scale") or 1.0))
         model.head = RetinaNetHead(backbone.out_channels, model.anchor_generator.num_anchors_per_location()[0],
                                    classes)
         return model
@@ -206,7 +217,7 @@ def _template_for(key: str):
 def _template(config: dict):
     """A torchvision model of this config, for its loss and post-processing code (its weights
     are never used), cached per config."""
-    keys = ("family", "arch", "num_classes", "fpn_channels")
+    keys = ("family", "arch", "num_classes", "fpn_channels", "anchor_scale")
     return _template_for(json.dumps({k: config.get(k) for k in keys}, sort_keys=True))
 
 
