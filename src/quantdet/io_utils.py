@@ -12,8 +12,11 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds."""
+def atomic_path(path: str | Path, checksum: bool = False):
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
+    checksum: also record the file's sha256 in `<path>.sha256` (quantdet.integrity), which
+    readers check: the old sidecar goes before the new file replaces the old one, the new one
+    comes right after (a crash in between leaves a file without a checksum, accepted as is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,7 +24,15 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
-        os.replace(tmp, path)
+        if checksum:
+            from quantdet import integrity
+
+            digest = integrity.sha256_file(tmp)
+            integrity.sidecar(path).unlink(missing_ok=True)
+            os.replace(tmp, path)
+            integrity.write_sidecar(path, digest)
+        else:
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

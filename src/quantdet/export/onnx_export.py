@@ -303,7 +303,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
     if layer_bits:
         metadata["quantdet.layer_weight_bits"] = json.dumps(layer_bits, sort_keys=True)
     dummy = torch.zeros(1, 3, input_size, input_size)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path, checksum=True) as tmp, warnings.catch_warnings():   # <path>.sha256
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=names,

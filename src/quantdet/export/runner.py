@@ -6,6 +6,8 @@ import json
 import numpy as np
 import torch
 
+from quantdet.integrity import verify_file
+
 
 def detector_config(metadata: dict) -> dict:
     """The detector config an exported model was made from (its `quantdet.detector` metadata;
@@ -23,6 +25,7 @@ class OrtDetector:
     def __init__(self, path, threads: int = 1, optimized_model_path: str | None = None):
         import onnxruntime as ort
 
+        verify_file(path)   # a damaged file refused naming it (quantdet.integrity)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -58,6 +61,7 @@ class OvDetector:
 
         from quantdet.export.latency import _dense_copy
 
+        verify_file(path)
         self.metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         core = ov.Core()
         readable, densified = _dense_copy(str(path))   # OpenVINO reads no sparse initializers

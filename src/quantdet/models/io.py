@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from quantdet.errors import QuantdetError
+from quantdet.integrity import verify_file
 from quantdet.io_utils import atomic_path
 
 
@@ -30,7 +31,7 @@ def save_model(path, model, *, kind: str, detector: dict, classes: dict, extra: 
                quant: dict | None = None) -> None:
     payload = {"kind": kind, "detector": detector, "classes": classes,
                "state_dict": cpu_state_dict(model), "quant": quant, **(extra or {})}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, checksum=True) as tmp:   # <path>.sha256: checked by read_model_file
         torch.save(payload, tmp)
 
 
@@ -38,6 +39,7 @@ def read_model_file(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise QuantdetError(f"{path}: model file not found (run the stage that makes it first)")
+    verify_file(path)   # a flipped byte: refused naming the file (no sidecar: accepted as is)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file

@@ -29,6 +29,10 @@ def require(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise QuantdetError(f"{path}: missing input (run the stage that makes it first)")
+    if path.is_file():   # a model or ONNX file with a recorded checksum: checked before use
+        from quantdet.integrity import verify_file
+
+        verify_file(path)
     return path
 
 

@@ -52,7 +52,7 @@ def precision(params: dict, model: str, out: str | None = None) -> dict:
               "runtime": name.runtime, "fp32_source": name.fp32_source, "fp32_onnx": str(fp32_onnx)}
     converted = Path(study.onnx_file(name.model)) if name.runtime == "onnxruntime" else None
     # the onnxruntime model appears at its path only once it was checked and measured
-    with atomic_path(converted) if converted else contextlib.nullcontext() as tmp:
+    with atomic_path(converted, checksum=True) if converted else contextlib.nullcontext() as tmp:
         if converted is not None:
             record["conversion"] = prec.convert(fp32_onnx, name.method, tmp)
             executed = prec.ort_executed(tmp, exp_cfg["threads"])

@@ -249,7 +249,7 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
     batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
     start = time.perf_counter()
-    with atomic_path(out) as tmp:
+    with atomic_path(out, checksum=True) as tmp:   # <out>.sha256: checked where it is read
         extra = ({"fp32_model": require(study.model_file(name.fp32_source))}
                  if method.source == "torch" else {})
         settings = method.quantize_onnx(fp32_onnx, tmp, batches, params, **extra)
