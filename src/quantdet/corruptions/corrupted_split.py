@@ -5,6 +5,7 @@ and imports imagecorruptions (cv2, numba, scikit-image) only when it corrupts so
 """
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from quantdet import integrity
 from quantdet.io_utils import atomic_directory
 from quantdet.data.coco import load_coco
 from quantdet.data.split import ANNOTATIONS, IMAGES, write_annotations
@@ -84,7 +86,7 @@ def corrupt_split(split_dir, corruption, severity, seed, out_dir, images=None):
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:
         (staging / IMAGES).mkdir()
-        png_names = set()
+        png_names, checksums = set(), {}
         for image in coco["images"]:
             source = split_dir / IMAGES / image["file_name"]
             pixels = read_rgb(source)
@@ -99,9 +101,15 @@ def corrupt_split(split_dir, corruption, severity, seed, out_dir, images=None):
             png_names.add(png_name)
             target = staging / IMAGES / png_name
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(corrupted).save(target, format="PNG")
+            encoded = io.BytesIO()   # the bytes written are the bytes hashed
+            Image.fromarray(corrupted).save(encoded, format="PNG")
+            target.write_bytes(encoded.getvalue())
+            checksums[f"{IMAGES}/{png_name}"] = integrity.sha256_bytes(encoded.getvalue())
             image["file_name"] = png_name
         write_annotations(staging, coco)
+        checksums = {ANNOTATIONS: integrity.sha256_file(staging / ANNOTATIONS), **checksums}
+        # what DetectionDataset checks each image against when it reads it (quantdet.integrity)
+        (staging / integrity.MANIFEST).write_text(integrity.format_lines(checksums))
         # Provenance only; the time stays out of the folder so reruns produce identical bytes.
         condition = {"corruption": corruption, "severity": severity, "seed": seed, "images": len(coco["images"]),
                      "of": len(drawn) if images is None else images}

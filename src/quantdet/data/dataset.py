@@ -1,5 +1,6 @@
 """A split folder as a torch Dataset of letterboxed images and detection targets."""
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ from PIL import Image
 
 from quantdet.data.coco import load_coco
 from quantdet.data.split import ANNOTATIONS, IMAGES
+from quantdet.errors import DataError
+from quantdet.integrity import SplitChecksums
 
 FLIP_PROBABILITY = 0.5
 RESCALE_PROBABILITY = 0.5
@@ -71,6 +74,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        # a cached split's checksums (the corrupt stage writes them): each file checked as read
+        self.checksums = SplitChecksums(self.split_dir)
+        if self.checksums:
+            self.checksums.verify_file(ANNOTATIONS)
         self.coco = load_coco(self.split_dir / ANNOTATIONS, self.split_dir / IMAGES, check_images=False)
         categories = sorted(self.coco["categories"], key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in categories]
@@ -97,8 +104,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         info = self.images[index]
-        with Image.open(self.split_dir / IMAGES / info["file_name"]) as opened:
-            image = opened.convert("RGB")
+        image = read_image(self.split_dir, info["file_name"], self.checksums)
         boxes, labels = self.targets[index]
         meta = {"image_id": info["id"], "orig_size": (image.height, image.width), "file_name": info["file_name"]}
         if self.augment:
@@ -113,6 +119,21 @@ class DetectionDataset(torch.utils.data.Dataset):
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255)
         target = {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels)}
         return tensor, target, meta
+
+
+def read_image(split_dir: Path, file_name: str, checksums: SplitChecksums | None = None):
+    """A split's image as RGB, its bytes checked against the split's checksums where it has
+    them; an unreadable one is refused naming the file."""
+    path = split_dir / IMAGES / file_name
+    data = path.read_bytes()
+    checksums = checksums if checksums is not None else SplitChecksums(split_dir)
+    checksums.verify_bytes(f"{IMAGES}/{file_name}", data)
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:   # e.g. "broken data stream"
+        hint = checksums.remedy() if "corrupted" in path.parts else "restore it or rerun the stage that makes it"
+        raise DataError(f"{path}: cannot read image ({error}): {hint}") from None
 
 
 def letterbox(image, size, style: Letterbox = CORNER):
