@@ -4,14 +4,19 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# params.yaml read by quantdet first, as every `quantdet` command reads it: a damaged or
+# cut-short file is refused naming the file and line (Snakemake's own parse names neither).
+from quantdet.config import check_params_file, validate_params
+
+PARAMS_LINES = check_params_file("params.yaml")
+
+
 configfile: "params.yaml"
 
 
 # params.yaml may be a study overlay: merged onto the project's params.yaml (the base study)
 # and checked (schema, method registry) as every `quantdet` command does.
-from quantdet.config import validate_params
-
-config.update(validate_params(config, source="params.yaml", check_backbones=True))
+config.update(validate_params(config, source="params.yaml", check_backbones=True, lines=PARAMS_LINES))
 
 
 validate(config, schema="workflow/schemas/params.schema.yaml")

@@ -306,14 +306,15 @@ def run(args, argv: list[str] | None = None) -> object:
 def _compose(args) -> dict:
     import yaml
 
-    from quantdet.config import compose, read_yaml, validate_params
+    from quantdet.config import END_DECLARATION, END_MARKER, compose, read_yaml, validate_params
     from quantdet.io_utils import atomic_path
 
     params = compose(*(read_yaml(p) for p in args.overlays))
     validate_params(params, source=" + ".join(args.overlays))
     with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(f"# composed by `quantdet compose {' '.join(args.overlays)}` from the base "
-                             "params.yaml\n" + yaml.safe_dump(params, sort_keys=False, width=100))
+        Path(tmp).write_text(f"{END_DECLARATION} (a file cut short is refused)\n"
+                             f"# composed by `quantdet compose {' '.join(args.overlays)}` from the base "
+                             "params.yaml\n" + yaml.safe_dump(params, sort_keys=False, width=100) + f"{END_MARKER}\n")
     return params
 
 

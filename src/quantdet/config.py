@@ -37,21 +37,159 @@ def merge(base: dict, overlay: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A params file's mapping; a damaged or cut-short file is refused naming file and line
+    (`check_params_file`)."""
+    return _read_checked(path)[0]
+
+
+def check_params_file(path: str | Path) -> dict[tuple, int]:
+    """Refuse a params file that is not a whole one, naming the file and the line: not UTF-8,
+    not valid YAML, not a mapping at the top, or cut short. Returns the line of each key
+    (key path -> 1-based line) for the messages of `validate_params(lines=...)`.
+
+    Cut short: a file must end with a line break. A file cut at an arbitrary byte ends
+    mid-line unless the cut fell just after a line break; then what is left is a file of
+    whole lines, refused by YAML (an open bracket or quote) or by the schema and consistency
+    checks (a key left without its value, the base study missing keys) or, where it is a
+    valid shorter study, indistinguishable from one (scripts/fault_damage.py measures this)."""
+    return _read_checked(path)[1]
+
+
+def _read_checked(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: a folder, not a params file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}:{line}: not UTF-8 text (byte {e.start}): a damaged file? "
+                          "Restore it from your copy or version control") from None
+    if not text.strip():
+        raise ParamsError(f"{path}:1: empty: a params file sets at least one section "
+                          "(the project's params.yaml sets them all)")
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        raise ParamsError(f"{path}:{len(lines)}: the file ends mid-line, without a line break after "
+                          f"{lines[-1][-40:]!r}: cut short (an interrupted copy or save)? Restore it from "
+                          "your copy or version control; if the line is complete, end it with a line break")
+    _check_end_marker(path, lines)
+    try:
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text)
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p) or str(e)
+        last = len(lines) - 1
+        cut = f" (the file has {last} lines: cut short?)" if mark and mark.line + 1 >= last else ""
+        raise ParamsError(f"{where}: not valid YAML: {problem}{cut}") from None
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    return raw
+        raise ParamsError(f"{path}:1: expected a mapping of sections at the top level")
+    key_lines = _key_lines(node)
+    key_lines[()] = text.count("\n")   # the top level: where the file ends
+    return raw, key_lines
+
+
+# A params file may declare, in its leading comments, that it ends with a marker line; then a
+# file cut anywhere (even just after a line break, where the lines left may be a valid shorter
+# study) is refused. Opt-in, so that a file written by hand needs nothing; `quantdet compose`
+# and the study files the project ships declare it.
+END_DECLARATION = '# quantdet: ends with "# end"'
+END_MARKER = "# end"
+
+
+def _check_end_marker(path: Path, lines: list[str]) -> None:
+    declared = None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith(END_DECLARATION):
+            declared = number
+            break
+        if stripped and not stripped.startswith("#") and stripped != "---":
+            return   # the leading comments are over: not declared
+    if declared is None:
+        return
+    filled = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+    last_number, last = filled[-1]
+    if last != END_MARKER:
+        raise ParamsError(f"{path}:{last_number}: cut short: line {declared} declares that the file ends "
+                          f"with the line {END_MARKER!r}, and its last line is {last[:60]!r}. Restore it from "
+                          f"your copy or version control (or, if it is complete, end it with {END_MARKER!r})")
+
+
+def _with_line(error: ParamsError, source: str, lines: dict[tuple, int] | None) -> ParamsError:
+    """'source: a.b[0].c: ...' as 'source:LINE: a.b[0].c: ...' (the line of the key, or of its
+    nearest written parent)."""
+    message = str(error)
+    if not lines or not message.startswith(f"{source}: "):
+        return error
+    key = message[len(source) + 2:].split(":", 1)[0]
+    path = []
+    for part in key.replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            path.append(int(part[1:-1]))
+        elif part:
+            path.append(part)
+    where = _where(source, lines, path)
+    return ParamsError(where + message[len(source):]) if where != source else error
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Key path (str keys, int list indices) -> the 1-based line where its value is written."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, key.value)
+            out[path] = key.start_mark.line + 1
+            out.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, value in enumerate(node.value):
+            path = (*prefix, index)
+            out[path] = value.start_mark.line + 1
+            out.update(_key_lines(value, path))
+    return out
+
+
+def _where(source: str, lines: dict[tuple, int] | None, key_path) -> str:
+    """`source:line` of the nearest written key of `key_path`, else `source`."""
+    if not lines:
+        return source
+    key_path = tuple(key_path)
+    for n in range(len(key_path), 0, -1):
+        if key_path[:n] in lines:
+            return f"{source}:{lines[key_path[:n]]}"
+    return f"{source}:{lines[()]}" if () in lines else source
 
 
 def base_params() -> dict:
-    return read_yaml(BASE_PARAMS)
+    """The project's params.yaml, which sets every key the schema names: a key missing from it
+    (the file cut short just after a line break) is refused naming the file and line."""
+    raw, lines = _read_checked(BASE_PARAMS)
+    missing = _unset_keys(load_schema(), raw)
+    if missing:
+        raise ParamsError(f"{BASE_PARAMS}:{lines[()]}: the base study sets every key of the schema, and "
+                          f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} are not set: cut "
+                          "short (the file ends here)? Restore it from version control (`git checkout params.yaml`)")
+    return raw
+
+
+def _unset_keys(schema: dict, params, prefix: str = "") -> list[str]:
+    """The schema's object properties (not through $ref) that `params` does not set."""
+    if not isinstance(schema, dict) or schema.get("type") != "object" or "properties" not in schema:
+        return []
+    missing = []
+    for key, sub in schema["properties"].items():
+        name = f"{prefix}.{key}" if prefix else key
+        if not isinstance(params, dict) or key not in params:
+            missing.append(name)
+        else:
+            missing += _unset_keys(sub, params[key], name)
+    return missing
 
 
 def compose(*overlays: dict) -> dict:
@@ -70,11 +208,12 @@ def _key_path(error) -> str:
 
 
 def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None,
-                    check_backbones: bool = False) -> dict:
+                    check_backbones: bool = False, lines: dict[tuple, int] | None = None) -> dict:
     """Merge onto the base study and validate; raise ParamsError naming the first bad key.
     check_backbones: also ask each detector family about its architecture (timm's backbones,
     Ultralytics' yamls; imports torch: `quantdet validate` and
-    Snakemake's start do, once; the stage commands do not pay for it)."""
+    Snakemake's start do, once; the stage commands do not pay for it).
+    lines: the file's key lines (check_params_file): a schema error names the line."""
     import jsonschema
 
     schema = schema or load_schema()
@@ -82,9 +221,16 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors[:10]]
-        raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
-    _check_consistency(params, source)
+        found = [f"{_where(source, lines, e.absolute_path)}: {_key_path(e)}: {e.message}" for e in errors[:10]]
+        hint = ""
+        if lines and any(e.validator == "required" or e.instance is None for e in errors):
+            hint = (f"\n  ({source} ends at line {lines.get((), '?')}: a key without its value or a "
+                    "missing section may mean the file was cut short; restore it from your copy or version control)")
+        raise ParamsError("invalid parameters\n  " + "\n  ".join(found) + hint)
+    try:
+        _check_consistency(params, source)
+    except ParamsError as e:
+        raise _with_line(e, source, lines) from None
     if check_backbones:
         from quantdet import detectors, study
 
@@ -93,8 +239,11 @@ def validate_params(params: dict, source: str = "params.yaml", schema: dict | No
             try:
                 detectors.of_params(model).check(model, study.model_key(role))
             except ParamsError as e:
-                raise ParamsError(f"{source}: {e}") from None
-        _probe_precisions(params, source)
+                raise _with_line(ParamsError(f"{source}: {e}"), source, lines) from None
+        try:
+            _probe_precisions(params, source)
+        except ParamsError as e:
+            raise _with_line(e, source, lines) from None
     return params
 
 
@@ -261,7 +410,8 @@ def _check_detector_methods(params: dict, source: str) -> None:
 
 def load_params(path: str | Path = "params.yaml", check_backbones: bool = False) -> dict:
     """A params file (the base study or an overlay on it), merged and validated."""
-    return validate_params(read_yaml(path), source=str(path), check_backbones=check_backbones)
+    raw, lines = _read_checked(path)
+    return validate_params(raw, source=str(path), check_backbones=check_backbones, lines=lines)
 
 
 def select(params: dict, keys: list[str]) -> dict:
