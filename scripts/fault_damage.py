@@ -106,7 +106,8 @@ def truncation_sweep(source: Path, sample: int | None, seed: int) -> dict:
             else:
                 counts["accepted: a valid shorter study (cut just after a line break)"] += 1
                 accepted.append((length, line, diff))
-    return {"file": str(source.relative_to(ROOT)), "bytes": len(data), "tried": len(lengths),
+    shown = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
+    return {"file": str(shown), "bytes": len(data), "tried": len(lengths),
             "as": "base study" if as_base else "overlay on the base", "counts": counts, "shorter": accepted}
 
 
