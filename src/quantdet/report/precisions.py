@@ -146,7 +146,7 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
             runtime, ms, fp32_ms, speedup = _latency(model, records, exports)
             executed = (records.get(model) or {}).get("executed") or {}
             ran = ", ".join(f"{v} {k}" for k, v in (executed.get("convolutions_by_precision") or {}).items())
-            rows.append([f"`{role}`", header, with_interval(d.get("P"), "P", signed=True),
+            rows.append([f"`{role}`", header, f"`{model}`", with_interval(d.get("P"), "P", signed=True),
                          with_interval(d.get("mPC"), "mPC", signed=True),
                          with_interval(d.get("rPC"), "rPC", signed=True), verdict(d.get("mPC") or {}),
                          ran or "integer graph (export)",
@@ -156,8 +156,8 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
               "stated only where its interval excludes zero), with what the runtime ran (convolutions by the "
               "precision they ran in) and its latency against the FP32 model in the same runtime (each timed in "
               "its own process; static INT8: onnxruntime, from its export):", "",
-              markdown_table(["detector", "precision", "ΔP", "ΔmPC", "ΔrPC", "mPC vs FP32", "ran", "latency",
-                              "× FP32"], rows, align_right_from=2), ""]
+              markdown_table(["detector", "precision", "model", "ΔP", "ΔmPC", "ΔrPC", "mPC vs FP32", "ran",
+                              "latency", "× FP32"], rows, align_right_from=3), ""]
     skipped = not_run(params)
     if skipped:
         lines += ["Not run:", ""] + [f"- {line}" for line in skipped] + [""]
