@@ -69,8 +69,8 @@ def test_second_repro_does_nothing_and_a_key_reruns_only_its_readers(dvc_study):
     stale = set(json.loads(status))
     assert stale, status
     prefixes = {s.split("-")[0] for s in stale}
-    # evaluate.* is read by the export and evaluation stages only
-    assert all(p.startswith(("export", "evaluate")) for p in prefixes), stale
+    # evaluate.* is read by the export, precision and evaluation stages only
+    assert all(p.startswith(("export", "precision", "evaluate")) for p in prefixes), stale
 
 
 def test_appending_a_method_makes_dvc_status_list_only_the_new_stages(dvc_study):

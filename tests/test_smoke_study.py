@@ -86,7 +86,7 @@ def test_mlflow_has_one_parent_and_a_child_per_job(smoke_study):
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     stages = {c.data.tags["quantdet.stage"] for c in children}
     assert stages == {"prepare", "corrupt", "pretrain", "zeroshot_data", "ptq", "qat", "mimic", "peer",
-                      "export", "evaluate", "intervals", "report"}
+                      "export", "precision", "evaluate", "intervals", "report"}
     params = load_params(smoke_study / "params.yaml")
     n_eval = len(study.evaluated_models(params))     # one evaluation job per model
     assert sum(c.data.tags["quantdet.stage"] == "evaluate" for c in children) == n_eval
@@ -109,7 +109,8 @@ def test_second_run_does_nothing_and_one_key_reruns_only_its_readers(smoke_study
     (changed / "params.yaml").write_text(yaml.safe_dump(params))
     dry = _snakemake(changed, "-n", "--cores", "1")
     rules = set(re.findall(r"^rule (\w+):", dry.stdout, re.M)) - {"all"}
-    assert rules == {"evaluate", "export", "intervals", "report"}, dry.stdout[-3000:]
+    # the export and precision jobs compare detections (decoded with evaluate's settings)
+    assert rules == {"evaluate", "export", "precision", "precision_onnx", "intervals", "report"}, dry.stdout[-3000:]
 
 
 def test_every_figure_has_its_interval_and_the_study_table_is_written(smoke_study):
