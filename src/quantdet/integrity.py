@@ -37,11 +37,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from quantdet.io_utils import sha256_of   # one block-wise hash for the project
+
+    return sha256_of(path)
 
 
 def format_lines(entries: dict[str, str]) -> str:
