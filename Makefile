@@ -10,7 +10,7 @@ LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
 # LOCK_FLAGS=--upgrade make lock: re-resolve every package, not only what requirements.txt changed
 LOCK_FLAGS :=
 
-.PHONY: venv lock study dvc-study test test-fast lint report-html docs gpu-wheels clean
+.PHONY: venv lock study dvc-study test test-fast faults lint report-html docs gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -51,6 +51,11 @@ test-fast: venv
 
 lint: venv
 	snakemake --lint
+
+## the fault campaign: the smoke study killed 20 times through Snakemake and through DVC, its
+## tracking server stopped, its disk filled, its files damaged; a table of what survived
+faults: venv
+	$(PYTHON) scripts/fault_campaign.py --work $(or $(FAULTS_DIR),/tmp/quantdet-faults) --kills 20
 
 ## HTML report of the last study (plots, tables, provenance)
 report-html: venv

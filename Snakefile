@@ -14,6 +14,15 @@ PARAMS_LINES = check_params_file("params.yaml")
 configfile: "params.yaml"
 
 
+# Locks left by a Snakemake that was killed are released (src/quantdet/stale_locks.py); with
+# the default profile's rerun-incomplete, the same command finishes a killed study.
+if workflow.is_main_process:
+    from quantdet.stale_locks import release_stale_locks
+
+    for _lock in release_stale_locks():
+        print(f"quantdet: removed {_lock}: its Snakemake was killed and holds it no more")
+
+
 # params.yaml may be a study overlay: merged onto the project's params.yaml (the base study)
 # and checked (schema, method registry) as every `quantdet` command does.
 config.update(validate_params(config, source="params.yaml", check_backbones=True, lines=PARAMS_LINES))

@@ -222,7 +222,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flips", type=int, default=0, help="flipped bytes per kind of file (default: none)")
     parser.add_argument("--list", action="store_true", help="list every accepted shorter study")
+    parser.add_argument("--json", action="store_true",
+                        help="end with one line of JSON: trials, refused, accepted (scripts/fault_campaign.py)")
     args = parser.parse_args(argv)
+    total = Counter()
     import logging
 
     logging.disable(logging.WARNING)
@@ -230,6 +233,15 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---|---:|")
     for source in args.files:
         result = truncation_sweep(source.resolve(), args.sample, args.seed)
+        marker = "with its end marker" if "ends with" in source.read_text() else "without an end marker"
+        for outcome, count in result["counts"].items():
+            total["trials"] += count
+            if outcome.startswith("refused"):
+                total["refused"] += count
+            elif "same study" in outcome:
+                total["accepted_same"] += count
+            else:
+                total[f"accepted shorter ({marker})"] += count
         for i, (outcome, count) in enumerate(sorted(result["counts"].items())):
             head = (f"| {result['file']} | {result['as']} | {result['bytes']} | {result['tried']} "
                     if i == 0 else "| | | | ")
@@ -244,9 +256,16 @@ def main(argv=None) -> int:
         print("\n| file | bytes | flips tried | outcome | count |")
         print("|---|---:|---:|---|---:|")
         for row in flip_sweep(args.flips, args.seed):
+            for outcome, count in row["counts"].items():
+                total["trials"] += count
+                total["refused" if outcome == "refused naming the file" else f"flip {outcome}"] += count
             for i, (outcome, count) in enumerate(sorted(row["counts"].items())):
                 head = f"| {row['kind']} | {row['bytes']} | {row['tried']} " if i == 0 else "| | | "
                 print(f"{head}| {outcome} | {count} |")
+    if args.json:
+        import json
+
+        print(json.dumps(dict(total)))
     return 0
 
 

@@ -196,7 +196,7 @@ def test_a_cancelled_job_leaves_no_output_and_the_rerun_picks_up(cluster_study):
     runs = _job_runs(cluster_study["tracking"])
     pretrain = sorted(r.data.tags["quantdet.model"] for r in runs if r.data.tags.get("quantdet.stage") == "pretrain")
     assert pretrain == sorted(m for m in study.evaluated_models(params)
-                              if not study.parse_model_name(m).quantized)
+                              if study.parse_model_name(m).fp32)
     assert sum(r.data.tags.get("quantdet.stage") == "prepare" for r in runs) == 1
 
 

@@ -119,6 +119,20 @@ def test_int8_dynamic_conversion_records_which_operators_it_quantized(tmp_path):
     assert prec.ort_executed(tmp_path / "dyn.onnx")["convolutions_by_precision"] == {"int8": 1}
 
 
+def test_converting_leaves_the_root_logger_as_it_found_it(tmp_path):
+    """quantize_dynamic logs through logging.info, which gives a bare root logger a stderr
+    handler: inside Snakemake (validate probes each pair) every line it logs then printed
+    twice, and a log counting its SLURM submissions counted each twice."""
+    import logging
+
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    source = str(tmp_path / "conv.onnx")
+    prec._tiny_onnx(source)
+    prec.convert(source, "int8_dynamic", tmp_path / "dyn.onnx")
+    assert (root.level, list(root.handlers)) == before
+
+
 @pytest.mark.slow
 def test_precision_stage_checks_converts_compares_and_times(tmp_path, monkeypatch):
     import torch

@@ -8,7 +8,7 @@ JOB = """
 import sys
 from quantdet import tracking
 params = {"study": {"name": "race"}}
-tracking.log_job(params, stage="evaluate", model="student-fp32", params_read={"evaluate": {"i": sys.argv[1]}},
+tracking.log_job(params, stage="evaluate", model="student-m" + sys.argv[1], params_read={"evaluate": {"i": sys.argv[1]}},
                  params_hash="h" + sys.argv[1], metrics={"AP": float(sys.argv[1]) / 10},
                  tags={"condition": "clean"})
 """
@@ -83,3 +83,68 @@ def test_queued_runs_are_logged_by_one_flush(store, monkeypatch):
     assert tracking.flush(params) == []                    # nothing left to log twice
     monkeypatch.setenv("QUANTDET_TRACKING", "job")          # the environment overrides params
     assert tracking.mode(params) == "job"
+
+
+def _active_job_runs(tmp_path):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quantdet")
+    runs = client.search_runs([exp.experiment_id], max_results=1000, run_view_type=ViewType.ALL)
+    jobs = [r for r in runs if r.data.tags.get("quantdet.role") == "job"]
+    return [r for r in jobs if r.info.lifecycle_stage == "active"], [r for r in jobs if r.info.lifecycle_stage == "deleted"]
+
+
+def test_a_job_run_again_keeps_one_run_and_a_run_cut_short_is_replaced(store):
+    """A job killed after it logged (or while it logged: a run left RUNNING) and run again, as
+    Snakemake's rerun-incomplete and DVC do: the study holds its run once, the last one; other
+    jobs, and the generators of one zero-shot stage, keep theirs."""
+    from mlflow.tracking import MlflowClient
+
+    from quantdet import tracking
+
+    params = {"study": {"name": "again"}}
+
+    def log(model, hash_, job=None):
+        return tracking.log_job(params, stage="qat", model=model, params_read={"qat": {"x": 1}},
+                                params_hash=hash_, metrics={"AP": 0.1}, job=job)
+
+    first = log("student-qat-daqat-w8a8", "h1")
+    other = log("student-qat-lsq-w8a8", "h1")
+    # a kill while a run was being logged: created, never terminated
+    client = MlflowClient(tracking.tracking_uri())
+    parent = tracking.study_run(params)
+    exp = client.get_experiment_by_name("quantdet").experiment_id
+    cut = client.create_run(exp, tags={"mlflow.parentRunId": parent, "quantdet.role": "job",
+                                       "quantdet.stage": "qat", "quantdet.model": "student-qat-daqat-w8a8",
+                                       tracking.JOB_TAG: "qat:student-qat-daqat-w8a8"}).info.run_id
+    last = log("student-qat-daqat-w8a8", "h1")
+    active, deleted = _active_job_runs(store)
+    assert sorted(r.info.run_id for r in active) == sorted([other, last])
+    assert sorted(r.info.run_id for r in deleted) == sorted([first, cut])
+    assert all(r.info.status == "FINISHED" for r in active)
+    # one stage, two jobs told apart by their generator
+    a = log(None, "h2", job="zeroshot_data:gdfq")
+    b = log(None, "h2", job="zeroshot_data:zeroq")
+    active, _ = _active_job_runs(store)
+    assert {a, b} <= {r.info.run_id for r in active}
+
+
+def test_a_queued_run_logged_twice_is_kept_once(store, monkeypatch):
+    """The report job killed after it logged a queued run but before it removed the record: the
+    next flush logs it again and the study keeps one run of that job."""
+    import shutil
+
+    from quantdet import tracking
+
+    params = {"study": {"name": "queued-again"}, "tracking": {"log": "report"}}
+    monkeypatch.delenv("QUANTDET_TRACKING", raising=False)
+    record = tracking.log_job(params, stage="ptq", model="student-ptq-minmax-w8a8", params_read={},
+                              params_hash="h")
+    shutil.copy(record, store / "kept.json")
+    [first] = tracking.flush(params)
+    shutil.copy(store / "kept.json", record)            # as if the unlink never happened
+    [second] = tracking.flush(params)
+    active, deleted = _active_job_runs(store)
+    assert [r.info.run_id for r in active] == [second] and [r.info.run_id for r in deleted] == [first]

@@ -3,7 +3,9 @@ way by Snakemake rules and DVC stages."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -365,6 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         print(f"quantdet {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk or quota: every output is written to a temporary name first, so none of
+        # this job's outputs was kept (its temporary file was removed on the way out)
+        where = f" writing {e.filename}" if e.filename else ""
+        message = (f"no space left on the device{where} ({os.strerror(e.errno)}): free space "
+                   "there and run the same command again; this job kept none of its outputs")
+        log.error("%s", message)
+        print(f"quantdet {args.stage}: error: {message}", file=sys.stderr)
+        return 28
     if args.stage in TRAINING_STAGES and isinstance(result, int):  # torchrun's exit status
         return result
     if args.stage == "reproduce" and result == 1:  # the two studies differ

@@ -34,6 +34,7 @@ STUDY_TAG = "quantdet.study"
 ROLE_TAG = "quantdet.role"
 ENV_TAG = "quantdet.env.fingerprint"
 ENV_ARTIFACT = "environment.json"
+JOB_TAG = "quantdet.job"
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +152,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def log_job(params: dict, *, stage: str, model: str | None, params_read: dict, params_hash: str,
             metrics: dict | None = None, artifacts: list | None = None,
-            onnx_models: dict | None = None, tags: dict | None = None) -> str | None:
+            onnx_models: dict | None = None, tags: dict | None = None,
+            job: str | None = None) -> str | None:
     """Log one finished job as a child run of the study run (`tracking.log: job`; returns the
     run id), or queue it for the report job (`report`; returns the queued record's path).
+
+    `job` names the job within its study (default `stage:model`): the study run holds one run
+    per job, the last one logged. A job run again (after a kill cut it short, or a rerun) has its
+    earlier runs deleted once its new run is complete (MLflow's soft delete: `mlflow gc` removes
+    them for good, `MlflowClient.restore_run` brings one back).
 
     In a data-parallel job (torchrun) only rank 0 logs: one job, one run."""
     if not enabled() or os.environ.get("RANK", "0") != "0":
         return None
     record = {
         "study": params["study"]["name"], "stage": stage, "model": model,
+        "job": job or ":".join(x for x in (stage, model) if x),
         "params": {k: str(v)[:6000] for k, v in _flatten(params_read).items()},
         "params_hash": params_hash,
         "metrics": {k: float(v) for k, v in _flatten(metrics or {}).items()
@@ -214,19 +222,43 @@ def flush(params: dict | None = None) -> list[str]:
     run_ids = []
     with _store_lock():
         client = _client()
+        earlier = {}   # each study's job runs, looked up once for the whole queue
         for path in records:
             try:
                 record = json.loads(path.read_text())
             except (OSError, ValueError) as err:   # a record cut short (a killed job): kept, named
                 log.warning("%s: not a queued run (%s); left in place", path, err)
                 continue
-            run_ids.append(_log_record(client, record))
+            run_ids.append(_log_record(client, record, earlier))
             path.unlink()
     log.info("logged %d queued job runs to MLflow in %.1f s", len(run_ids), time.perf_counter() - started)
     return run_ids
 
 
-def _log_record(client, record: dict) -> str:
+def _job_runs(client, experiment_id: str, parent: str, stage: str | None = None,
+              model: str | None = None) -> dict[str, list[str]]:
+    """The ids of the study's job runs (not deleted) by job; those of one stage and model only
+    if given (a job logging its own run asks only for its own)."""
+    from mlflow.entities import ViewType
+
+    query = f"tags.`mlflow.parentRunId` = '{parent}'"
+    if stage is not None:
+        query += f" and tags.`quantdet.stage` = '{stage}' and tags.`quantdet.model` = '{model or ''}'"
+    runs, token = {}, None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=query,
+            run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
+        for run in page:
+            key = run.data.tags.get(JOB_TAG) or ":".join(
+                x for x in (run.data.tags.get("quantdet.stage"), run.data.tags.get("quantdet.model")) if x)
+            runs.setdefault(key, []).append(run.info.run_id)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _log_record(client, record: dict, earlier: dict | None = None) -> str:
     import mlflow
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -237,8 +269,15 @@ def _log_record(client, record: dict) -> str:
     parent = _find_or_create_study_run(client, exp, record["study"])
     differs = _study_environment(client, parent, env) != env_tags[ENV_TAG]
     stage, model = record["stage"], record["model"]
+    job = record.get("job") or ":".join(x for x in (stage, model) if x)
+    if earlier is None:   # one job's run: its own earlier runs only
+        earlier = {parent: _job_runs(client, exp, parent, stage, model)}
+    elif parent not in earlier:   # a queue of runs: the study's job runs, once
+        earlier[parent] = _job_runs(client, exp, parent)
+    replaced = earlier[parent].get(job, [])
     run_tags = {MLFLOW_PARENT_RUN_ID: parent, STUDY_TAG: record["study"],
                 ROLE_TAG: "job", "quantdet.stage": stage, "quantdet.model": model or "",
+                JOB_TAG: job,
                 "quantdet.params_hash": record["params_hash"], "git_commit": record["git_commit"],
                 **env_tags, "quantdet.env.differs_from_study": str(differs).lower(), **record["tags"]}
     if record.get("slurm_job_id"):
@@ -263,4 +302,11 @@ def _log_record(client, record: dict) -> str:
                 mlflow.onnx.log_model(onnx.load(path), name=artifact_name,
                                       pip_requirements=["onnx", "onnxruntime"])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=record["end_ms"])
+    # only now, with the new run complete: a kill before this line leaves the earlier runs, and
+    # the job's next run deletes them with this one
+    for old in replaced:
+        client.delete_run(old)
+    if replaced:
+        log.info("%s: replaced its earlier run%s %s", job, "s" if len(replaced) > 1 else "", ", ".join(replaced))
+    earlier[parent][job] = [run_id]
     return run_id

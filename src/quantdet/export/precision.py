@@ -78,13 +78,20 @@ def convert(fp32_onnx, precision: str, out) -> dict:
 
         from onnxruntime.quantization import quantize_dynamic
 
+        # it logs through the module-level logging.info/warning, which give the root logger a
+        # stderr handler when it has none: inside Snakemake's process every line Snakemake
+        # logs would then print twice. Its notices (pre-process, per-tensor) are silenced, and
+        # the root logger is left as it was found.
         root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)   # its advice to pre-process and per-tensor notices
+        level, handlers = root.level, list(root.handlers)
+        root.setLevel(logging.ERROR)
         try:
             quantize_dynamic(str(fp32_onnx), str(out))
         finally:
             root.setLevel(level)
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
         tool = "onnxruntime.quantization.quantize_dynamic (defaults: QInt8 weights, per-tensor)"
     else:
         raise QuantdetError(f"{precision}: no onnxruntime conversion ({refusal(precision, 'onnxruntime')})")

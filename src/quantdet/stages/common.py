@@ -17,7 +17,8 @@ def log_job(params, stage, model=None, role="student", generator=None, **kwargs)
     """The job's MLflow run, with the params leaves the job reads (study.job_reads)."""
     read = select(params, study.job_reads(stage, role, model=model, generator=generator, params=params))
     return tracking.log_job(params, stage=stage, model=model, params_read=read,
-                            params_hash=params_hash(read), **kwargs)
+                            params_hash=params_hash(read),
+                            job=":".join(x for x in (stage, model, generator) if x), **kwargs)
 
 
 def set_threads(n: int) -> None:

@@ -29,9 +29,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write to a temporary sibling and rename, so a killed job never leaves a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    from quantdet.io_utils import atomic_path
+
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:
