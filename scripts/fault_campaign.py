@@ -13,6 +13,9 @@ Faults, each injected from outside, as a cluster or a user would:
 * `full-disk`: `results/` on a file system too small for the study (a tmpfs in a private mount
   namespace, `unshare`); the job that fills it must say so and keep no partial output; the file
   system is then enlarged and the same command finishes the study.
+* `two-studies`: two studies (`dvc repro`, each its own folder and study name) at once, sharing
+  one MLflow server and one DVC cache: each study's runs only under its own parent, every
+  cache entry's content matching its hash.
 * `damaged-files`: scripts/fault_damage.py (params files cut at every length; flipped bytes in a
   checkpoint, an ONNX model and a cached image).
 
@@ -43,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SMOKE = ROOT / "tests" / "smoke" / "params.yaml"
-FAULTS = ("kill-snakemake", "kill-dvc", "tracking-server", "full-disk", "damaged-files")
+FAULTS = ("kill-snakemake", "kill-dvc", "tracking-server", "full-disk", "two-studies", "damaged-files")
 LEFTOVER = re.compile(r"~\d+@[^~/]+~|\.partial-\d+")
 
 
@@ -213,8 +216,9 @@ def expected_jobs(params: dict) -> set[str]:
     return keys
 
 
-def mlflow_jobs(work: Path, uri: str | None = None) -> Counter:
-    """How many active (not deleted) runs each job has in the study's MLflow store."""
+def mlflow_jobs(work: Path, uri: str | None = None, study_name: str | None = None) -> Counter:
+    """How many active (not deleted) runs each job has in the study's MLflow store (of one
+    study, where the store holds several), and under which parent."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
@@ -232,6 +236,13 @@ def mlflow_jobs(work: Path, uri: str | None = None) -> Counter:
         token = page.token
         if not token:
             break
+    if study_name is not None:
+        parents = {r.info.run_id for r in client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'study' and "
+                                               f"tags.`{tracking.STUDY_TAG}` = '{study_name}'")}
+        mine = [r for r in runs if r.data.tags.get(tracking.STUDY_TAG) == study_name]
+        # a run of this study under another study's parent counts as not this study's
+        runs = [r for r in mine if r.data.tags.get("mlflow.parentRunId") in parents]
     return Counter(r.data.tags.get(tracking.JOB_TAG, "?") for r in runs)
 
 
@@ -314,9 +325,9 @@ def compare(work: Path, reference: Path) -> dict:
             "differing": differing, "leftovers": leftovers}
 
 
-def run_accounting(work: Path, uri: str | None = None) -> dict:
+def run_accounting(work: Path, uri: str | None = None, study_name: str | None = None) -> dict:
     expected = expected_jobs(_load_params(work))
-    counted = mlflow_jobs(work, uri)
+    counted = mlflow_jobs(work, uri, study_name)
     return {"expected": len(expected), "lost": sorted(expected - set(counted)),
             "duplicated": sorted(k for k, n in counted.items() if n > 1),
             "unexpected": sorted(set(counted) - expected)}
@@ -350,67 +361,124 @@ def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int,
 
 
 def fault_tracking_server(work: Path, reference: Path, seed: int, log) -> dict:
-    """Stop the MLflow server mid-study, start it again later, then the study's command."""
+    """Stop the MLflow server mid-study (every job logs its own run, so the study needs it
+    throughout), start it again later; then the study's command until it ends."""
     import yaml
 
     rng = random.Random(seed)
     folder = work / "tracking-server"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    overlay = dvc_overlay()
-    (folder / "params.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    store = f"sqlite:///{folder / 'server.db'}"
+    (folder / "params.yaml").write_text(yaml.safe_dump(dvc_overlay(), sort_keys=False))
+    server = MlflowServer(folder)
+    if not server.start():
+        return {"fault": "tracking-server", "trials": 0, "completed": False, "why": "mlflow server did not start"}
+    env = _env(MLFLOW_TRACKING_URI=server.uri, QUANTDET_TRACKING="job")
+    proc = subprocess.Popen(snakemake_command(folder), cwd=folder, env=env,
+                            stdout=open(folder / "campaign-run-1.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    down_at, down_for = rng.uniform(20, 60), rng.uniform(10, 30)
+    time.sleep(down_at)
+    server.stop()
+    log(f"tracking-server: stopped at {down_at:.0f} s for {down_for:.0f} s")
+    time.sleep(down_for)
+    server.start()
+    rc, runs = proc.wait(), 1
+    while rc != 0 and runs < 3:   # the README's command again
+        runs += 1
+        rc = subprocess.run(snakemake_command(folder), cwd=folder, env=env,
+                            stdout=open(folder / f"campaign-run-{runs}.log", "w"),
+                            stderr=subprocess.STDOUT).returncode
+    row = {"fault": "tracking-server", "trials": 1, "completed": rc == 0, "reruns": runs - 1,
+           "why": "" if rc == 0 else f"exit {rc}: see {folder}"}
+    if rc == 0:
+        row["outputs"] = compare(folder, reference)
+        row["runs"] = run_accounting(folder, server.uri)
+    server.stop()
+    return row
 
-    def server():
-        return subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store,
-                                 "--default-artifact-root", str(folder / "artifacts"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=folder, stdout=open(folder / "server.log", "a"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_up(timeout=60):
+class MlflowServer:
+    """`mlflow server` on a free local port, with a SQLite store in `folder`; stop() and
+    start() again keep the store."""
+
+    def __init__(self, folder: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.uri, self.proc = folder, f"http://127.0.0.1:{self.port}", None
+
+    def start(self, timeout: float = 60) -> bool:
         import urllib.request
+
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--default-artifact-root", str(self.folder / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=self.folder, stdout=open(self.folder / "server.log", "a"), stderr=subprocess.STDOUT,
+            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
                 return True
             except OSError:
                 time.sleep(0.5)
         return False
 
-    srv = server()
-    if not wait_up():
-        return {"fault": "tracking-server", "trials": 0, "completed": False, "why": "mlflow server did not start"}
-    env = _env(MLFLOW_TRACKING_URI=uri)
-    # every job logs its own run (tracking.log job): the server is needed throughout
-    proc = subprocess.Popen(snakemake_command(folder), cwd=folder, env={**env, "QUANTDET_TRACKING": "job"},
-                            stdout=open(folder / "campaign-run-1.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    down_at, down_for = rng.uniform(20, 60), rng.uniform(10, 30)
-    time.sleep(down_at)
-    os.killpg(srv.pid, signal.SIGTERM)
-    srv.wait()
-    log(f"tracking-server: stopped at {down_at:.0f} s for {down_for:.0f} s")
-    time.sleep(down_for)
-    srv = server()
-    wait_up()
-    rc = proc.wait()
-    runs = 1
-    while rc != 0 and runs < 3:   # the README's command again
-        runs += 1
-        rc = subprocess.run(snakemake_command(folder), cwd=folder, env={**env, "QUANTDET_TRACKING": "job"},
-                            stdout=open(folder / f"campaign-run-{runs}.log", "w"), stderr=subprocess.STDOUT).returncode
-    row = {"fault": "tracking-server", "trials": 1, "completed": rc == 0, "reruns": runs - 1,
-           "why": "" if rc == 0 else f"exit {rc}: see {folder}"}
-    if rc == 0:
-        row["outputs"] = compare(folder, reference)
-        row["runs"] = run_accounting(folder, uri)
-    os.killpg(srv.pid, signal.SIGTERM)
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait()
+
+
+def fault_two_studies(work: Path, reference: Path, log) -> dict:
+    """Two DVC studies at once on one MLflow server and one DVC cache."""
+    import hashlib
+
+    folder = work / "two-studies"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    server = MlflowServer(folder)
+    if not server.start():
+        return {"fault": "two-studies", "trials": 0, "completed": False, "why": "mlflow server did not start"}
+    cache = folder / "dvc-cache"
+    studies = {}
+    for name in ("first", "second"):
+        overlay = dvc_overlay()
+        overlay["study"] = {"name": f"smoke-{name}"}
+        command = setup_dvc(folder / name, overlay)
+        subprocess.run([str(BIN / "dvc"), "cache", "dir", str(cache)], cwd=folder / name, env=_env(),
+                       check=True, capture_output=True)
+        studies[name] = command
+    log(f"two-studies: {', '.join(studies)} at once, one MLflow server ({server.uri}), one DVC cache")
+    env = _env(MLFLOW_TRACKING_URI=server.uri, QUANTDET_TRACKING="job")
+    procs = {name: subprocess.Popen(cmd, cwd=folder / name, env=env, stdout=open(folder / name / "campaign-run-1.log", "w"),
+                                    stderr=subprocess.STDOUT) for name, cmd in studies.items()}
+    codes = {name: p.wait() for name, p in procs.items()}
+    row = {"fault": "two-studies", "trials": 1, "completed": all(c == 0 for c in codes.values()),
+           "why": "; ".join(f"{n}: exit {c}" for n, c in codes.items() if c)}
+    if row["completed"]:
+        outputs = [compare(folder / name, reference) for name in studies]
+        row["outputs"] = {"checked": sum(o["checked"] for o in outputs),
+                          "identical": sum(o["identical"] for o in outputs),
+                          "differing": [d for o in outputs for d in o["differing"]],
+                          "leftovers": [x for o in outputs for x in o["leftovers"]]}
+        accounts = [run_accounting(folder / name, server.uri, study_name=f"smoke-{name}") for name in studies]
+        row["runs"] = {"expected": sum(a["expected"] for a in accounts),
+                       "lost": [x for a in accounts for x in a["lost"]],
+                       "duplicated": [x for a in accounts for x in a["duplicated"]],
+                       "unexpected": [x for a in accounts for x in a["unexpected"]]}
+        clobbered, entries = [], 0
+        for entry in (cache / "files" / "md5").rglob("*"):
+            if entry.is_file() and not entry.name.endswith(".dir"):
+                entries += 1
+                if hashlib.md5(entry.read_bytes()).hexdigest() != entry.parent.name + entry.name:
+                    clobbered.append(str(entry.relative_to(cache)))
+        row["cache"] = {"entries": entries, "clobbered": clobbered}
+        if clobbered:
+            row["outputs"]["differing"] += clobbered
+    server.stop()
     return row
 
 
@@ -519,6 +587,8 @@ def main(argv=None) -> int:
             rows.append(fault_tracking_server(work, reference, args.seed, log))
         elif fault == "full-disk":
             rows.append(fault_full_disk(work, reference, log))
+        elif fault == "two-studies":
+            rows.append(fault_two_studies(work, reference, log))
         else:
             rows.append(fault_damaged(log))
     print(table(rows))

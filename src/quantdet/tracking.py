@@ -86,8 +86,20 @@ def _client():
 
 
 def _experiment_id(client) -> str:
+    """The experiment's id, created on first use. With a tracking server (no store lock) two
+    studies starting at once may both try to create it: the one that loses reads it."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(EXPERIMENT)
-    return exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(EXPERIMENT)
+    except MlflowException:
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit() -> str:
@@ -100,15 +112,25 @@ def git_commit() -> str:
 
 
 def _find_or_create_study_run(client, experiment_id: str, study: str) -> str:
+    runs = _find_study_runs(client, experiment_id, study)
+    if runs:
+        return runs[0]
+    run = client.create_run(experiment_id, run_name=f"study:{study}",
+                            tags={STUDY_TAG: study, ROLE_TAG: "study"})
+    # with a tracking server (no store lock) a job of the same study may have created one at
+    # the same moment: the earliest is the study's, a later one is deleted by its creator
+    first = _find_study_runs(client, experiment_id, study)[0]
+    if first != run.info.run_id:
+        client.delete_run(run.info.run_id)
+    return first
+
+
+def _find_study_runs(client, experiment_id: str, study: str) -> list[str]:
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'",
-        max_results=1, order_by=["attributes.start_time ASC"])
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"study:{study}",
-                            tags={STUDY_TAG: study, ROLE_TAG: "study"})
-    return run.info.run_id
+        max_results=100, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+    return [r.info.run_id for r in runs]
 
 
 def _record_environment(client, run_id: str, env: dict) -> None:
