@@ -334,21 +334,22 @@ def run_accounting(work: Path, uri: str | None = None, study_name: str | None = 
 
 
 # ---------------------------------------------------------------------------- the faults
-def reference_study(folder: Path, log) -> Path:
+def reference_study(folder: Path, log, params: Path = SMOKE) -> Path:
     if (folder / "results" / "report.md").exists():
         return folder
-    log(f"reference: the uninterrupted smoke study in {folder}")
-    command = setup_snakemake(folder)
+    log(f"reference: the uninterrupted study of {params} in {folder}")
+    command = setup_snakemake(folder, params)
     run = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(f"the reference study failed:\n{run.stderr[-3000:]}")
     return folder
 
 
-def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int, log) -> dict:
+def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int, log,
+                params: Path = SMOKE) -> dict:
     folder = work / runner
     shutil.rmtree(folder, ignore_errors=True)
-    command = setup_snakemake(folder) if runner == "snakemake" else setup_dvc(folder)
+    command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder)
     span = 180.0 if runner == "snakemake" else 150.0   # the study's wall time here, roughly
     log(f"kill-{runner}: {kills} kills in {folder}")
     series = kill_series(command, folder, kills, seed, span, log)
@@ -432,8 +433,10 @@ class MlflowServer:
             self.proc.wait()
 
 
-def fault_two_studies(work: Path, reference: Path, log) -> dict:
-    """Two DVC studies at once on one MLflow server and one DVC cache."""
+def fault_two_studies(work: Path, reference: Path, log, stop_server: float | None = None) -> dict:
+    """Two DVC studies at once on one MLflow server and one DVC cache; with `stop_server`, the
+    server is also stopped that many seconds in, for 15 s (CI's smaller series: both faults in
+    one trial)."""
     import hashlib
 
     folder = work / "two-studies"
@@ -455,8 +458,14 @@ def fault_two_studies(work: Path, reference: Path, log) -> dict:
     env = _env(MLFLOW_TRACKING_URI=server.uri, QUANTDET_TRACKING="job")
     procs = {name: subprocess.Popen(cmd, cwd=folder / name, env=env, stdout=open(folder / name / "campaign-run-1.log", "w"),
                                     stderr=subprocess.STDOUT) for name, cmd in studies.items()}
+    if stop_server is not None:
+        time.sleep(stop_server)
+        server.stop()
+        log(f"two-studies: tracking server stopped at {stop_server:.0f} s for 15 s")
+        time.sleep(15)
+        server.start()
     codes = {name: p.wait() for name, p in procs.items()}
-    row = {"fault": "two-studies", "trials": 1, "completed": all(c == 0 for c in codes.values()),
+    row = {"fault": "two-studies" + (" + tracking-server" if stop_server is not None else ""), "trials": 1, "completed": all(c == 0 for c in codes.values()),
            "why": "; ".join(f"{n}: exit {c}" for n, c in codes.items() if c)}
     if row["completed"]:
         outputs = [compare(folder / name, reference) for name in studies]
@@ -568,6 +577,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kills", type=int, default=20, help="kills per runner (default 20)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
+    ap.add_argument("--params", type=Path, default=SMOKE,
+                    help="the study of the reference and of kill-snakemake (default: the smoke study); "
+                         "e.g. an overlay with other detector families")
     ap.add_argument("--json", type=Path, help="write the rows here too")
     args = ap.parse_args(argv)
     work = args.work.resolve()
@@ -578,11 +590,13 @@ def main(argv=None) -> int:
 
     reference = None
     if set(args.faults) - {"damaged-files"}:
-        reference = args.reference.resolve() if args.reference else reference_study(work / "reference", log)
+        reference = (args.reference.resolve() if args.reference
+                     else reference_study(work / "reference", log, args.params.resolve()))
     rows = []
     for fault in args.faults:
         if fault in ("kill-snakemake", "kill-dvc"):
-            rows.append(fault_kills(fault.split("-")[1], work, reference, args.kills, args.seed, log))
+            rows.append(fault_kills(fault.split("-")[1], work, reference, args.kills, args.seed, log,
+                                    args.params.resolve()))
         elif fault == "tracking-server":
             rows.append(fault_tracking_server(work, reference, args.seed, log))
         elif fault == "full-disk":

@@ -1,6 +1,7 @@
 """A smaller series of the fault campaign (scripts/fault_campaign.py, `make faults`): the smoke
 study killed again and again through Snakemake and DVC, its results on a file system that
-fills up; after each, the command the README gives finishes it, equal to the uninterrupted
+fills up, two studies at once on one MLflow server (stopped and started again meanwhile) and
+one DVC cache; after each, the command the README gives finishes it, equal to the uninterrupted
 smoke study, with each job's MLflow run once and nothing half-written left behind."""
 import importlib.util
 import subprocess
@@ -41,6 +42,14 @@ def test_a_full_disk_fails_the_job_saying_so_and_the_rerun_finishes(smoke_study,
         pytest.skip(row["why"])
     assert row["failed_first"] and row["message"], row
     _check(row)
+
+
+def test_two_studies_at_once_on_one_server_that_stops_and_one_dvc_cache(smoke_study, tmp_path):
+    if subprocess.run(["git", "--version"], capture_output=True).returncode:
+        pytest.skip("dvc needs git")
+    row = campaign.fault_two_studies(tmp_path, smoke_study, log=print, stop_server=30)
+    _check(row)
+    assert row["cache"]["entries"] > 0 and not row["cache"]["clobbered"]
 
 
 def test_the_table_counts_what_each_fault_left():

@@ -48,6 +48,12 @@ def test_a_reused_pid_is_not_the_holder(tmp_path):
     assert len(release_stale_locks(tmp_path)) == 2
 
 
+def test_a_holder_on_another_host_is_not_judged_from_here(tmp_path):
+    dead = _dead_process()
+    _locked(tmp_path, {**dead, "host": "login2.elsewhere.invalid"})
+    assert release_stale_locks(tmp_path) == []
+
+
 def test_locks_nobody_recorded_are_left_to_snakemake(tmp_path):
     """Locks of a Snakemake that did not run this Snakefile's code (or a holder record cut
     short): who holds them is unknown, so Snakemake's own LockException decides."""

@@ -6,17 +6,20 @@ killer), it leaves them behind, and the next `snakemake` refuses to start with a
 `LockException` until the user runs `snakemake --unlock`. The locks do not say who holds them,
 so Snakemake cannot tell a dead holder from a live one.
 
-quantdet's Snakefile records who holds them: `.snakemake/locks/quantdet-holder.json`, the pid
-and start time of the Snakemake process that parsed it (Snakemake removes the whole folder when
-it unlocks). At the next start, locks whose recorded holder is no longer running are stale and
-removed (and said so); locks of a live holder, or of a holder quantdet did not record, are left
-for Snakemake to refuse. The other half, jobs the kill cut short, is Snakemake's own
-`rerun-incomplete`, set by the project's default workflow profile (`profiles/default/`).
+quantdet's Snakefile records who holds them: `.snakemake/locks/quantdet-holder.json`, the host,
+pid and start time of the Snakemake process that parsed it (Snakemake removes the whole folder when
+it unlocks). At the next start on the same host, locks whose recorded holder is no longer running are stale
+and removed (and said so); locks of a live holder, of one on another host, or of a holder
+quantdet did not record, are left for Snakemake to refuse (`snakemake --unlock` once you know
+that Snakemake is gone). The other half, jobs the kill cut short, is Snakemake's own
+`rerun-incomplete`, set by the project's default workflow profile
+(`workflow/profiles/default/`, which Snakemake finds through the `profiles` link).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 HOLDER = "quantdet-holder.json"
@@ -32,6 +35,8 @@ def _start_time(pid: int) -> float | None:
 
 
 def _alive(holder: dict) -> bool:
+    if holder.get("host", socket.gethostname()) != socket.gethostname():
+        return True   # another machine's (a cluster's other login node): cannot tell
     try:
         started = _start_time(int(holder.get("pid", -1)))
     except ImportError:   # psutil (Snakemake's and DVC's dependency) missing: cannot tell
@@ -68,6 +73,6 @@ def release_stale_locks(workdir: str | Path = ".", pid: int | None = None) -> li
         started = _start_time(pid) or 0.0
     except ImportError:
         started = 0.0
-    tmp.write_text(json.dumps({"pid": pid, "started": started}))
+    tmp.write_text(json.dumps({"pid": pid, "started": started, "host": socket.gethostname()}))
     os.replace(tmp, holder_file)
     return removed
