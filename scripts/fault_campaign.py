@@ -75,6 +75,14 @@ def dvc_overlay() -> dict:
     return one_job_per_stage()
 
 
+def tiny_overlay() -> dict:
+    """The smallest study with a quantized model: the student, minmax W8A8, simulated and
+    deployed (CI's two-studies trial: what it tests is the sharing, not the methods)."""
+    overlay = dvc_overlay()
+    overlay["matrix"].update(ptq=["minmax"], qat=[], peer=[], mixed=[], mimic=[], precisions={})
+    return overlay
+
+
 def setup_dvc(work: Path, overlay: dict | None = None) -> list[str]:
     import yaml
 
@@ -433,7 +441,8 @@ class MlflowServer:
             self.proc.wait()
 
 
-def fault_two_studies(work: Path, reference: Path, log, stop_server: float | None = None) -> dict:
+def fault_two_studies(work: Path, reference: Path, log, stop_server: float | None = None,
+                      overlay: dict | None = None) -> dict:
     """Two DVC studies at once on one MLflow server and one DVC cache; with `stop_server`, the
     server is also stopped that many seconds in, for 15 s (CI's smaller series: both faults in
     one trial)."""
@@ -448,9 +457,9 @@ def fault_two_studies(work: Path, reference: Path, log, stop_server: float | Non
     cache = folder / "dvc-cache"
     studies = {}
     for name in ("first", "second"):
-        overlay = dvc_overlay()
-        overlay["study"] = {"name": f"smoke-{name}"}
-        command = setup_dvc(folder / name, overlay)
+        study_overlay = dict(overlay or dvc_overlay())
+        study_overlay["study"] = {"name": f"smoke-{name}"}
+        command = setup_dvc(folder / name, study_overlay)
         subprocess.run([str(BIN / "dvc"), "cache", "dir", str(cache)], cwd=folder / name, env=_env(),
                        check=True, capture_output=True)
         studies[name] = command

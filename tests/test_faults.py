@@ -47,7 +47,8 @@ def test_a_full_disk_fails_the_job_saying_so_and_the_rerun_finishes(smoke_study,
 def test_two_studies_at_once_on_one_server_that_stops_and_one_dvc_cache(smoke_study, tmp_path):
     if subprocess.run(["git", "--version"], capture_output=True).returncode:
         pytest.skip("dvc needs git")
-    row = campaign.fault_two_studies(tmp_path, smoke_study, log=print, stop_server=30)
+    row = campaign.fault_two_studies(tmp_path, smoke_study, log=print, stop_server=20,
+                                     overlay=campaign.tiny_overlay())
     _check(row)
     assert row["cache"]["entries"] > 0 and not row["cache"]["clobbered"]
 
