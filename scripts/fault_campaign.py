@@ -333,9 +333,12 @@ def compare(work: Path, reference: Path) -> dict:
             "differing": differing, "leftovers": leftovers}
 
 
-def run_accounting(work: Path, uri: str | None = None, study_name: str | None = None) -> dict:
-    expected = expected_jobs(_load_params(work))
-    counted = mlflow_jobs(work, uri, study_name)
+def run_accounting(work: Path, uri: str | None = None) -> dict:
+    """Each job of the study against the runs under the study's own run: lost, duplicated, or
+    not the study's."""
+    params = _load_params(work)
+    expected = expected_jobs(params)
+    counted = mlflow_jobs(work, uri, params["study"]["name"])
     return {"expected": len(expected), "lost": sorted(expected - set(counted)),
             "duplicated": sorted(k for k, n in counted.items() if n > 1),
             "unexpected": sorted(set(counted) - expected)}
@@ -482,7 +485,7 @@ def fault_two_studies(work: Path, reference: Path, log, stop_server: float | Non
                           "identical": sum(o["identical"] for o in outputs),
                           "differing": [d for o in outputs for d in o["differing"]],
                           "leftovers": [x for o in outputs for x in o["leftovers"]]}
-        accounts = [run_accounting(folder / name, server.uri, study_name=f"smoke-{name}") for name in studies]
+        accounts = [run_accounting(folder / name, server.uri) for name in studies]
         row["runs"] = {"expected": sum(a["expected"] for a in accounts),
                        "lost": [x for a in accounts for x in a["lost"]],
                        "duplicated": [x for a in accounts for x in a["duplicated"]],
