@@ -350,10 +350,20 @@ def reference_study(folder: Path, log, params: Path = SMOKE) -> Path:
         return folder
     log(f"reference: the uninterrupted study of {params} in {folder}")
     command = setup_snakemake(folder, params)
+    started = time.monotonic()
     run = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(f"the reference study failed:\n{run.stderr[-3000:]}")
+    (folder / "campaign-reference.json").write_text(json.dumps({"seconds": time.monotonic() - started}))
     return folder
+
+
+def study_seconds(reference: Path, default: float) -> float:
+    """The reference study's wall time here, if the campaign ran it: kills are spread over it."""
+    try:
+        return float(json.loads((reference / "campaign-reference.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError):
+        return default
 
 
 def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int, log,
@@ -361,7 +371,8 @@ def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int,
     folder = work / runner
     shutil.rmtree(folder, ignore_errors=True)
     command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder)
-    span = 180.0 if runner == "snakemake" else 150.0   # the study's wall time here, roughly
+    # the study's wall time here: the reference's where known (the DVC study is ~0.8 of it)
+    span = study_seconds(reference, 180.0) * (1.0 if runner == "snakemake" else 0.8)
     log(f"kill-{runner}: {kills} kills in {folder}")
     series = kill_series(command, folder, kills, seed, span, log)
     row = {"fault": f"kill-{runner}", "trials": len(series["kills"]), "completed": series["completed"],
