@@ -367,12 +367,14 @@ def study_seconds(reference: Path, default: float) -> float:
 
 
 def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int, log,
-                params: Path = SMOKE) -> dict:
+                params: Path = SMOKE, span: float | None = None) -> dict:
+    """`kills` kills spread over `span` seconds (default: the reference study's wall time)."""
     folder = work / runner
     shutil.rmtree(folder, ignore_errors=True)
     command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder)
     # the study's wall time here: the reference's where known (the DVC study is ~0.8 of it)
-    span = study_seconds(reference, 180.0) * (1.0 if runner == "snakemake" else 0.8)
+    if span is None:
+        span = study_seconds(reference, 180.0) * (1.0 if runner == "snakemake" else 0.8)
     log(f"kill-{runner}: {kills} kills in {folder}")
     series = kill_series(command, folder, kills, seed, span, log)
     row = {"fault": f"kill-{runner}", "trials": len(series["kills"]), "completed": series["completed"],

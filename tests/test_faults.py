@@ -26,11 +26,13 @@ def _check(row):
     assert not runs["lost"] and not runs["duplicated"], runs
 
 
-@pytest.mark.parametrize("runner,kills", [("snakemake", 4), ("dvc", 3)])
-def test_killed_again_and_again_the_study_ends_as_if_never_killed(smoke_study, tmp_path, runner, kills):
+@pytest.mark.parametrize("runner,kills,span", [("snakemake", 4, 100), ("dvc", 3, 60)])
+def test_killed_again_and_again_the_study_ends_as_if_never_killed(smoke_study, tmp_path, runner, kills, span):
+    """The kills land in the first half of the study (a kill at most span / kills * 2 seconds
+    into each run), so that all of them happen on a faster machine too."""
     if runner == "dvc" and subprocess.run(["git", "--version"], capture_output=True).returncode:
         pytest.skip("dvc needs git")
-    row = campaign.fault_kills(runner, tmp_path, smoke_study, kills, seed=1, log=print)
+    row = campaign.fault_kills(runner, tmp_path, smoke_study, kills, seed=1, log=print, span=span)
     assert len(row["events"]) == kills, row["events"]
     assert {e["mode"] for e in row["events"]} <= {"job", "runner"}
     _check(row)
