@@ -42,6 +42,65 @@ def test_full_set_edge_cases_equal_the_projects_coco_ap():
     assert _full_set_ap(gt, []) == coco_box_metrics(gt, [])["AP"] == 0.0
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_full_set_ap_per_object_size_equals_the_projects_coco_ap(seed):
+    from quantdet.evaluation.bootstrap import match_images_by_area
+
+    gt, detections = synthetic_detections(np.random.default_rng(seed), 30, num_categories=4, crowd=0.1,
+                                          score_decimals=3)
+    for a in gt["annotations"][::3]:       # some large boxes, so that each size is present
+        a["bbox"][2:] = [110.0, 100.0]
+        a["area"] = 11000.0
+    expected = coco_box_metrics(gt, detections)
+    by_area = match_images_by_area(gt, detections)
+    assert ResampledAP(by_area["all"])(np.ones((1, 30)))[0] == pytest.approx(expected["AP"], abs=1e-12)
+    for size in ("small", "medium", "large"):
+        got = ResampledAP(by_area[size])(np.ones((1, 30)))[0]
+        assert got == pytest.approx(expected[f"AP_{size}"], abs=1e-12), size
+
+
+def test_recall_at_a_score_threshold_equals_cocoeval_on_the_detections_above_it():
+    """Per-class recall at IoU 0.5 of the detections scoring >= 0.4, against COCOeval's own
+    recall when only those detections are handed to it; and a resample against the same
+    on the data set holding each image that many times."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from quantdet.evaluation.bootstrap import resampled_recall
+
+    def cocoeval_recall(gt, results):
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = gt
+            coco.createIndex()
+            evaluator = COCOeval(coco, coco.loadRes([dict(d) for d in results]), iouType="bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+        return evaluator.eval["recall"][0, :, 0, -1]   # IoU 0.5, each class, area all, 100 detections
+
+    gt, detections = synthetic_detections(np.random.default_rng(5), 25, num_categories=3, score_decimals=12)
+    matches = match_images(gt, detections)
+    above = [d for d in detections if d["score"] >= 0.4]
+    assert 0 < len(above) < len(detections)
+    got = resampled_recall(matches, np.ones((1, 25)), 0.4)[0]
+    assert got == pytest.approx(cocoeval_recall(gt, above), abs=1e-12)
+    counts = resample_counts(25, 1, seed=2)[1]
+    images, annotations, results = [], [], []
+    for image_index, copies in enumerate(counts):
+        for copy in range(copies):
+            new_id = 1000 * (copy + 1) + image_index + 1
+            images.append({"id": new_id, "width": 128, "height": 128})
+            annotations += [{**a, "id": len(annotations) + i + 1, "image_id": new_id}
+                            for i, a in enumerate(a for a in gt["annotations"] if a["image_id"] == image_index + 1)]
+            results += [{**d, "image_id": new_id} for d in above if d["image_id"] == image_index + 1]
+    resampled = {"images": images, "annotations": annotations, "categories": gt["categories"]}
+    assert resampled_recall(matches, counts[None], 0.4)[0] == pytest.approx(cocoeval_recall(resampled, results),
+                                                                            abs=1e-12)
+
+
 def test_a_resample_equals_coco_on_the_resampled_image_set():
     """A count vector re-accumulates to COCOeval's AP on the data set that holds each image
     that many times (scores without ties, so the copies' order cannot matter)."""
@@ -275,6 +334,21 @@ def test_study_intervals_cover_every_model_and_comparison(fake_study):
     assert by_label[("fp32", "ptq minmax vs FP32", "W8A8")]["seeds"] == [0]
     assert ("deployed", "ptq dacal deployed (onnxruntime) vs simulated (PyTorch)", "W8A8") in by_label
     assert ("teacher", "teacher vs student (FP32)", "fp32") in by_label
+
+    # object sizes and per-class recall, each against the FP32 model (synthetic boxes: 8-64 px)
+    assert intervals["recall_score"] == 0.25
+    assert intervals["objects"]["sizes"]["large"] == 0 and intervals["objects"]["sizes"]["small"] > 0
+    assert figures["AP_small"]["low"] <= figures["AP_small"]["estimate"] <= figures["AP_small"]["high"]
+    assert "AP_large" not in figures                         # no large object: no figure, not 0
+    assert set(figures["recall"]) == {"class_1", "class_2", "class_3"}
+    minmax = by_label[("fp32", "ptq minmax vs FP32", "W8A8")]
+    assert set(minmax["recall_differences"]) == {"class_1", "class_2", "class_3"}
+    assert "AP_small" in minmax["differences"] and "AP_large" not in minmax["differences"]
+    treatment = intervals["models"][minmax["treatment"][0]]["recall"]["class_1"]["estimate"]
+    assert minmax["recall_differences"]["class_1"]["estimate"] == pytest.approx(
+        treatment - figures["recall"]["class_1"]["estimate"], abs=1e-12)
+    assert "recall_differences" not in by_label[("deployed", "ptq dacal deployed (onnxruntime) vs simulated "
+                                                 "(PyTorch)", "W8A8")]
 
 
 def test_study_intervals_refuse_stale_detections(fake_study, tmp_path):

@@ -2,6 +2,7 @@
 this machine's runtimes actually run, and the precision stage on a small detector."""
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,11 +104,35 @@ def test_a_silent_float32_fallback_is_refused():
 
 
 def test_each_supported_pair_runs_a_convolution_at_its_precision_here():
-    """The probes of the pairs the default study runs: OpenVINO's f16 and bf16 (AMX / AVX-512
-    here), PyTorch's bf16 autocast, onnxruntime's dynamic INT8."""
-    for precision, runtime in [("fp16", "openvino"), ("bf16", "openvino"), ("bf16", "torch"),
-                               ("int8_dynamic", "onnxruntime")]:
+    """The probes of the pairs the default study runs: PyTorch's bf16 autocast and onnxruntime's
+    dynamic INT8 run on any x86 CPU; OpenVINO's f16 and bf16 only where the CPU has them
+    (AVX512-FP16 / AMX-FP16, AVX512-BF16 / AMX-BF16), and elsewhere the probe says what ran."""
+    from quantdet.environment import _cpuinfo
+
+    for precision, runtime in [("bf16", "torch"), ("int8_dynamic", "onnxruntime")]:
         assert prec.probe(precision, runtime) is None, (precision, runtime)
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    for precision, needs in (("fp16", {"avx512_fp16", "amx_fp16"}), ("bf16", {"avx512_bf16", "amx_bf16"})):
+        reason = prec.probe(precision, "openvino")
+        if flags & needs:
+            assert reason is None, (precision, _cpuinfo()["model"])
+        elif reason is not None:   # a CPU without them: what OpenVINO ran instead
+            assert f"ran none of the model's 1 convolutions in {precision}" in reason, reason
+
+
+def test_validate_says_a_pair_this_machine_cannot_run_and_goes_on(monkeypatch, capsys):
+    """OpenVINO or PyTorch at a precision this CPU lacks: validation says so and the study goes
+    on (its precision job records why, the report says it); onnxruntime's is refused."""
+    monkeypatch.setattr(prec, "probe", lambda precision, runtime: "it ran none of the model's 1 convolutions in "
+                        f"{precision} (it ran them as 1 f32)")
+    params = _params(fp16=["openvino"], bf16=["openvino"], int8_dynamic=[])
+    params["models"]["students"]["yolo11n"]["matrix"]["precisions"] = {"int8_dynamic": []}
+    validate_params(params, check_backbones=True)
+    said = capsys.readouterr().err
+    assert "matrix.precisions.fp16: fp16 in openvino will not run on this machine" in said
+    assert "matrix.precisions.bf16: bf16 in openvino will not run on this machine" in said
+    with pytest.raises(ParamsError, match=r"int8_dynamic in onnxruntime cannot run on this machine"):
+        validate_params(_params(int8_dynamic=["onnxruntime"]), check_backbones=True)
 
 
 def test_int8_dynamic_conversion_records_which_operators_it_quantized(tmp_path):
@@ -156,6 +181,11 @@ def test_precision_stage_checks_converts_compares_and_times(tmp_path, monkeypatc
                 "student-bf16": ("bf16", "bf16"), "student-int8_dynamic-ort": ("int8", "int8")}
     for model, (ran, _) in expected.items():
         record = stages.precision(params, model)
+        if record.get("not_run"):   # a CPU without f16 / bf16: said, nothing measured in its place
+            name = study.parse_model_name(model)
+            assert name.runtime == "openvino" and prec.probe(name.method, "openvino") == record["not_run"]
+            assert "executed" not in record and "latency_ms" not in record
+            continue
         on_disk = json.loads((tmp_path / study.precision_file(model)).read_text())
         assert on_disk["model"] == model and on_disk["executed"] == record["executed"]
         convs = record["executed"]["convolutions_by_precision"]
@@ -168,3 +198,53 @@ def test_precision_stage_checks_converts_compares_and_times(tmp_path, monkeypatc
     assert not (tmp_path / study.onnx_file("student-fp16")).exists()
     record = json.loads((tmp_path / study.precision_file("student-int8_dynamic-ort")).read_text())
     assert record["conversion"]["quantized_operators"]["ConvInteger"] >= 1
+
+
+@pytest.mark.slow
+def test_a_precision_this_machine_cannot_run_is_evaluated_as_not_run_and_reported(tmp_path, monkeypatch):
+    """The precision job of a pair this CPU lacks records why; the evaluate job writes no
+    figures, only that reason; the intervals leave the model out and name it; the report's
+    precision section says "not run" with the reason (the probe is made to fail here, so that
+    this runs on every CPU)."""
+    import torch
+
+    from quantdet import detectors, stages
+    from quantdet.data.dataset import DetectionDataset
+    from quantdet.models.io import save_model
+    from quantdet.report.precisions import precisions_section
+
+    params = _params(bf16=["openvino"])
+    params["corruptions"].update(names=["gaussian_noise"], heldout=[], severities=[1])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUANTDET_TRACKING", "off")
+    stages.prepare(params)
+    stages.corrupt(params, "gaussian_noise")
+    train = DetectionDataset(f"{study.PREPARED}/train", params["models"]["input_size"])
+    torch.manual_seed(0)
+    detector = stages.detector_config(params, "student", len(train.category_ids))
+    save_model(study.model_file("student-fp32"), detectors.build(detector), kind="fp32", detector=detector,
+               classes={"category_ids": train.category_ids, "names": train.class_names},
+               extra={"stride": 4, "input_size": params["models"]["input_size"]})
+    stages.export(params, "student-fp32")
+    reason = "openvino X ran none of the model's 1 convolutions in bf16 (it ran them as 1 f32)"
+    monkeypatch.setattr(prec, "probe", lambda precision, runtime: reason)
+    record = stages.precision(params, "student-bf16-ov")
+    assert record["not_run"] == reason and record["machine"]["cpu"]
+    assert json.loads((tmp_path / study.precision_file("student-bf16-ov")).read_text()) == record
+    assert stages.evaluate(params, "student-bf16-ov")["not_run"].endswith(reason)
+    for condition in ("clean", "gaussian_noise"):
+        metrics = json.loads((tmp_path / study.eval_metrics_file("student-bf16-ov", condition)).read_text())
+        assert metrics["results"] == [] and metrics["not_run"].endswith(reason)
+    stages.evaluate(params, "student-fp32")
+    from quantdet.evaluation.intervals import study_intervals
+
+    intervals = study_intervals(params, tmp_path, resamples=20, models=["student-fp32", "student-bf16-ov"])
+    assert list(intervals["models"]) == ["student-fp32"] and intervals["not_run"]["student-bf16-ov"].endswith(reason)
+    section = precisions_section(params, intervals, {"student-bf16-ov": record}, {})
+    assert f"`student-bf16-ov`: bf16 in openvino: not run on this machine" in section and reason in section
+    # and the report's reader skips it rather than failing on its empty results
+    from quantdet.report.inputs import read_evaluation_rows
+
+    rows = read_evaluation_rows([study.eval_metrics_file(m, c) for m in ("student-fp32", "student-bf16-ov")
+                                 for c in ("clean", "gaussian_noise")])
+    assert {r["model"] for r in rows} == {"student-fp32"}

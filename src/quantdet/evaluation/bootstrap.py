@@ -74,12 +74,25 @@ class ImageMatches:
                             self.matched[:, keep_idx], self.ignored[:, keep_idx])
 
 
+# COCO's object sizes (area in pixels of the image as annotated), as COCOeval's areaRng.
+AREA_RANGES = {"all": (0 ** 2, 1e5 ** 2), "small": (0 ** 2, 32 ** 2), "medium": (32 ** 2, 96 ** 2),
+               "large": (96 ** 2, 1e5 ** 2)}
+
+
 def match_images(coco_gt: dict, detections: list[dict]) -> ImageMatches:
     """Run pycocotools' COCOeval.evaluate() (bbox, area "all", 100 detections) once and keep
     what accumulate() needs, per image and category, as numpy arrays.
 
     pycocotools rather than faster-coco-eval: the C++ evaluator does not expose its per-image
     results. Both give the same AP (tests check it against `coco_box_metrics`)."""
+    return match_images_by_area(coco_gt, detections, ("all",))["all"]
+
+
+def match_images_by_area(coco_gt: dict, detections: list[dict],
+                         areas=("all", "small", "medium", "large")) -> dict[str, ImageMatches]:
+    """`match_images` for each of COCO's object sizes (``AREA_RANGES``) from one evaluate():
+    in each, ground truth outside the size range is ignored, and so are unmatched detections
+    outside it, as COCOeval does for AP_small/medium/large."""
     gt = _complete_ground_truth(coco_gt)
     _check_image_ids(gt, detections)
     with contextlib.redirect_stdout(io.StringIO()):   # COCO prints progress
@@ -88,18 +101,26 @@ def match_images(coco_gt: dict, detections: list[dict]) -> ImageMatches:
         coco.createIndex()
         results = _load_results(coco, detections)
         evaluator = COCOeval(coco, results, iouType="bbox")
-        evaluator.params.areaRng = [[0 ** 2, 1e5 ** 2]]   # "all" only: the AP the study reports
-        evaluator.params.areaRngLbl = ["all"]
+        evaluator.params.areaRng = [list(AREA_RANGES[a]) for a in areas]
+        evaluator.params.areaRngLbl = list(areas)
         evaluator.params.maxDets = [MAX_DETECTIONS]
         evaluator.evaluate()
     p = evaluator.params
     image_ids, category_ids = np.asarray(p.imgIds), np.asarray(p.catIds)
-    num_images, thresholds = len(image_ids), len(p.iouThrs)
+    num_images, num_areas = len(image_ids), len(areas)
+    # evalImgs is laid out [category][area][image]
+    return {area: _matches(evaluator.evalImgs, a, num_areas, image_ids, category_ids, len(p.iouThrs))
+            for a, area in enumerate(areas)}
+
+
+def _matches(eval_images: list, area: int, num_areas: int, image_ids: np.ndarray,
+             category_ids: np.ndarray, thresholds: int) -> ImageMatches:
+    num_images = len(image_ids)
     num_gt = np.zeros((len(category_ids), num_images), dtype=np.int64)
     parts = []   # (category, image, score, matched, ignored) of each category's detections
     for k in range(len(category_ids)):
-        found = [(i, e) for i, e in enumerate(evaluator.evalImgs[k * num_images:(k + 1) * num_images])
-                 if e is not None]
+        first = (k * num_areas + area) * num_images
+        found = [(i, e) for i, e in enumerate(eval_images[first:first + num_images]) if e is not None]
         for i, e in found:
             num_gt[k, i] = len(e["gtIgnore"]) - np.count_nonzero(e["gtIgnore"])
         found = [(i, e) for i, e in found if e["dtScores"]]
@@ -117,6 +138,21 @@ def match_images(coco_gt: dict, detections: list[dict]) -> ImageMatches:
         return ImageMatches(image_ids, category_ids, num_gt, empty, empty, np.zeros(0), flags, flags)
     return ImageMatches(image_ids, category_ids, num_gt,
                         *(np.concatenate([part[j] for part in parts], axis=-1) for j in range(5)))
+
+
+def resampled_recall(matches: ImageMatches, counts: np.ndarray, score_threshold: float) -> np.ndarray:
+    """Recall per category ([B, K]) at IoU 0.5 of the detections scoring at least
+    ``score_threshold``, for each row of ``counts`` (image multiplicities): the share of a
+    category's ground-truth boxes that such a detection found. NaN where a resample holds no
+    box of the category. Exact for every resample: COCOeval matches greedily in score order,
+    so a detection above the threshold is matched whatever scores below it."""
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    found = (matches.score >= score_threshold) & matches.matched[0] & ~matches.ignored[0]
+    hits = np.zeros_like(matches.num_gt, dtype=float)
+    np.add.at(hits, (matches.category[found], matches.image[found]), 1.0)
+    boxes = counts @ matches.num_gt.T.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(boxes > 0, (counts @ hits.T) / boxes, np.nan)
 
 
 def _load_results(coco: COCO, detections: list[dict]) -> COCO:

@@ -20,14 +20,16 @@ import numpy as np
 
 from quantdet import study
 from quantdet.errors import QuantdetError
-from quantdet.evaluation.bootstrap import (ResampledAP, match_images, paired_differences,
-                                           resample_counts, robustness_replicates, summary)
+from quantdet.evaluation.bootstrap import (ResampledAP, match_images, match_images_by_area, paired_differences,
+                                           resample_counts, resampled_recall, robustness_replicates, summary)
 from quantdet.io_utils import read_json, write_json
 
 log = logging.getLogger(__name__)
 
 INTERVALS_FILE = "results/metrics/intervals.json"
-DIFFERENCE_METRICS = ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen")
+DIFFERENCE_METRICS = ("P", "mPC", "rPC", "mPC_heldout", "mPC_seen", "mPC_unseen", "AP_small", "AP_medium",
+                      "AP_large")
+SIZES = ("small", "medium", "large")   # COCO's object sizes: AP_small ... on the clean images
 AP_TOLERANCE = 1e-9   # recomputed AP against the evaluate stage's own: same arithmetic
 
 
@@ -39,18 +41,24 @@ def write_study_intervals(params: dict, root=".", out: str | Path | None = None,
 
 
 def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0,
-                    level: float = 0.95, models: list[str] | None = None, processes: int = 1) -> dict:
+                    level: float = 0.95, models: list[str] | None = None, processes: int = 1,
+                    recall_score: float = 0.25) -> dict:
     """Every model's figures and every comparison's paired difference, with intervals.
 
     ``models``: the study's evaluated models by default (all must have been evaluated).
     ``processes``: models are matched and resampled in this many processes (the cost is
-    per (model, condition): COCO matching, then the resamples)."""
+    per (model, condition): COCO matching, then the resamples). On the clean images each
+    model also gets AP per object size (``AP_small``, ``AP_medium``, ``AP_large``, COCO's
+    sizes) and, per class, the recall at IoU 0.5 of its detections scoring at least
+    ``recall_score`` (``recall``), compared with its FP32 model like every other figure."""
     started = time.perf_counter()
     root = Path(root)
     models = study.evaluated_models(params) if models is None else models
+    not_run = {m: reason for m in models if (reason := not_run_reason(root, m, params))}
+    models = [m for m in models if m not in not_run]
     image_ids = _image_ids(root / study.split_dir("clean", 0) / "annotations.json")
     counts = resample_counts(len(image_ids), resamples, seed)
-    jobs = [(root, model, params, counts, image_ids) for model in models]
+    jobs = [(root, model, params, counts, image_ids, recall_score) for model in models]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             replicates = list(pool.map(_model_replicates, *zip(*jobs)))
@@ -58,7 +66,8 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
         replicates = [_model_replicates(*job) for job in jobs]
     figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
                                             list(params["corruptions"]["severities"]), corruption_groups(params))
-               for model, ap in zip(models, replicates)}
+                      | clean_extra
+               for model, (ap, clean_extra) in zip(models, replicates)}
     pairs = (comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
              + precision_pairs(models))
     comparisons = [_comparison(record, figures, level) for record in pairs]
@@ -70,6 +79,9 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
         "method": "image bootstrap, paired across models and conditions; basic (reverse-percentile) "
                   "intervals; comparisons over repeat seeds add the between-seed variance "
                   "(quantdet.evaluation.bootstrap.seed_pooled_interval)",
+        "not_run": not_run,
+        "recall_score": recall_score,
+        "objects": _objects(root / study.split_dir("clean", 0) / "annotations.json"),
         "models": {model: _model_summary(f, level) for model, f in figures.items()},
         "comparisons": comparisons,
     }
@@ -87,16 +99,39 @@ def corruption_groups(params: dict) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------- reading
+def not_run_reason(root: Path, model: str, params: dict) -> str | None:
+    """Why a deployment precision was not evaluated (this machine's runtime cannot run it:
+    its evaluation says so), else None."""
+    if not study.parse_model_name(model).precision:
+        return None
+    path = Path(root) / study.eval_metrics_file(model, "clean")
+    return read_json(path).get("not_run") if path.is_file() else None
+
+
 def _image_ids(annotations: Path) -> np.ndarray:
     if not annotations.is_file():
         raise QuantdetError(f"{annotations}: ground truth of the clean split not found")
     return np.array(sorted(image["id"] for image in read_json(annotations)["images"]))
 
 
-def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
-                      image_ids: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
-    """AP replicates of one model per (condition, severity)."""
-    ap, ground_truth = {}, {}
+def _objects(annotations: Path) -> dict:
+    """Ground-truth boxes of the clean split per COCO object size and per class: what the
+    size and class figures average over."""
+    from quantdet.evaluation.bootstrap import AREA_RANGES
+
+    gt = read_json(annotations)
+    boxes = [a for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    area = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in boxes]
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    return {"sizes": {size: sum(AREA_RANGES[size][0] <= x <= AREA_RANGES[size][1] for x in area) for size in SIZES},
+            "classes": {names[k]: sum(a["category_id"] == k for a in boxes) for k in sorted(names)}}
+
+
+def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray, image_ids: np.ndarray,
+                      recall_score: float = 0.25) -> tuple[dict[tuple[str, int], np.ndarray], dict]:
+    """AP replicates of one model per (condition, severity), and on the clean images its AP
+    replicates per object size and its recall replicates per class (`study_intervals`)."""
+    ap, ground_truth, clean_extra = {}, {}, {}
     for condition in study.conditions(params):
         metrics_file = root / study.eval_metrics_file(model, condition)
         if not metrics_file.is_file():
@@ -108,7 +143,11 @@ def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
                 ground_truth[split] = read_json(split / "annotations.json")
             detections = read_json(_resolve(root, result["detections"]))
             try:
-                matches = match_images(ground_truth[split], detections)
+                if condition == "clean":
+                    by_area = match_images_by_area(ground_truth[split], detections)
+                    matches = by_area["all"]
+                else:
+                    matches = match_images(ground_truth[split], detections)
             except ValueError as err:
                 raise QuantdetError(f"{where}: {err}") from err
             # a condition holds the clean split's images or a draw of them (corruptions.images):
@@ -124,7 +163,18 @@ def _model_replicates(root: Path, model: str, params: dict, counts: np.ndarray,
                 raise QuantdetError(f"{where}: AP recomputed from {result['detections']} is {replicates[0]:.6f}, "
                                     f"the evaluation says {expected:.6f} (stale detections?)")
             ap[(condition, int(result["severity"]))] = replicates
-    return ap
+            if condition == "clean":
+                clean_extra = _clean_extra(by_area, counts[:, columns], ground_truth[split], recall_score)
+    return ap, clean_extra
+
+
+def _clean_extra(by_area: dict, counts: np.ndarray, ground_truth: dict, recall_score: float) -> dict:
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    extra = {f"AP_{size}": ap for size in SIZES   # a size without ground truth has no figure
+             if np.isfinite((ap := ResampledAP(by_area[size])(counts))[0])}
+    recall = resampled_recall(by_area["all"], counts, recall_score)
+    extra["recall"] = {names[int(k)]: recall[:, j] for j, k in enumerate(by_area["all"].category_ids)}
+    return extra
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -269,8 +319,14 @@ def _comparison(record: dict, figures: dict, level: float) -> dict:
                  "differences": {metric: summary(figures[t][metric] - figures[b][metric], level)
                                  for metric in DIFFERENCE_METRICS if metric in figures[t] and metric in figures[b]}}
                 for seed, t, b in zip(record["seeds"], record["treatment"], record["baseline"])]
-    return {**record, "differences": paired_differences(treatments, baselines, DIFFERENCE_METRICS, level),
-            "per_seed": per_seed}
+    out = {**record, "differences": paired_differences(treatments, baselines, DIFFERENCE_METRICS, level),
+           "per_seed": per_seed}
+    if all(b.endswith("-fp32") for b in record["baseline"]):   # what a model lost against its FP32
+        recalls = [f.get("recall", {}) for f in treatments + baselines]
+        classes = [c for c in recalls[0] if all(c in r for r in recalls)] if recalls else []
+        out["recall_differences"] = paired_differences(
+            [t["recall"] for t in treatments], [b["recall"] for b in baselines], classes, level)
+    return out
 
 
 def _model_summary(figures: dict, level: float) -> dict:

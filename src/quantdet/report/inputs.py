@@ -60,6 +60,8 @@ def _evaluation_rows(path: Path) -> list[dict]:
     if payload.get("runtime", name.runtime) != name.runtime:
         raise QuantdetError(f"{path}: runtime {payload['runtime']!r} contradicts model name {model!r}")
     results = _require(payload, "results", list, path)
+    if payload.get("not_run") and name.precision and not results:
+        return []   # a deployment precision this machine could not run (the report says why)
     if not results:
         raise QuantdetError(f"{path}: 'results' is empty")
     rows = []

@@ -158,7 +158,9 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
               "its own process; static INT8: onnxruntime, from its export):", "",
               markdown_table(["detector", "precision", "model", "ΔP", "ΔmPC", "ΔrPC", "mPC vs FP32", "ran",
                               "latency", "× FP32"], rows, align_right_from=3), ""]
-    skipped = not_run(params)
+    skipped = [f"`{m}`: {r.get('precision')} in {r.get('runtime')}: not run on this machine "
+               f"({(r.get('machine') or {}).get('cpu', 'CPU unknown')}): {r['not_run']}"
+               for m, r in records.items() if r.get("not_run")] + not_run(params)
     if skipped:
         lines += ["Not run:", ""] + [f"- {line}" for line in skipped] + [""]
     return "\n".join(lines)

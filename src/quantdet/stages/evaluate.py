@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from quantdet import study
-from quantdet.io_utils import atomic_directory, write_json
+from quantdet.io_utils import atomic_directory, read_json, write_json
 from quantdet.stages.common import decode_params, log_job, require, set_threads
 
 log = logging.getLogger("quantdet")
@@ -63,6 +63,10 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
     set_threads(cfg["threads"])
     splits = {c: [require(study.split_dir(c, s)) for s in study.severities_of(c, params)]
               for c in study.conditions(params)}
+    if name.precision:
+        record = read_json(require(study.precision_file(model)))
+        if record.get("not_run"):
+            return _not_run(params, name, out, list(splits), record)
     from quantdet.detectors import Decoder, letterbox_of
 
     net, detector = _load_for_evaluation(name, cfg["threads"])
@@ -82,6 +86,22 @@ def evaluate(params: dict, model: str, out: str | None = None) -> dict:
              | {"evaluate_seconds": time.perf_counter() - start},
              artifacts=[out / c / "metrics.json" for c in splits])
     return summary
+
+
+def _not_run(params: dict, name: study.ModelName, out: Path, conditions: list[str], record: dict) -> dict:
+    """A deployment precision its precision job found this machine cannot run: each condition's
+    metrics.json says so, with the reason, and holds no results (intervals and the report
+    leave the model out and say why)."""
+    reason = f"{record['precision']} in {record['runtime']} cannot run on {record.get('machine', {}).get('host', 'the machine')}: {record['not_run']}"
+    with atomic_directory(out) as tmp:
+        for condition in conditions:
+            (tmp / condition).mkdir(parents=True, exist_ok=True)
+            write_json(tmp / condition / "metrics.json", {"model": name.name, "condition": condition,
+                                                          "runtime": name.runtime, "not_run": reason, "results": []})
+    log.warning("%s: not evaluated: %s", name.name, reason)
+    log_job(params, "evaluate", model=name.name, metrics={"not_run": 1},
+            artifacts=[out / c / "metrics.json" for c in conditions])
+    return {"not_run": reason}
 
 
 def _evaluate_severities(params, name, condition, net, decode, tmp: Path, out: Path, letterbox=None) -> list:

@@ -18,7 +18,8 @@ def intervals(params: dict, out: str | None = None) -> dict:
     out = Path(out or study.INTERVALS)
     start = time.perf_counter()
     write_study_intervals(params, ".", out, resamples=cfg["resamples"], seed=cfg["seed"],
-                          level=cfg["level"], processes=cfg["processes"])
+                          level=cfg["level"], processes=cfg["processes"],
+                          recall_score=cfg["recall_score"])
     log_job(params, "intervals", metrics={"resamples": cfg["resamples"],
                                           "seconds": time.perf_counter() - start}, artifacts=[out])
     return {"intervals": str(out)}

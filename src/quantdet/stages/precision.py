@@ -40,8 +40,10 @@ def precision(params: dict, model: str, out: str | None = None) -> dict:
     exp_cfg = params["export"]
     set_threads(exp_cfg["threads"])
     reason = prec.probe(name.method, name.runtime)
-    if reason:
+    if reason and name.runtime == "onnxruntime":
         raise QuantdetError(f"{model}: {name.method} in {name.runtime} cannot run on this machine: {reason}")
+    if reason:   # the study goes on; its evaluation and report say "not run" and why
+        return _not_run(params, model, name, out, reason)
     fp32_onnx = require(study.onnx_file(name.fp32_source))
     fp32_file = require(study.model_file(name.fp32_source))
     torch_model, payload = load_model(fp32_file)
@@ -89,6 +91,26 @@ def precision(params: dict, model: str, out: str | None = None) -> dict:
                      **({"latency_ms": record["latency_ms"][name.method], "speedup": record["speedup_vs_fp32"]}
                         if record["speedup_vs_fp32"] else {})},
             artifacts=[out])
+    return record
+
+
+def _not_run(params: dict, model: str, name: study.ModelName, out: Path, reason: str) -> dict:
+    """The record of a precision this machine's runtime cannot run (asked of a one-convolution
+    model, `quantdet.export.precision.probe`): no fallback to another precision is measured in
+    its place; the evaluate job and the report say it was not run, and why. The machine is
+    the one that ran this job (on a cluster: the compute node, not the node that planned it)."""
+    import platform
+
+    from quantdet.environment import _cpuinfo
+
+    cpu = _cpuinfo()
+    record = {"model": model, "precision": name.method, "runtime": name.runtime,
+              "fp32_source": name.fp32_source, "not_run": reason,
+              "machine": {"host": platform.node(), "cpu": cpu["model"],
+                          "cpu_features": [f for f, present in cpu["features"].items() if present]}}
+    write_json(out, record)
+    log.warning("%s: not run: %s in %s cannot run on this machine: %s", model, name.method, name.runtime, reason)
+    log_job(params, "precision", model=model, metrics={"not_run": 1}, artifacts=[out])
     return record
 
 
