@@ -62,6 +62,13 @@ def test_a_peer_writes_a_qdq_model_with_int8_weights_onnxruntime_runs(fp32_onnx,
     # ModelOpt places QDQ where TensorRT fuses them: on this toy it leaves the conv after the
     # max-pool and the two prediction convs (after an Add) in FP32; on our detector, none
     assert len(quantized_convs) == (3 if peer == "modelopt" else 6)
+    # the peer stage stores its weights as ours are on this CPU (uint8 where int8 kernels saturate)
+    from quantdet.export.onnx_export import weight_type
+    from quantdet.stages.quantize import _peer_weight_type
+
+    record = _peer_weight_type(out, "auto")
+    assert record["type"] == weight_type("auto")[0]
+    assert record["unsigned"] == (len(quantized_convs) if record["type"] == "uint8" else 0)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for fp32, quantized in zip(OrtDetector(fp32_onnx)(x), OrtDetector(out)(x)):
         assert fp32.shape == quantized.shape

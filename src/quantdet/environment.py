@@ -56,6 +56,7 @@ CPU_FEATURES = {
     "avx2": "256-bit vectors and FMA: the baseline vectorized fp32 kernels",
     "avx512f": "512-bit vectors: other kernels, other summation order in reductions",
     "avx512_vnni": "int8 dot products in one instruction (oneDNN and onnxruntime INT8 kernels)",
+    "avx_vnni": "the same on 256-bit vectors; without either, onnxruntime's U8S8 kernels saturate",
     "avx512_bf16": "bf16 dot products (autocast and bf16 kernels)",
     "amx_bf16": "AMX tiles for bf16 matrix products",
     "amx_int8": "AMX tiles for int8 matrix products",
@@ -135,6 +136,19 @@ def lock_info(path: str | Path | None = None, found: dict[str, str] | None = Non
                         for name, pin in pins.items() if have.get(name) != pin["version"])
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "packages": len(pins), "mismatches": mismatches}
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo), empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
 
 
 def _cpuinfo() -> dict:

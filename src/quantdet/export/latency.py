@@ -116,6 +116,9 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         request = compiled.create_infer_request()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        if runtime in OV_HINTS and hint != OV_HINTS[runtime]:   # never time a fallback under its name
+            raise RuntimeError(f"{runtime}: not run: OpenVINO {ov.__version__} compiled the model at {hint}, "
+                               f"not {OV_HINTS[runtime]}: this CPU cannot run {OV_HINTS[runtime]}")
         info = {"version": ov.__version__, "precision_hint": hint}
         if densified:
             info["sparse_initializers_densified"] = True

@@ -89,6 +89,69 @@ def integerize_weights(model: onnx.ModelProto, layer_bits: dict[str, int] | None
     return replaced
 
 
+# CPU features whose int8 dot product (u8 x s8 -> s32, one instruction) never saturates
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+WEIGHT_TYPES = ("auto", "int8", "uint8")
+
+
+def weight_type(setting: str = "auto") -> tuple[str, str]:
+    """(int8 | uint8, why): the integer type of the exported weights.
+
+    onnxruntime's U8S8 kernels (uint8 activations x int8 weights) on an x86 CPU without VNNI
+    multiply with `vpmaddubsw`, which adds two u8 x s8 products into an int16 and saturates:
+    the integer convolutions then differ from the model's arithmetic (measured here: 20% of a
+    W8A8 test model's outputs within one quantization step of PyTorch's, against 99.9% with
+    uint8 weights). onnxruntime's documentation advises U8U8 there. A uint8 weight is the
+    int8 one plus 128 with zero point 128: the same values, so the same model; on a CPU with
+    VNNI, int8 weights run the faster U8S8 kernels exactly. `auto` picks by this CPU."""
+    if setting not in WEIGHT_TYPES:
+        raise ValueError(f"export.weight_type: {setting!r} is none of {', '.join(WEIGHT_TYPES)}")
+    if setting != "auto":
+        return setting, "export.weight_type"
+    from quantdet.environment import cpu_flags
+
+    found = [f for f in VNNI_FLAGS if f in cpu_flags()]
+    if found:
+        return "int8", f"auto: this CPU has {found[0]} (U8S8 kernels exact and fastest)"
+    return "uint8", ("auto: this CPU has no VNNI (avx512_vnni, avx_vnni, amx_int8), where onnxruntime's "
+                     "U8S8 kernels saturate; U8U8 runs the same integers exactly")
+
+
+def unsigned_weights(model: onnx.ModelProto) -> int:
+    """Store each int8 weight of a Conv, ConvTranspose, Gemm or MatMul (an int8 initializer
+    behind a DequantizeLinear with zero point 0) as uint8, plus 128, with zero point 128: the
+    same dequantized values. Returns how many weights were changed."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+               and len(n.input) > 1}
+    weights |= {n.input[0] for n in graph.node if n.op_type == "MatMul"}
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] not in weights or len(node.input) < 3:
+            continue
+        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
+        if w is None or zp is None or w.data_type != onnx.TensorProto.INT8:
+            continue
+        zp_values = numpy_helper.to_array(zp)
+        if np.any(zp_values != 0):
+            continue
+        values = numpy_helper.to_array(w).astype(np.int16) + 128
+        for index, (name, array) in enumerate(((node.input[0], values),
+                                               (node.input[2], zp_values.astype(np.int16) + 128))):
+            new = f"{name}_u8"
+            if new not in inits:
+                inits[new] = numpy_helper.from_array(array.astype(np.uint8), new)
+                graph.initializer.append(inits[new])
+            node.input[0 if index == 0 else 2] = new
+        changed += 1
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    return changed
+
+
 def integer_activation_clips(model: onnx.ModelProto) -> int:
     """Move each float Clip that feeds a QuantizeLinear behind it, onto the integers.
 
@@ -283,7 +346,7 @@ def output_names(model) -> list[str]:
 
 def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset: int,
                 metadata: dict | None = None, integer_clips: bool = True,
-                output_names: list[str] | None = None) -> dict:
+                output_names: list[str] | None = None, weights: str = "auto") -> dict:
     """Export a detector (FP32 or fake-quantized) to ONNX with a dynamic batch axis.
 
     A grid narrower than 8 bits keeps its clamp as an integer Clip after QuantizeLinear
@@ -293,7 +356,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
     into its FakeQuantize and measured 5-10% faster on that form).
 
     A quantized model's weight bit width per layer goes into metadata_props as JSON
-    (`quantdet.layer_weight_bits`), since the int8 initializers do not show it.
+    (`quantdet.layer_weight_bits`), since the int8 initializers do not show it; its weights'
+    integer type (`weight_type`: int8, or uint8 on a CPU whose int8 kernels saturate) and why,
+    as `quantdet.weight_type`.
     """
     model = model.eval()
     names = output_names or globals()["output_names"](model)
@@ -316,6 +381,11 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
         side_paths = sparsify_side_paths(proto) if integer_weights else None
         if side_paths and side_paths["fp16_kernels"]:
             side_paths["integer_gathers"] = gather_before_dequantize(proto)
+        chosen = None
+        if integer_weights:
+            chosen, why = weight_type(weights)
+            unsigned = unsigned_weights(proto) if chosen == "uint8" else 0
+            metadata["quantdet.weight_type"] = json.dumps({"type": chosen, "why": why, "unsigned": unsigned})
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
@@ -323,6 +393,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: int, opset
         onnx.save(proto, str(tmp))
     info = {"path": str(path), "integer_weights": integer_weights, "integer_clips": integer_clips,
             **graph_summary(proto)}
+    if chosen:
+        info["weight_type"] = json.loads(metadata["quantdet.weight_type"])
     if side_paths and side_paths["fp16_kernels"]:
         info["side_paths"] = side_paths
     return info

@@ -45,7 +45,7 @@ FAMILY_READS = {
                                   "train.weight_decay", "train.processes", "train.workers",
                                   "train.tf32"),
     "peer": ("models.input_size", "quant.ptq.calib_batches", "quant.ptq.calib_batch_size",
-             "export.threads"),
+             "export.threads", "export.weight_type"),
     "generate": ("study.seed", "models.input_size", "train.threads", "train.tf32"),
 }
 

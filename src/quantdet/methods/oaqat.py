@@ -55,7 +55,8 @@ class OutlierAwareQAT(QATMethod):
             for key, keep in (("plain", False), ("no_side_paths", True)):
                 path = Path(tmp) / f"{key}-{Path(out).name}"
                 with side_paths_disabled(torch_model, keep_output_quant=keep):
-                    export_onnx(torch_model, path, payload["input_size"], export_params["opset"])
+                    export_onnx(torch_model, path, payload["input_size"], export_params["opset"],
+                                weights=export_params.get("weight_type", "auto"))
                 variants[key] = {"path": path, "size_bytes": path.stat().st_size,
                                  "outliers": outliers}
             yield variants

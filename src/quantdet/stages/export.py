@@ -52,7 +52,7 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     family = detectors.of(payload["detector"])
     graph = export_onnx(torch_model, out, payload["input_size"], exp_cfg["opset"],
                         metadata=_onnx_metadata(name, payload, params),
-                        output_names=family.output_names(payload["detector"]))
+                        output_names=family.output_names(payload["detector"]), weights=exp_cfg.get("weight_type", "auto"))
     report = {"model": name.model, "onnx": str(out), "size_bytes": {"onnx": out.stat().st_size},
               "graph": graph}
     onnx_models = {name.model: out}

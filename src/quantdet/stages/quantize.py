@@ -220,6 +220,28 @@ def _save_trained(params, stage, name, out, qmodel, payload, quant, history, sta
                    "bits": name.bits_label, **tags, **numerics_tags(history["numerics"])})
 
 
+def _peer_weight_type(path, setting: str) -> dict:
+    """A peer's int8 weights as our exports store them on this CPU (`export.weight_type`;
+    quantdet.export.onnx_export.weight_type): uint8 where onnxruntime's U8S8 kernels saturate,
+    so that a peer is not measured on a kernel defect ours avoid. The same values."""
+    import json
+
+    import onnx
+
+    from quantdet.export.onnx_export import add_metadata, unsigned_weights, weight_type
+
+    chosen, why = weight_type(setting)
+    unsigned = 0
+    if chosen == "uint8":
+        proto = onnx.load(str(path))
+        unsigned = unsigned_weights(proto)
+        if unsigned:
+            onnx.save(proto, str(path))
+    record = {"type": chosen, "why": why, "unsigned": unsigned}
+    add_metadata(path, {"quantdet.weight_type": json.dumps(record)})
+    return record
+
+
 def peer(params: dict, model: str, out: str | None = None) -> dict:
     """Another tool's quantizer (a registered peer method): the FP32 ONNX model quantized on
     the study's calibration images (the same batches and fingerprint as our PTQ), written with
@@ -253,6 +275,7 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
         extra = ({"fp32_model": require(study.model_file(name.fp32_source))}
                  if method.source == "torch" else {})
         settings = method.quantize_onnx(fp32_onnx, tmp, batches, params, **extra)
+        settings["weight_type"] = _peer_weight_type(tmp, params["export"].get("weight_type", "auto"))
         calibration = calib.info()
         source = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
         add_metadata(tmp, {**source, "quantdet.model": name.model, "quantdet.bits": name.bits_label,
