@@ -388,3 +388,32 @@ def test_peers_are_compared_with_their_fp32_source_and_ours_with_the_best_peer()
     (ours,) = [r for r in records if r["group"] == "peer"]
     assert ours["treatment"] == ["student-ptq-minmax-w8a8-ort"]
     assert ours["baseline"] == ["student-peer-ort_minmax-w8a8-ort"]   # the best peer by P
+
+
+def test_the_report_shows_object_size_and_class_losses_and_names_a_collapsed_model(fake_study):
+    """The section of size and class losses holds every model against its FP32 model (seeds
+    pooled) once; the long table has each class; a deployed model below half of its FP32 P
+    heads the report with the layers its export found departing most."""
+    import copy
+
+    from quantdet.evaluation.intervals import study_intervals
+    from quantdet.report.losses import collapse_section, collapsed, loss_rows, losses_section
+
+    root, params = fake_study
+    intervals = study_intervals(params, root, resamples=100, models=STUDY_MODELS)
+    section = losses_section(intervals)
+    assert section.startswith("## What quantization loses: object sizes and classes")
+    assert "`student-ptq-dacal-w8a8` (+1 seeds)" in section and "`student-ptq-minmax-w8a8`" in section
+    assert "`teacher-fp32`" not in section and "ground-truth boxes: small" in section
+    rows = loss_rows(intervals)
+    assert set(rows["figure"]) >= {"AP_small", "AP_medium", "recall:class_1", "recall:class_3"}
+    assert set(rows["verdict"]) <= {"higher", "lower", "no measurable difference"}
+    assert collapsed(intervals) == [] and collapse_section(intervals, {}) == ""
+    spoiled = copy.deepcopy(intervals)
+    spoiled["models"]["student-ptq-dacal-w8a8-ort"]["P"]["estimate"] = 0.4 * intervals["models"]["student-fp32"]["P"]["estimate"]
+    assert [c["model"] for c in collapsed(spoiled)] == ["student-ptq-dacal-w8a8-ort"]
+    divergence = {"matched": True, "convolutions": 6, "median_relative_error": 0.05,
+                  "largest": [{"index": 5, "layer": "/head/cls/Conv", "relative_error": 3.2}]}
+    text = collapse_section(spoiled, {"student-ptq-dacal-w8a8": {"layer_divergence": divergence}})
+    assert text.startswith("## Collapsed models") and "`student-ptq-dacal-w8a8-ort`: P" in text
+    assert "`/head/cls/Conv` 3.20" in text

@@ -190,3 +190,46 @@ def test_integer_clip_is_exactly_the_float_clip(tmp_path):
         run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                .run(None, {"x": x})[0] for m in (model, rewritten)]
         np.testing.assert_array_equal(run[0], run[1])
+
+
+def test_layer_divergence_names_the_convolution_that_departs_from_fp32(tmp_path):
+    """Convolutions matched by order between the FP32 and the QDQ graph (their names differ:
+    batch norm folded); a W8A8 model stays close everywhere, and a weight scale spoiled by hand
+    in one convolution puts that convolution first."""
+    import copy
+
+    from quantdet.export.divergence import layer_divergence
+
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    export_onnx(model, tmp_path / "fp32.onnx", 32, 17)
+    q = post_training_quantize(copy.deepcopy(model), [torch.rand(8, 3, 32, 32) for _ in range(3)], "minmax", 8, 8,
+                               {"calib_batches": 3})
+    export_onnx(q, tmp_path / "q.onnx", 32, 17)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)).numpy()
+    report = layer_divergence(tmp_path / "fp32.onnx", tmp_path / "q.onnx", images)
+    assert report["matched"] and report["convolutions"] == 6 and report["images"] == 4
+    assert report["largest"][0]["relative_error"] < 0.1, report
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    scale = inits[producers[convs[2].input[1]].input[1]]
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 4, scale.name))
+    onnx.save(proto, str(tmp_path / "spoiled.onnx"))
+    spoiled = layer_divergence(tmp_path / "fp32.onnx", tmp_path / "spoiled.onnx", images)
+    assert spoiled["largest"][0]["index"] == 2 and spoiled["largest"][0]["relative_error"] > 0.5, spoiled
+    # one convolution fewer: not matched, and said why
+    assert "convolutions" in layer_divergence(tmp_path / "fp32.onnx", _fewer_convs(tmp_path), images)["why"]
+
+
+def _fewer_convs(tmp_path):
+    proto = onnx.load(str(tmp_path / "fp32.onnx"))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv" and n.output[0] not in {o.name for o in proto.graph.output})
+    relu = onnx.helper.make_node("Identity", [conv.input[0]], [conv.output[0]])
+    index = list(proto.graph.node).index(conv)
+    proto.graph.node.remove(conv)
+    proto.graph.node.insert(index, relu)
+    path = tmp_path / "fewer.onnx"
+    onnx.save(proto, str(path))
+    return path

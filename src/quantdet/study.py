@@ -614,7 +614,7 @@ REPORT_OUTPUTS = ("results/report.md", "results/plots/ap_vs_severity.png",
                   "results/plots/rpc_per_model.png", "results/plots/ap_per_corruption.png",
                   "results/plots/accuracy_vs_robustness.png",
                   "results/tables/robustness.csv", "results/tables/ap_by_condition.csv",
-                  "results/tables/detectors.csv", "results/tables/precisions.csv",
+                  "results/tables/detectors.csv", "results/tables/precisions.csv", "results/tables/losses.csv",
                   "results/tables/quantization_drop.csv", "results/tables/ap_vs_severity.csv",
                   "results/metrics/robustness.json", "results/metrics/export.json",
                   "results/study.tsv", "results/environment.json")

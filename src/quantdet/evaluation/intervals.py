@@ -321,7 +321,7 @@ def _comparison(record: dict, figures: dict, level: float) -> dict:
                 for seed, t, b in zip(record["seeds"], record["treatment"], record["baseline"])]
     out = {**record, "differences": paired_differences(treatments, baselines, DIFFERENCE_METRICS, level),
            "per_seed": per_seed}
-    if all(b.endswith("-fp32") for b in record["baseline"]):   # what a model lost against its FP32
+    if all(study.parse_model_name(b).fp32 for b in record["baseline"]):   # what a model lost against its FP32
         recalls = [f.get("recall", {}) for f in treatments + baselines]
         classes = [c for c in recalls[0] if all(c in r for r in recalls)] if recalls else []
         out["recall_differences"] = paired_differences(

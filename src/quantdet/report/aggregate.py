@@ -81,6 +81,9 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
 
     precision_table = precision_rows(params, intervals or {}, precision_records or {}, every_export)
     written["precisions_table"] = _write_csv(precision_table, out / "tables" / "precisions.csv")
+    from quantdet.report.losses import collapse_section, loss_rows, losses_section
+
+    written["losses_table"] = _write_csv(loss_rows(intervals or {}), out / "tables" / "losses.csv")
     written["ap_vs_severity_json"] = atomic_write_json(out / "tables" / "ap_vs_severity.json",
                                                        _wide_curves(tables["ap_vs_severity"], order))
 
@@ -109,7 +112,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
     report = out / "report.md"
     sections = "\n\n".join(filter(None, [detectors_section(params, intervals, every_export),
                                            precisions_section(params, intervals, precision_records or {},
-                                                              every_export)]))
+                                                              every_export),
+                                           losses_section(intervals)]))
     relative = {title: Path(os.path.relpath(p, report.parent)).as_posix() for title, p in plots.items()}
     grids = {g: Path(os.path.relpath(p, report.parent)).as_posix() for g, p in grids.items()}
     num_images = [r["num_images"] for r in rows if isinstance(r.get("num_images"), int)]
@@ -117,7 +121,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
                                                                       mixed_bits or {}, grids,
                                                                       generated_info or {}, _dataset_classes(),
                                                                       intervals, environment, ablation,
-                                                                      sections))
+                                                                      sections,
+                                                                      collapse_section(intervals, every_export)))
 
     return {"models": list(every_robustness["model"]),
             "robustness": {r.model: {"P": r.P, "mPC": r.mPC, "rPC": r.rPC} for r in every_robustness.itertuples()},

@@ -17,7 +17,8 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
                         generated_grids: dict[str, str] | None = None,
                         generated_info: dict[str, dict] | None = None,
                         classes: list[str] | None = None, intervals: dict | None = None,
-                        environment: str = "", ablation: dict | None = None, detectors: str = "") -> str:
+                        environment: str = "", ablation: dict | None = None, detectors: str = "",
+                        collapse: str = "") -> str:
     """``tables`` are those of quantdet.report.tables; ``plots`` maps a title to a path
     relative to the report; ``classes`` are those of the prepared data, where known;
     ``intervals``: results/metrics/intervals.json, whose answers replace the interval-less
@@ -26,6 +27,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
     summary = tables.get("comparison_summary", pd.DataFrame())
     sections = [
         f"# Study report: {params.get('study', {}).get('name', 'quantdet')}",
+        collapse,   # deployed models that lost more than half of their FP32 model's P: first
         _answers(intervals, exports),
         detectors,
         _study_description(params, tables["robustness"], num_images, classes),

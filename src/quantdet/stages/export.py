@@ -38,6 +38,7 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     import torch
 
     from quantdet.export.fidelity import batch_outputs, detection_agreement, output_agreement
+    from quantdet.export.divergence import layer_divergence
     from quantdet.export.onnx_export import export_onnx
     from quantdet.export.runner import OrtDetector
     from quantdet.models.io import load_model
@@ -82,6 +83,8 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
             "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size},
             "agreement": agreement,
             "calibration": payload["quant"]["calibration"],
+            # where it departs from FP32, layer by layer: what the report shows for a collapsed model
+            "layer_divergence": layer_divergence(fp32_onnx, out, images[:8].numpy(), threads=exp_cfg["threads"]),
         })
         # None for a repeat seed: the study seed's model has the figures
         report.update(timing or {"latency_ms": None})

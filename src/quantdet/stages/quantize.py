@@ -292,6 +292,9 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
                                      exp_cfg["latency_batch"], letterbox)))
     summary.update(time_files({"fp32_onnx": fp32_onnx, "int8_onnx": out}, exp_cfg,
                               images.numpy().astype("float32")))
+    from quantdet.export.divergence import layer_divergence
+
+    summary["layer_divergence"] = layer_divergence(fp32_onnx, out, images.numpy(), threads=exp_cfg["threads"])
     report_path = out.with_suffix(".export.json")
     write_json(report_path, summary)
     log_job(params, "peer", model=name.model,
