@@ -146,6 +146,9 @@ def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert convs and all(producers[c.input[1]].op_type == "DequantizeLinear" for c in convs)
     assert all(inits[producers[c.input[1]].input[0]].data_type == onnx.TensorProto.INT8 for c in convs)
+    from quantdet.stages.quantize import _peer_weight_type
+
+    _peer_weight_type(tmp_path / "pt2e.onnx", "auto")   # as the peer stage stores it on this CPU
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(9))
     for fp32, quantized in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "pt2e.onnx")(x)):
         assert fp32.shape == quantized.shape

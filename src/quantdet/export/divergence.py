@@ -54,8 +54,12 @@ def layer_divergence(fp32_onnx, quantized_onnx, images: np.ndarray, top: int = 8
     if len(reference) != len(quantized) or not reference:
         return {"matched": False,
                 "why": f"{len(reference)} convolutions in the FP32 graph, {len(quantized)} in the quantized one"}
-    fp32_values = _run_with_outputs(Path(fp32_onnx), [t for _, t in reference], images, threads)
-    quant_values = _run_with_outputs(Path(quantized_onnx), [t for _, t in quantized], images, threads)
+    try:
+        fp32_values = _run_with_outputs(Path(fp32_onnx), [t for _, t in reference], images, threads)
+        quant_values = _run_with_outputs(Path(quantized_onnx), [t for _, t in quantized], images, threads)
+    except Exception as err:   # a diagnosis: its failure is recorded, never the job's
+        return {"matched": False, "why": f"onnxruntime could not expose the convolutions' outputs: "
+                                         f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"}
     layers = []
     for index, ((layer, _), f, q) in enumerate(zip(reference, fp32_values, quant_values)):
         f, q = np.asarray(f, dtype=np.float64), np.asarray(q, dtype=np.float64)
