@@ -50,7 +50,8 @@ def test_dvc_repro_completes_the_study(dvc_study):
 
     robustness = json.loads((dvc_study / "results/metrics/robustness.json").read_text())
     # every model of the study, deployed twins and repeat seeds included, as with Snakemake
-    assert set(robustness) == set(study.evaluated_models(load_params(dvc_study / "params.yaml")))
+    # (less a deployment precision this machine cannot run: study.not_run_here)
+    assert set(robustness) == set(study.measured_models(load_params(dvc_study / "params.yaml")))
     assert (dvc_study / "results/report.md").exists()
     shown = _run(dvc_study, str(BIN / "dvc"), "metrics", "show")
     assert "student-fp32" in shown

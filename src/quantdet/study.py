@@ -410,6 +410,28 @@ def evaluated_models(params: dict) -> list[str]:
     return names + precision_models(params)
 
 
+def not_run_here(params: dict) -> dict[str, str]:
+    """The evaluated models this machine's runtimes cannot run, and why: a deployment
+    precision whose runtime, asked of a one-convolution model, ran something else
+    (quantdet.export.precision.probe; e.g. OpenVINO f16 on a CPU without AVX-512 FP16). Their
+    jobs record `not_run`; intervals and the report leave them out and say why."""
+    from quantdet.export.precision import probe
+
+    reasons = {}
+    for model in precision_models(params):
+        name = parse_model_name(model)
+        reason = probe(name.method, name.runtime)
+        if reason:
+            reasons[model] = reason
+    return reasons
+
+
+def measured_models(params: dict) -> list[str]:
+    """The evaluated models this machine measures: `evaluated_models` less `not_run_here`."""
+    skipped = not_run_here(params)
+    return [m for m in evaluated_models(params) if m not in skipped]
+
+
 def trained_models(params: dict) -> list[str]:
     """Every model file the study makes, FP32 and quantized, repeats included."""
     names = [*fp32_models(params), *quantized_models(params)]
