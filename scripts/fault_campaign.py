@@ -367,11 +367,18 @@ def study_seconds(reference: Path, default: float) -> float:
 
 
 def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int, log,
-                params: Path = SMOKE, span: float | None = None) -> dict:
-    """`kills` kills spread over `span` seconds (default: the reference study's wall time)."""
+                params: Path = SMOKE, span: float | None = None, overlay: dict | None = None) -> dict:
+    """`kills` kills spread over `span` seconds (default: the reference study's wall time), of
+    the study `params` (Snakemake) or `overlay` (either runner; DVC's default: dvc_overlay)."""
     folder = work / runner
     shutil.rmtree(folder, ignore_errors=True)
-    command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder)
+    if overlay is not None and runner == "snakemake":
+        import yaml
+
+        folder.mkdir(parents=True)
+        params = folder.parent / f"{runner}-overlay.yaml"
+        params.write_text(yaml.safe_dump(overlay, sort_keys=False))
+    command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder, overlay)
     # the study's wall time here: the reference's where known (the DVC study is ~0.8 of it)
     if span is None:
         span = study_seconds(reference, 180.0) * (1.0 if runner == "snakemake" else 0.8)

@@ -18,3 +18,14 @@ def one_job_per_stage() -> dict:
                              repeat={"seeds": [], "ptq": [], "qat": []},
                              precisions={"int8_dynamic": ["onnxruntime"]})
     return overlay
+
+
+def slurm_study() -> dict:
+    """The SLURM run's study (tests/test_cluster.py): one job of each kind a cluster runs
+    differently (pre-training, cancelled and resumed; PTQ; QAT; mimic and its teacher; export;
+    the deployed evaluation), its results compared model by model with the local smoke study.
+    What every method adds is the same job kind again (the DVC study and the Snakemake smoke
+    study run them)."""
+    overlay = one_job_per_stage()
+    overlay["matrix"].update(ptq=["minmax"], peer=[], precisions={}, runtimes=["onnxruntime"])
+    return overlay

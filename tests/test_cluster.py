@@ -23,7 +23,7 @@ import yaml
 from quantdet import study
 from quantdet.config import load_params
 from tests.local_slurm import start_or_skip_reason
-from tests.smoke_overlays import one_job_per_stage
+from tests.smoke_overlays import slurm_study
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -105,7 +105,7 @@ def cluster_params(work) -> dict:
 def cluster_study(slurm, tracking_server, tmp_path_factory):
     cluster, reason = slurm
     work = tmp_path_factory.mktemp("cluster-study")
-    (work / "params.yaml").write_text(yaml.safe_dump(one_job_per_stage(), sort_keys=False))
+    (work / "params.yaml").write_text(yaml.safe_dump(slurm_study(), sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on",
            "MLFLOW_TRACKING_URI": tracking_server}
     snakemake = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile")]

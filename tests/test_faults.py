@@ -26,20 +26,30 @@ def _check(row):
     assert not runs["lost"] and not runs["duplicated"], runs
 
 
-@pytest.mark.parametrize("runner,kills,span", [("snakemake", 4, 100), ("dvc", 3, 60)])
+def _trained_study() -> dict:
+    """The smallest study with a pre-training and a QAT job, both resumed from their
+    checkpoints when killed (`make faults` kills the whole smoke study, 20 times per runner)."""
+    overlay = campaign.tiny_overlay()
+    overlay["matrix"]["qat"] = ["daqat"]
+    return overlay
+
+
+@pytest.mark.parametrize("runner,kills,span", [("snakemake", 3, 60), ("dvc", 3, 45)])
 def test_killed_again_and_again_the_study_ends_as_if_never_killed(smoke_study, tmp_path, runner, kills, span):
     """The kills land in the first half of the study (a kill at most span / kills * 2 seconds
     into each run), so that all of them happen on a faster machine too."""
     if runner == "dvc" and subprocess.run(["git", "--version"], capture_output=True).returncode:
         pytest.skip("dvc needs git")
-    row = campaign.fault_kills(runner, tmp_path, smoke_study, kills, seed=1, log=print, span=span)
+    overlay = _trained_study() if runner == "snakemake" else campaign.tiny_overlay()
+    row = campaign.fault_kills(runner, tmp_path, smoke_study, kills, seed=1, log=print, span=span,
+                               overlay=overlay)
     assert len(row["events"]) == kills, row["events"]
     assert {e["mode"] for e in row["events"]} <= {"job", "runner"}
     _check(row)
 
 
 def test_a_full_disk_fails_the_job_saying_so_and_the_rerun_finishes(smoke_study, tmp_path):
-    row = campaign.fault_full_disk(tmp_path, smoke_study, log=print, overlay=campaign.dvc_overlay())
+    row = campaign.fault_full_disk(tmp_path, smoke_study, log=print, overlay=campaign.tiny_overlay())
     if row["why"].startswith("not run"):
         pytest.skip(row["why"])
     assert row["failed_first"] and row["message"], row

@@ -41,7 +41,7 @@ def tv_study(smoke_study, tmp_path_factory):
     params["study"]["name"] = "smoke-torchvision"
     params["models"].update(student=STUDENT, teacher=TEACHER, students=STUDENTS)
     params["matrix"].update(ptq=["minmax", "zeroq"], qat=["fqn"], peer=["ort_minmax"],
-                            mixed=[], repeat={"seeds": [], "ptq": [], "qat": []})
+                            mixed=[], repeat={"seeds": [], "ptq": [], "qat": []}, precisions={})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on"}
     env.pop("MLFLOW_TRACKING_URI", None)

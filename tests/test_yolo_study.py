@@ -1,7 +1,9 @@
 """The smoke study with Ultralytics YOLO detectors (the yolo family) as student and teacher:
 every method of every family (each PTQ observer, QAT recipe, zero-shot method, mixed precision,
 mimic) and the four peers, trained, quantized, exported to integer ONNX, evaluated and
-reported, through Snakemake, reusing the smoke study's prepared and corrupted data. One smoke config for the family (CI keeps one per family)."""
+reported (deployed in onnxruntime; the smoke study's yolo11n student covers the simulated
+evaluation and the deployment precisions), through Snakemake, reusing the smoke study's prepared
+and corrupted data. One smoke config for the family (CI keeps one per family)."""
 import json
 import os
 import shutil
@@ -40,7 +42,11 @@ def yolo_study(smoke_study, tmp_path_factory):
     params["study"]["name"] = "smoke-yolo"
     params["models"]["student"] = STUDENT
     params["models"]["teacher"] = TEACHER
-    params["matrix"].update(peer=PEERS, ptq=PTQ, qat=QAT)
+    # the smoke study runs a YOLO student (yolo11n) simulated and deployed, with deployment
+    # precisions and repeat seeds: here each method's models are evaluated deployed only
+    params["models"]["students"] = None
+    params["matrix"].update(peer=PEERS, ptq=PTQ, qat=QAT, runtimes=["onnxruntime"], precisions={},
+                            repeat={"seeds": [], "ptq": [], "qat": []})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "QUANTDET_TRACKING": "on",
            "HOME": str(work / "home")}
