@@ -404,6 +404,8 @@ def test_the_report_shows_object_size_and_class_losses_and_names_a_collapsed_mod
     section = losses_section(intervals)
     assert section.startswith("## What quantization loses: object sizes and classes")
     assert "`student-ptq-dacal-w8a8` (+1 seeds)" in section and "`student-ptq-minmax-w8a8`" in section
+    # once per model: pooled with its seeds, not again alone
+    assert section.count("| `student-ptq-dacal-w8a8` ") == 1 and section.count("| `student-ptq-minmax-w8a8` ") == 1
     assert "`teacher-fp32`" not in section and "ground-truth boxes: small" in section
     rows = loss_rows(intervals)
     assert set(rows["figure"]) >= {"AP_small", "AP_medium", "recall:class_1", "recall:class_3"}

@@ -22,16 +22,16 @@ COLLAPSE = 0.5   # a deployed model below this share of its FP32 model's P has c
 
 def against_fp32(intervals: dict) -> list[dict]:
     """The comparisons of a quantized or lower-precision model with its own FP32 model, one
-    per (treatment, baseline) pair, in the order intervals.json holds them."""
-    seen, records = set(), []
+    per model, in the order intervals.json first holds them: where a model is compared both
+    alone and pooled with its repeat seeds, the pooled comparison (the one with more seeds)."""
+    records: dict[str, dict] = {}
     for record in intervals.get("comparisons", []):
         if "recall_differences" not in record or any(study.parse_model_name(t).fp32 for t in record["treatment"]):
             continue
-        key = (tuple(record["treatment"]), tuple(record["baseline"]))
-        if key not in seen:
-            seen.add(key)
-            records.append(record)
-    return records
+        first = record["treatment"][0]
+        if first not in records or len(record["treatment"]) > len(records[first]["treatment"]):
+            records[first] = record
+    return list(records.values())
 
 
 def _label(record: dict) -> str:
@@ -68,10 +68,11 @@ def losses_section(intervals: dict | None) -> str:
         d, recall = record["differences"], record["recall_differences"]
         finite = {c: v for c, v in recall.items() if v and v.get("estimate") is not None}
         worst = min(finite, key=lambda c: finite[c]["estimate"]) if finite else None
+        worst = worst if worst and finite[worst]["estimate"] < 0 else None   # no class lost recall
         lower = sum(verdict(v) == "lower" for v in finite.values())
         rows.append([_label(record), record["bits"],
                      *[with_interval(d.get(f"AP_{size}"), "AP", signed=True) for size in SIZES],
-                     f"{worst}: {with_interval(finite[worst], 'AP', signed=True)}" if worst else "–",
+                     f"{worst}: {with_interval(finite[worst], 'AP', signed=True)}" if worst else "none",
                      f"{lower} of {len(finite)}"])
     counts = ", ".join(f"{size} {sizes.get(size, 0)}" for size in SIZES)
     return "\n".join([
