@@ -88,6 +88,13 @@ def test_recall_at_a_score_threshold_equals_cocoeval_on_the_detections_above_it(
     got = resampled_recall(matches, np.ones((1, 25)), 0.4)[0]
     assert got == pytest.approx(cocoeval_recall(gt, above), abs=1e-12)
     counts = resample_counts(25, 1, seed=2)[1]
+    resampled, results = _resampled_set(gt, above, counts)
+    assert resampled_recall(matches, counts[None], 0.4)[0] == pytest.approx(cocoeval_recall(resampled, results),
+                                                                            abs=1e-12)
+
+
+def _resampled_set(gt: dict, detections: list, counts) -> tuple[dict, list]:
+    """The data set (and detections) holding image i counts[i] times, each copy a new image id."""
     images, annotations, results = [], [], []
     for image_index, copies in enumerate(counts):
         for copy in range(copies):
@@ -95,10 +102,8 @@ def test_recall_at_a_score_threshold_equals_cocoeval_on_the_detections_above_it(
             images.append({"id": new_id, "width": 128, "height": 128})
             annotations += [{**a, "id": len(annotations) + i + 1, "image_id": new_id}
                             for i, a in enumerate(a for a in gt["annotations"] if a["image_id"] == image_index + 1)]
-            results += [{**d, "image_id": new_id} for d in above if d["image_id"] == image_index + 1]
-    resampled = {"images": images, "annotations": annotations, "categories": gt["categories"]}
-    assert resampled_recall(matches, counts[None], 0.4)[0] == pytest.approx(cocoeval_recall(resampled, results),
-                                                                            abs=1e-12)
+            results += [{**d, "image_id": new_id} for d in detections if d["image_id"] == image_index + 1]
+    return {"images": images, "annotations": annotations, "categories": gt["categories"]}, results
 
 
 def test_a_resample_equals_coco_on_the_resampled_image_set():
@@ -108,15 +113,7 @@ def test_a_resample_equals_coco_on_the_resampled_image_set():
                                           score_decimals=12)
     resampler = ResampledAP(match_images(gt, detections))
     for counts in resample_counts(20, 3, seed=5)[1:]:
-        images, annotations, results = [], [], []
-        for image_index, copies in enumerate(counts):
-            for copy in range(copies):
-                new_id = 1000 * (copy + 1) + image_index + 1
-                images.append({"id": new_id, "width": 128, "height": 128})
-                annotations += [{**a, "id": len(annotations) + i + 1, "image_id": new_id}
-                                for i, a in enumerate(a for a in gt["annotations"] if a["image_id"] == image_index + 1)]
-                results += [{**d, "image_id": new_id} for d in detections if d["image_id"] == image_index + 1]
-        resampled = {"images": images, "annotations": annotations, "categories": gt["categories"]}
+        resampled, results = _resampled_set(gt, detections, counts)
         assert resampler(counts[None])[0] == pytest.approx(coco_box_metrics(resampled, results)["AP"], abs=1e-12)
 
 
