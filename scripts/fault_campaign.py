@@ -62,9 +62,15 @@ def snakemake_command(work: Path) -> list[str]:
     return [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "2"]
 
 
-def setup_snakemake(work: Path, params: Path = SMOKE) -> list[str]:
+def setup_snakemake(work: Path, params: Path = SMOKE, overlay: dict | None = None) -> list[str]:
+    """The study `params` (a file), or `overlay` where given, in `work`."""
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copy(params, work / "params.yaml")
+    if overlay is None:
+        shutil.copy(params, work / "params.yaml")
+    else:
+        import yaml
+
+        (work / "params.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     return snakemake_command(work)
 
 
@@ -372,13 +378,7 @@ def fault_kills(runner: str, work: Path, reference: Path, kills: int, seed: int,
     the study `params` (Snakemake) or `overlay` (either runner; DVC's default: dvc_overlay)."""
     folder = work / runner
     shutil.rmtree(folder, ignore_errors=True)
-    if overlay is not None and runner == "snakemake":
-        import yaml
-
-        folder.mkdir(parents=True)
-        params = folder.parent / f"{runner}-overlay.yaml"
-        params.write_text(yaml.safe_dump(overlay, sort_keys=False))
-    command = setup_snakemake(folder, params) if runner == "snakemake" else setup_dvc(folder, overlay)
+    command = setup_snakemake(folder, params, overlay) if runner == "snakemake" else setup_dvc(folder, overlay)
     # the study's wall time here: the reference's where known (the DVC study is ~0.8 of it)
     if span is None:
         span = study_seconds(reference, 180.0) * (1.0 if runner == "snakemake" else 0.8)
