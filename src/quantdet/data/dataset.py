@@ -1,8 +1,6 @@
 """A split folder as a torch Dataset of letterboxed images and detection targets."""
 
 import io
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ import torch
 from PIL import Image
 
 from quantdet.data.coco import load_coco
+from quantdet.data.letterbox import CORNER, Letterbox  # noqa: F401 (its home before data.letterbox)
 from quantdet.data.split import ANNOTATIONS, IMAGES
 from quantdet.errors import DataError
 from quantdet.integrity import SplitChecksums
@@ -22,37 +21,6 @@ MIN_KEPT_AREA = 0.5
 MIN_KEPT_SIDE_PX = 2.0
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image becomes a square network input: scaled to fit S, then padded.
-
-    The default (quantdet's own detector) pads right and bottom with black, resized by PIL's
-    bilinear filter. A detector family trained elsewhere sees its own: Ultralytics' (the `yolo`
-    family) resizes the long side to S with OpenCV's bilinear interpolation, each side rounded
-    up, and centres the image on grey (114), so a checkpoint `yolo train` made scores here as it
-    does in Ultralytics' validator. A box maps back by (box - offset) / scale."""
-    centre: bool = False
-    pad: int = 0
-    ceil: bool = False      # resized sides rounded up (min(ceil(w * r), S)) rather than to nearest
-    resample: str = "pil"   # pil: PIL bilinear (antialiased); cv2: OpenCV INTER_LINEAR
-    clip: bool = False      # detections mapped back are clipped to the image (Ultralytics' scale_boxes)
-
-    def sizes(self, width: int, height: int, scale: float) -> tuple[int, int]:
-        if self.ceil:
-            return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
-        return max(1, round(width * scale)), max(1, round(height * scale))
-
-    def resize(self, image, size: tuple[int, int]) -> np.ndarray:
-        if size == image.size:
-            return np.asarray(image)
-        if self.resample == "cv2":
-            import cv2
-
-            return cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR)
-        return np.asarray(image.resize(size, Image.Resampling.BILINEAR))
-
-
-CORNER = Letterbox()
 
 
 class DetectionDataset(torch.utils.data.Dataset):

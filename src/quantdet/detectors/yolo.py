@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 from quantdet.detectors import register_detector
-from quantdet.data.dataset import Letterbox
+from quantdet.data.letterbox import Letterbox
 from quantdet.detectors.base import DetectorFamily
 from quantdet.io_utils import sha256_of
 from quantdet.errors import ParamsError, QuantdetError
