@@ -267,7 +267,56 @@ def corruptions_page(params: dict, out: Path) -> str:
         "severity (`corruptions.severities`), made by the `corrupt` stage's own function and seeding. "
         "mPC averages AP over the benchmark corruptions and severities; see "
         "[statistics](../statistics.md).\n",
-        "![Every corruption of the default study at every severity](corruptions.png)\n"])
+        "![Every corruption of the default study at every severity](corruptions.png)\n",
+        suites_section(image, corruptions["seed"], out)])
+
+
+def suites_section(image, seed: int, out: Path) -> str:
+    """The degradation suites (`quantdet suites`) and the same image under each degradation of
+    the suites besides imagecorruptions, at each severity it has."""
+    import matplotlib.pyplot as plt
+
+    from quantdet.corruptions import suites
+    from quantdet.corruptions.corrupted_split import corrupt_image, image_seed
+
+    others = [s for s in suites.suites() if s.name != suites.DEFAULT]
+    cells = [(s.name, c, sev) for s in others for c in s.known() for sev in s.severities(c)]
+    columns = 6
+    rows = -(-(len(cells) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.8 * rows))
+    for ax, cell in zip(axes.flat, [None, *cells]):
+        pixels = image if cell is None else corrupt_image(image, cell[1], cell[2], image_seed(seed, cell[1], cell[2], 1))
+        ax.imshow(pixels)
+        ax.set_title("clean" if cell is None else f"{cell[0]}: {cell[1]}" + (f" s{cell[2]}" if cell[0] == cell[1] else ""),
+                     fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in list(axes.flat)[len(cells) + 1:]:
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    fig.savefig(out / "suites.png", dpi=100)
+    plt.close(fig)
+    lines = ["## Degradation suites\n",
+             "`corruptions.suites` names the suites a study runs (`quantdet suites` lists them): `imagecorruptions` "
+             "(the corruptions above; mPC and rPC are its figures, and every study runs it) and any of the others, "
+             "each with its settings under `corruptions.<suite>`. Each degradation is written once as a corrupted "
+             "copy of val (`data/corrupted/<name>/<severity>/`) and every model is evaluated on it; each suite "
+             "gets its own mean AP (`mPC_<suite>`) and that mean relative to P (`rPC_<suite>`), each with its "
+             "interval and its paired difference from the FP32 model (report section \"Other degradation "
+             "suites\"). A suite of your own is one module in `src/quantdet/corruptions/suites/` (or one named "
+             "in `QUANTDET_SUITES`) with a class registered by `register_suite`.\n",
+             "| suite | degradations (severities) | settings | source |", "|---|---|---|---|"]
+    for s in suites.suites():
+        written = ", ".join(f"`{c}` ({min(s.severities(c))}-{max(s.severities(c))})" for c in s.known())
+        settings = ("`names`, `heldout`, `severities`" if s.name == suites.DEFAULT
+                    else {"qrid": "`sets`", "moire": "`severities`"}.get(s.name, ""))
+        lines.append(f"| `{s.name}` | {written} | {settings} | {s.reference} |")
+    lines += ["", "What each degradation of the other suites does, with its parameters: the docstrings of "
+              "`src/quantdet/corruptions/suites/qrid.py` (QRID's sets, as its paper and repository give them) and "
+              "`moire.py` (a model of screen-capture moiré written for quantdet: coloured, bent beat bands whose "
+              "amplitude and blur grow with the severity).\n",
+              "![The same image under each degradation of the other suites](suites.png)\n"]
+    return "\n".join(lines)
 
 
 PAGES = {"methods.md": lambda params: methods_page(params), "detectors.md": lambda params: detectors_page(),

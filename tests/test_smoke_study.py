@@ -127,6 +127,18 @@ def test_every_figure_has_its_interval_and_the_study_table_is_written(smoke_stud
         assert 0.0 <= values["P_low"] <= values["P_high"] <= 1.0
     report = (smoke_study / "results/report.md").read_text()
     assert "## Answers, with 95% intervals" in report
+    # the other degradation suites: written once, each model's mean and relative AP with intervals
+    assert intervals["suites"] == {"qrid": {"corruptions": {"noisy_low": [1], "mixed_50pct": [1]},
+                                            "figures": ["mPC_qrid", "rPC_qrid"]},
+                                   "moire": {"corruptions": {"moire": [3]}, "figures": ["mPC_moire", "rPC_moire"]}}
+    for figures in intervals["models"].values():
+        for name in ("mPC_qrid", "rPC_qrid", "mPC_moire", "rPC_moire"):
+            assert figures[name]["low"] <= figures[name]["estimate"] <= figures[name]["high"], name
+    assert (smoke_study / "data/corrupted/noisy_low/1/annotations.json").is_file()
+    assert (smoke_study / "data/corrupted/moire/3/annotations.json").is_file()
+    assert "## Other degradation suites" in report and "### qrid" in report and "### moire" in report
+    fp32 = [c for c in intervals["comparisons"] if c["group"] == "fp32"]
+    assert fp32 and all("rPC_qrid" in c["differences"] for c in fp32)
     table = (smoke_study / "results/study.tsv").read_text().splitlines()
     assert len(table) == len(study.jobs(params)) + 1
 

@@ -40,6 +40,7 @@ def tv_study(smoke_study, tmp_path_factory):
     params = load_params(work / "params.yaml")
     params["study"]["name"] = "smoke-torchvision"
     params["models"].update(student=STUDENT, teacher=TEACHER, students=STUDENTS)
+    params["corruptions"]["suites"] = ["imagecorruptions"]   # the smoke study evaluates the others
     params["matrix"].update(ptq=["minmax", "zeroq"], qat=["fqn"], peer=["ort_minmax"],
                             mixed=[], repeat={"seeds": [], "ptq": [], "qat": []}, precisions={})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -45,6 +45,7 @@ def yolo_study(smoke_study, tmp_path_factory):
     # the smoke study runs a YOLO student (yolo11n) simulated and deployed, with deployment
     # precisions and repeat seeds: here each method's models are evaluated deployed only
     params["models"]["students"] = None
+    params["corruptions"]["suites"] = ["imagecorruptions"]   # the smoke study evaluates the others
     params["matrix"].update(peer=PEERS, ptq=PTQ, qat=QAT, runtimes=["onnxruntime"], precisions={},
                             repeat={"seeds": [], "ptq": [], "qat": []})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

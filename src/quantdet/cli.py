@@ -29,6 +29,8 @@ READS_WRITES = {
                 "no params file: it runs in any folder", "the list, on standard output"),
     "detectors": ("the detector registry (src/quantdet/detectors/, modules named in "
                   "QUANTDET_DETECTORS); no params file: it runs in any folder", "the list, on standard output"),
+    "suites": ("the degradation-suite registry (src/quantdet/corruptions/suites/, modules named in "
+               "QUANTDET_SUITES); no params file: it runs in any folder", "the list, on standard output"),
     "compose": ("the study files given and the base params.yaml", "the complete params file --out"),
     "dvc-yaml": ("the params file", "dvc.yaml (--out), one DVC stage per job of the study table"),
     "study-table": ("the params file", "the study table as TSV (--out, default standard output)"),
@@ -88,8 +90,8 @@ def _description(name: str, help_text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantdet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="`quantdet STAGE --help` says what a stage reads and writes. `quantdet methods` and "
-               "`quantdet detectors` list the registries in any folder.")
+        epilog="`quantdet STAGE --help` says what a stage reads and writes. `quantdet methods`, "
+               "`quantdet detectors` and `quantdet suites` list the registries in any folder.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="study parameters (params.yaml)")
     common.add_argument("--log", help="also write the log to this file")
@@ -102,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("validate", "validate params.yaml against the schema and print it merged onto the base study")
     stage("methods", "list the registered methods of each family, with the params leaves they read")
     stage("detectors", "list the registered detector families and the architectures each accepts")
+    stage("suites", "list the registered degradation suites and the degradations each writes")
     p = stage("compose", "write a study overlay merged onto the base params.yaml (a complete params file)")
     p.add_argument("overlays", nargs="+", help="study files (overlays), applied in order")
     p.add_argument("--out", required=True)
@@ -229,6 +232,8 @@ def run(args, argv: list[str] | None = None) -> object:
         return _list_methods()
     if args.stage == "detectors":
         return _list_detectors()
+    if args.stage == "suites":
+        return _list_suites()
     if args.stage == "measured":
         from quantdet.report.measured import write_measured
         into = None if args.into == "-" else (args.into or RESULTS_PAGE)
@@ -354,6 +359,16 @@ def _list_detectors() -> list:
         for method, reason in family.unsupported.items():
             print(f"  not with {method}: {reason}")
     return detectors.families()
+
+
+def _list_suites() -> list:
+    from quantdet.corruptions import suites
+
+    for suite in suites.suites():
+        print(f"{suite.name}: {suite.description}")
+        print(f"  writes: {', '.join(f'{c} ({min(suite.severities(c))}-{max(suite.severities(c))})' for c in suite.known())}")
+        print(f"  from: {suite.reference}")
+    return suites.suites()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,6 +207,40 @@ def _key_path(error) -> str:
     return "".join(parts) or "(top level)"
 
 
+CORRUPTION_KEYS = ("suites", "names", "heldout", "severities", "seed", "images")
+
+
+def _check_suites(corr: dict, source) -> None:
+    """corruptions.suites: registered suites, imagecorruptions among them (mPC and rPC are its);
+    every other key of corruptions is a registered suite's settings, checked by the suite; no
+    degradation written by two suites."""
+    from quantdet.corruptions import suites
+
+    known = suites.names()
+    chosen = corr.get("suites", [suites.DEFAULT])
+    for name in chosen:
+        if name not in known:
+            raise ParamsError(f"{source}: corruptions.suites: {name!r} is not a degradation suite "
+                              f"(known: {', '.join(known)}; `quantdet suites` lists them)")
+    if suites.DEFAULT not in chosen:
+        raise ParamsError(f"{source}: corruptions.suites: {suites.DEFAULT} is required "
+                          "(mPC and rPC are its figures; the other suites are reported beside them)")
+    for key in corr:
+        if key in CORRUPTION_KEYS:
+            continue
+        if key not in known or key == suites.DEFAULT:
+            raise ParamsError(f"{source}: corruptions.{key}: not a setting of corruptions nor a degradation suite "
+                              f"(suites: {', '.join(n for n in known if n != suites.DEFAULT)})")
+        suites.get(key).check(corr[key], f"{source}: corruptions.{key}")
+    seen = {}
+    for name, conditions in suites.study_conditions(corr).items():
+        for corruption in conditions:
+            if corruption in seen:
+                raise ParamsError(f"{source}: corruptions.suites: {corruption} is written by both "
+                                  f"{seen[corruption]} and {name}")
+            seen[corruption] = name
+
+
 def validate_params(params: dict, source: str = "params.yaml", schema: dict | None = None,
                     check_backbones: bool = False, lines: dict[tuple, int] | None = None) -> dict:
     """Merge onto the base study and validate; raise ParamsError naming the first bad key.
@@ -310,6 +344,7 @@ def _check_consistency(params: dict, source: str) -> None:
     _check_detector_methods(params, source)
     _check_precisions(params, source)
     corr = params["corruptions"]
+    _check_suites(corr, source)
     both = sorted(set(corr["names"]) & set(corr.get("heldout", [])))
     if both:
         raise ParamsError(f"{source}: corruptions.heldout: {', '.join(both)} also in corruptions.names "

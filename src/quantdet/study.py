@@ -36,7 +36,8 @@ Model names are built here and parsed back here, nowhere else:
 The part after the family (ptq, qat, mimic, peer) is a method of the registry of that family.
 
 A *condition* is ``clean`` or the name of a corruption (evaluated at every severity): the
-benchmark corruptions (averaged into mPC) and the held-out ones (reported apart).
+benchmark corruptions (averaged into mPC) and the held-out ones (reported apart), then those
+of the other degradation suites of ``corruptions.suites`` (each averaged apart).
 """
 from __future__ import annotations
 
@@ -448,9 +449,33 @@ def heldout_corruptions(params: dict) -> list[str]:
     return list(params["corruptions"].get("heldout", []))
 
 
+def suite_conditions(params: dict) -> dict[str, dict[str, list[int]]]:
+    """The degradation suites the study runs (corruptions.suites), each {corruption: severities}
+    (quantdet.corruptions.suites); imagecorruptions' are the benchmark and held-out ones."""
+    from quantdet.corruptions import suites
+
+    return suites.study_conditions(params["corruptions"])
+
+
+def other_suites(params: dict) -> dict[str, dict[str, list[int]]]:
+    """The suites besides imagecorruptions (each with its own mean and relative AP)."""
+    from quantdet.corruptions.suites import DEFAULT
+
+    return {name: c for name, c in suite_conditions(params).items() if name != DEFAULT}
+
+
+def suite_of(corruption: str, params: dict) -> str:
+    for name, conditions_ in suite_conditions(params).items():
+        if corruption in conditions_:
+            return name
+    raise KeyError(f"{corruption!r} is in none of the study's degradation suites")
+
+
 def corruptions(params: dict) -> list[str]:
-    """Every corruption the study writes and evaluates."""
-    return benchmark_corruptions(params) + heldout_corruptions(params)
+    """Every corruption the study writes and evaluates: imagecorruptions' benchmark and
+    held-out ones, then each other suite's."""
+    names = benchmark_corruptions(params) + heldout_corruptions(params)
+    return names + [c for suite in other_suites(params).values() for c in suite if c not in names]
 
 
 def conditions(params: dict) -> list[str]:
@@ -458,7 +483,12 @@ def conditions(params: dict) -> list[str]:
 
 
 def severities_of(condition: str, params: dict) -> list[int]:
-    return [0] if condition == "clean" else list(params["corruptions"]["severities"])
+    if condition == "clean":
+        return [0]
+    for suite in other_suites(params).values():
+        if condition in suite:
+            return list(suite[condition])
+    return list(params["corruptions"]["severities"])
 
 
 
@@ -511,6 +541,17 @@ class Job:
         return " ".join(filter(None, [f"quantdet {CLI.get(self.stage, self.stage)} --params params.yaml",
                                       args, f"--out {self.out or self.outputs[0]}",
                                       f"--log {self.log}"]))
+
+
+def corrupt_reads(corruption: str, params: dict) -> list[str]:
+    """What a corrupt job reads: imagecorruptions' severities, or its own suite's settings."""
+    from quantdet.corruptions import suites
+
+    suite = suite_of(corruption, params)
+    if suite == suites.DEFAULT:
+        return job_reads("corrupt")
+    return ([r for r in job_reads("corrupt") if r != "corruptions.severities"]
+            + [f"corruptions.{key}" for key in suites.get(suite).reads(corruption)])
 
 
 def job_reads(stage: str, role: str = "student", model: str | None = None,
@@ -568,7 +609,7 @@ def jobs(params: dict) -> list[Job]:
     rows = [Job("prepare", "data", (PREPARED,), (), tuple(job_reads("prepare")), log="logs/prepare.log")]
     for c in corruptions(params):   # one job per corruption writes all its severities: with one
         # per severity, process start-up and tracking outweighed the corrupting
-        rows.append(Job("corrupt", c, (corrupted_dir(c),), (PREPARED,), tuple(job_reads("corrupt")),
+        rows.append(Job("corrupt", c, (corrupted_dir(c),), (PREPARED,), tuple(corrupt_reads(c, params)),
                         (("corruption", c),), log=f"logs/corrupt/{c}.log"))
     fp32 = fp32_models(params)
     rows += [_model_job(params, m) for m in fp32]

@@ -1,4 +1,5 @@
 """Corrupted copies of a split: one (corruption, severity) of it, written once, read by every evaluation.
+The corruption is one of imagecorruptions' or another degradation suite's (quantdet.corruptions.suites).
 
 This runs as its own process for each of the 75 benchmark conditions, so it avoids torch,
 and imports imagecorruptions (cv2, numba, scikit-image) only when it corrupts something.
@@ -35,8 +36,19 @@ SEEDED_BY_ARGUMENT = ("glass_blur", "impulse_noise")
 
 
 def check_condition(corruption, severity):
+    """A degradation of imagecorruptions or of another registered suite (quantdet.corruptions.suites)
+    at one of its severities."""
     if corruption not in CORRUPTIONS:
-        raise ParamsError(f"corruption {corruption!r} is unknown (known: {', '.join(CORRUPTIONS)})")
+        from quantdet.corruptions import suites
+
+        suite = suites.of_corruption(corruption)
+        if suite is None:
+            known = [c for s in suites.suites() for c in s.known()]
+            raise ParamsError(f"corruption {corruption!r} is unknown (known: {', '.join(known)})")
+        if severity not in suite.severities(corruption):
+            raise ParamsError(f"severity {severity!r} of {suite.name}'s {corruption!r} is not one of "
+                              f"{list(suite.severities(corruption))}")
+        return
     if severity not in SEVERITIES:
         raise ParamsError(f"severity {severity!r} of corruption {corruption!r} is not an integer in 1-5")
 
@@ -50,6 +62,10 @@ def image_seed(seed, corruption, severity, image_id):
 def corrupt_image(pixels, corruption, severity, seed):
     """`pixels` (uint8 H x W x 3) corrupted reproducibly from `seed`."""
     check_condition(corruption, severity)
+    if corruption not in CORRUPTIONS:   # another suite's degradation
+        from quantdet.corruptions import suites
+
+        return suites.of_corruption(corruption).apply(pixels, corruption, severity, seed)
     from imagecorruptions import corrupt  # heavy imports, only where pixels are corrupted
 
     np.random.seed(seed)

@@ -310,13 +310,16 @@ def resample_counts(num_images: int, resamples: int, seed: int = 0) -> np.ndarra
 
 
 def robustness_replicates(ap: dict[tuple[str, int], np.ndarray], corruptions: list[str],
-                          severities: list[int], groups: dict[str, list[str]] | None = None) -> dict:
+                          severities: list[int], groups: dict[str, list[str]] | None = None,
+                          suites: dict[str, list[tuple[str, int]]] | None = None) -> dict:
     """From AP replicates per (condition, severity), clean being ("clean", 0): P, mPC and rPC
     (Michaelis et al.: mPC over ``corruptions`` x ``severities``, rPC = mPC / P), mPC over
     each named group of corruptions (``mPC_<group>``, e.g. held-out), and two nested dicts:
     "corruptions", AP per evaluated corruption (mean over severities), and "severities",
-    the mean over ``corruptions`` per severity. Every array keeps the replicate layout
-    (element 0: the full image set), so any figure derived from them is resampled alike."""
+    the mean over ``corruptions`` per severity. ``suites``: other degradation suites, each
+    its (corruption, severity) cells: ``mPC_<suite>`` their mean and ``rPC_<suite>`` that mean
+    over P. Every array keeps the replicate layout (element 0: the full image set), so any
+    figure derived from them is resampled alike."""
     def mean(cells):
         return np.mean([ap[cell] for cell in cells], axis=0)
 
@@ -327,8 +330,12 @@ def robustness_replicates(ap: dict[tuple[str, int], np.ndarray], corruptions: li
     for group, names in (groups or {}).items():
         if names:
             figures[f"mPC_{group}"] = mean([(c, s) for c in names for s in severities])
-    evaluated = dict.fromkeys(c for c, _ in ap if c != "clean")
-    figures["corruptions"] = {c: mean([(c, s) for s in severities]) for c in evaluated}
+    for suite, cells in (suites or {}).items():
+        figures[f"mPC_{suite}"] = mean(cells)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            figures[f"rPC_{suite}"] = np.where(p != 0, figures[f"mPC_{suite}"] / p, np.nan)
+    evaluated = dict.fromkeys(c for c, _ in ap if c != "clean")   # each at the severities it has
+    figures["corruptions"] = {c: mean([cell for cell in ap if cell[0] == c]) for c in evaluated}
     figures["severities"] = {s: mean([(c, s) for c in corruptions]) for s in severities}
     return figures
 

@@ -64,8 +64,11 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
             replicates = list(pool.map(_model_replicates, *zip(*jobs)))
     else:
         replicates = [_model_replicates(*job) for job in jobs]
+    suites = {name: [(c, s) for c, severities in conditions.items() for s in severities]
+              for name, conditions in study.other_suites(params).items()}
     figures = {model: robustness_replicates(ap, study.benchmark_corruptions(params),
-                                            list(params["corruptions"]["severities"]), corruption_groups(params))
+                                            list(params["corruptions"]["severities"]), corruption_groups(params),
+                                            suites)
                       | clean_extra
                for model, (ap, clean_extra) in zip(models, replicates)}
     pairs = (comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
@@ -82,6 +85,9 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
         "not_run": not_run,
         "recall_score": recall_score,
         "objects": _objects(root / study.split_dir("clean", 0) / "annotations.json"),
+        "suites": {name: {"corruptions": {c: list(sev) for c, sev in conditions.items()},
+                          "figures": [f"mPC_{name}", f"rPC_{name}"]}
+                   for name, conditions in study.other_suites(params).items()},
         "models": {model: _model_summary(f, level) for model, f in figures.items()},
         "comparisons": comparisons,
     }
@@ -315,11 +321,12 @@ def detector_pairs(models: list[str], params: dict) -> list[dict]:
 def _comparison(record: dict, figures: dict, level: float) -> dict:
     treatments = [figures[m] for m in record["treatment"]]
     baselines = [figures[m] for m in record["baseline"]]
+    metrics = difference_metrics(treatments[0])
     per_seed = [{"seed": seed, "treatment": t, "baseline": b,
                  "differences": {metric: summary(figures[t][metric] - figures[b][metric], level)
-                                 for metric in DIFFERENCE_METRICS if metric in figures[t] and metric in figures[b]}}
+                                 for metric in metrics if metric in figures[t] and metric in figures[b]}}
                 for seed, t, b in zip(record["seeds"], record["treatment"], record["baseline"])]
-    out = {**record, "differences": paired_differences(treatments, baselines, DIFFERENCE_METRICS, level),
+    out = {**record, "differences": paired_differences(treatments, baselines, metrics, level),
            "per_seed": per_seed}
     if all(study.parse_model_name(b).fp32 for b in record["baseline"]):   # what a model lost against its FP32
         recalls = [f.get("recall", {}) for f in treatments + baselines]
@@ -329,10 +336,17 @@ def _comparison(record: dict, figures: dict, level: float) -> dict:
     return out
 
 
+def difference_metrics(figures: dict) -> tuple[str, ...]:
+    """The figures every comparison differences: DIFFERENCE_METRICS, then each other
+    degradation suite's mean and relative AP (mPC_<suite>, rPC_<suite>) a model has."""
+    suites = [name for name in figures if name.startswith(("mPC_", "rPC_")) and name not in DIFFERENCE_METRICS]
+    return DIFFERENCE_METRICS + tuple(suites)
+
+
 def _model_summary(figures: dict, level: float) -> dict:
     """Intervals of a model's figures, cut to where they can lie: AP in [0, 1], rPC >= 0."""
     def bounded(name, values):
-        return summary(values, level, (0.0, math.inf) if name == "rPC" else (0.0, 1.0))
+        return summary(values, level, (0.0, math.inf) if name.startswith("rPC") else (0.0, 1.0))
 
     return {name: ({str(key): bounded(name, v) for key, v in values.items()} if isinstance(values, dict)
                    else bounded(name, values))

@@ -40,7 +40,7 @@ def with_interval(value: dict, metric: str, signed: bool = False) -> str:
         return "–"
     s = _scale(metric)
     fmt = "{:+.1f}" if signed else "{:.1f}"
-    unit = "%" if metric == "rPC" and not signed else ""
+    unit = "%" if metric.startswith("rPC") and not signed else ""
     return (f"{fmt.format(s * value['estimate'])}{unit} "
             f"[{fmt.format(s * value['low'])}, {fmt.format(s * value['high'])}]")
 

@@ -47,6 +47,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         _mimic(tables["robustness"], summary, params),
         "## Every model\n\n" + (_models_with_intervals(tables["robustness"], intervals) if intervals
                                   else _headline(tables["robustness"])),
+        _other_suites(intervals),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         deployment_table(exports, intervals) or _export(tables["export"], exports),
@@ -337,6 +338,47 @@ def _answers(intervals: dict | None, exports: dict[str, dict]) -> str:
     lines += fastest_runtime_answers(exports) + peer_speed_answers(exports)
     return ("## Answers, with 95% intervals\n\n" + method_note(intervals) + "\n\n"
             + "\n".join(f"- {line}" for line in lines))
+
+
+def _other_suites(intervals: dict | None) -> str:
+    """Per degradation suite besides imagecorruptions (intervals.json "suites"): each model's P,
+    the suite's mean AP and its mean relative to P, with intervals; what each quantized model
+    keeps relative to its FP32 model; and AP per degradation."""
+    from quantdet.report.answers import verdict, with_interval
+
+    if not intervals or not intervals.get("suites"):
+        return ""
+    from quantdet.corruptions import suites as registry
+
+    models, parts = intervals["models"], ["## Other degradation suites"]
+    fp32 = [c for c in intervals.get("comparisons", []) if c.get("group") in ("fp32", "detector", "precision")]
+    for name, suite in intervals["suites"].items():
+        mean, relative = f"mPC_{name}", f"rPC_{name}"
+        corruptions = list(suite["corruptions"])
+        try:
+            about = f"{registry.get(name).description} ({registry.get(name).reference})."
+        except KeyError:
+            about = ""
+        rows = [[f"`{m}`", with_interval(f.get("P"), "P"), with_interval(f.get(mean), mean),
+                 with_interval(f.get(relative), relative)] for m, f in models.items() if mean in f]
+        text = (f"### {name}\n\n{about} Mean AP over its {len(corruptions)} conditions "
+                f"({', '.join(corruptions)}) and that mean relative to P, each with its 95% interval.\n\n"
+                + markdown_table(["model", "P", f"mean ({name})", f"relative ({name})"], rows))
+        lost = []
+        for record in fp32:
+            d = record.get("differences", {}).get(relative)
+            if d:
+                lost.append([record.get("comparison", ""), with_interval(d, relative, signed=True), verdict(d)])
+        if lost:
+            text += (f"\n\nRelative AP under {name} against the FP32 model (percentage points; a difference "
+                     "whose interval holds zero is no measurable difference):\n\n"
+                     + markdown_table(["comparison", f"Δ relative ({name})", "verdict"], lost, align_right_from=1))
+        grid = [[f"`{m}`", *[ap_points(f.get("corruptions", {}).get(c, {}).get("estimate")) for c in corruptions]]
+                for m, f in models.items() if mean in f]
+        text += ("\n\nAP per condition (points, mean over its severities):\n\n"
+                 + markdown_table(["model", *corruptions], grid))
+        parts.append(text)
+    return "\n\n".join(parts)
 
 
 def _models_with_intervals(robustness: pd.DataFrame, intervals: dict) -> str:

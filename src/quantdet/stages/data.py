@@ -26,8 +26,9 @@ def _split_counts(summary: dict) -> dict:
 
 def corrupt(params: dict, corruption: str, severity: int | None = None, out: str | None = None) -> dict:
     """The corrupted copies of val for one corruption: at `severity` (`out`: that split's
-    folder), or at every severity of corruptions.severities (`out`: the corruption's folder,
-    one subfolder per severity, written as a whole or not at all)."""
+    folder), or at every severity the study writes it at (corruptions.severities, or its
+    suite's: quantdet.corruptions.suites; `out`: the corruption's folder, one subfolder per
+    severity, written as a whole or not at all)."""
     from quantdet.corruptions import corrupt_split
     from quantdet.io_utils import atomic_directory
 
@@ -40,7 +41,7 @@ def corrupt(params: dict, corruption: str, severity: int | None = None, out: str
         return summary
     summaries = {}
     with atomic_directory(out or study.corrupted_dir(corruption)) as staging:
-        for s in cfg["severities"]:
+        for s in study.severities_of(corruption, params):
             summaries[s] = corrupt_split(val, corruption, s, cfg["seed"], staging / str(s), cfg["images"])
     log_job(params, "corrupt", model=corruption,
             metrics={f"seconds_s{s}": v["seconds"] for s, v in summaries.items()},
