@@ -41,9 +41,11 @@ study: venv
 dvc-study: venv
 	dvc repro
 
-## the whole test suite, including the smoke study through Snakemake (a few minutes)
+## the whole test suite, including the smoke study through Snakemake, on two processes
+## (pytest-xdist: one test file at a time each; tests/conftest.py orders the long files first)
+PYTEST_WORKERS := 2
 test: venv
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## unit tests only
 test-fast: venv

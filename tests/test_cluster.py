@@ -149,8 +149,11 @@ def _job_runs(uri: str) -> list:
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def test_results_equal_the_local_run_with_the_same_seed(cluster_study, smoke_study):
+def test_results_equal_the_local_run_with_the_same_seed(cluster_study, request):
     work = cluster_study["work"]
+    # asked for here, not as an argument: pytest would set the session fixture up first, and a
+    # second test process would wait for the smoke study instead of running this one meanwhile
+    smoke_study = request.getfixturevalue("smoke_study")
     ours = json.loads((work / "results/metrics/robustness.json").read_text())
     local = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
     params = cluster_params(work)
