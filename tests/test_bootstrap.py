@@ -317,7 +317,11 @@ def test_study_intervals_cover_every_model_and_comparison(fake_study):
         assert figures[name]["low"] < figures[name]["high"], name
     serial = study_intervals(params, root, resamples=200, models=["student-fp32"])   # one process
     assert serial["models"]["student-fp32"]["mPC"] == pytest.approx(figures["mPC"], abs=1e-15)
-    assert set(figures["corruptions"]) == {"gaussian_noise", "defocus_blur", "speckle_noise"}
+    # imagecorruptions' three, then the smoke study's other suites (qrid's two sets, moiré)
+    assert list(figures["corruptions"]) == ["gaussian_noise", "defocus_blur", "speckle_noise", "noisy_low",
+                                            "mixed_50pct", "moire"]
+    for name in ("mPC_qrid", "rPC_qrid", "mPC_moire", "rPC_moire"):
+        assert figures[name]["low"] <= figures[name]["estimate"] <= figures[name]["high"], name
     assert set(figures["severities"]) == {"1", "3"}
 
     by_label = {(c["group"], c["comparison"], c["bits"]): c for c in intervals["comparisons"]}
