@@ -214,7 +214,7 @@ def test_a_precision_this_machine_cannot_run_is_evaluated_as_not_run_and_reporte
     from quantdet.report.precisions import precisions_section
 
     params = _params(bf16=["openvino"])
-    params["corruptions"].update(names=["gaussian_noise"], heldout=[], severities=[1])
+    params["corruptions"].update(names=["gaussian_noise"], heldout=[], severities=[1], suites=["imagecorruptions"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QUANTDET_TRACKING", "off")
     stages.prepare(params)
