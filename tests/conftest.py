@@ -23,6 +23,14 @@ FIRST = ["test_smoke_study.py", "test_cluster.py", "test_yolo_study.py", "test_t
 
 
 def pytest_collection_modifyitems(config, items):
+    # A test module that imports ultralytics itself at collection leaves PIL's Image.open patched
+    # for every later test of its process (an unreadable image becomes a pip install of a HEIF
+    # plugin); quantdet imports it through detectors.yolo.ultralytics_imported, which undoes that.
+    from PIL import Image
+
+    if getattr(Image.open, "__module__", "") == "ultralytics.utils.patches":
+        raise pytest.UsageError("a test module imported ultralytics at collection (PIL's Image.open is "
+                                "patched): import it through quantdet.detectors.yolo.ultralytics_imported")
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))   # stable: the rest keep their order
 

@@ -6,6 +6,7 @@ Nothing here downloads: networks come from the yamls Ultralytics ships, the chec
 Ultralytics' own trainer run offline on a few images drawn here.
 """
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("ultralytics")
+if importlib.util.find_spec("ultralytics") is None:   # not importorskip: importing it here, at
+    pytest.skip("ultralytics is not installed",       # collection, would patch PIL and torch for every
+                allow_module_level=True)              # test of the process (quantdet imports it unpatched)
 
 import torch.fx as fx  # noqa: E402
 
