@@ -159,3 +159,17 @@ def test_every_stage_prints_its_help(capsys):
             parser.parse_args([name, "--help"] if name else ["--help"])
         assert exit_.value.code == 0, name
     assert "95% intervals" in capsys.readouterr().out
+
+
+def test_a_peer_of_yolo_alone_is_refused_for_another_detector():
+    """Ultralytics' ONNX INT8 recipe serves the yolo family: listed for the CenterNet-style
+    student it is refused naming the key; a YOLO student of the same study takes it."""
+    params = load_params("params.yaml")
+    params["matrix"]["peer"] = ["ultralytics_onnx"]
+    with pytest.raises(ParamsError, match=r"params.yaml: matrix.peer: ultralytics_onnx cannot quantize the "
+                                          r"student's detector \(centernet\): ultralytics_onnx serves the yolo "
+                                          r"detector family only"):
+        validate_params(params, source="params.yaml")
+    params["matrix"]["peer"] = ["nncf"]
+    params["models"]["students"]["yolo11n"]["matrix"]["peer"] = ["ultralytics_onnx"]
+    assert validate_params(params)["models"]["students"]["yolo11n"]["matrix"]["peer"] == ["ultralytics_onnx"]

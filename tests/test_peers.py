@@ -37,8 +37,14 @@ MODELOPT = pytest.mark.skipif(importlib.util.find_spec("modelopt") is None,
                               reason="nvidia-modelopt is not installed (requirements.lock has it)")
 
 
-@pytest.mark.parametrize("peer", ["ort_minmax", "nncf", "nncf_mixed",
-                                  pytest.param("modelopt", marks=MODELOPT)])
+ULTRALYTICS = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None,
+                                 reason="ultralytics is not installed (requirements.lock has it)")
+
+
+# ModelOpt patches onnxruntime's quantizer when imported (modelopt.onnx's ort_patching): the
+# peers that call onnxruntime's quantize_static run before it here (each job is its own process)
+@pytest.mark.parametrize("peer", ["ort_minmax", pytest.param("ultralytics_onnx", marks=ULTRALYTICS),
+                                  "nncf", "nncf_mixed", pytest.param("modelopt", marks=MODELOPT)])
 def test_a_peer_writes_a_qdq_model_with_int8_weights_onnxruntime_runs(fp32_onnx, tmp_path, peer):
     method = get_method("peer", peer)
     out = tmp_path / f"{peer}.onnx"

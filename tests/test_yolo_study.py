@@ -1,9 +1,13 @@
 """The smoke study with Ultralytics YOLO detectors (the yolo family) as student and teacher:
-every method of every family (each PTQ observer, QAT recipe, zero-shot method, mixed precision,
-mimic) and the four peers, trained, quantized, exported to integer ONNX, evaluated and
-reported (deployed in onnxruntime; the smoke study's yolo11n student covers the simulated
-evaluation and the deployment precisions), through Snakemake, reusing the smoke study's prepared
-and corrupted data. One smoke config for the family (CI keeps one per family)."""
+the methods whose code meets the family's network (the calibration with degraded images, the
+zero-shot generators that read its BatchNorm statistics, the QAT recipes that change its
+layers or train on its loss, mimic on its feature taps) and the peers that quantize the PyTorch
+network or are YOLO's own (Ultralytics' ONNX INT8 recipe), trained, quantized, exported to
+integer ONNX, evaluated and reported (deployed in onnxruntime; the smoke study's yolo11n
+student covers the simulated evaluation and the deployment precisions), through Snakemake,
+reusing the smoke study's prepared and corrupted data. One smoke config for the family (CI
+keeps one per family): the other observers and ONNX peers are the same code on every family
+(the smoke study runs them)."""
 import json
 import os
 import shutil
@@ -25,12 +29,9 @@ pytestmark = pytest.mark.slow
 
 STUDENT = {"detector": "yolo", "arch": "yolov8n.yaml"}
 TEACHER = {"detector": "yolo", "arch": "yolov8s.yaml", "epochs": 2}
-PEERS = ["ort_minmax", "nncf", "modelopt", "pt2e"]
-# every method family on YOLO: each PTQ observer, dacal, ACIQ, the zero-shot ZeroQ and GDFQ; each
-# QAT recipe and AIT; mixed precision and mimic (the smoke matrix's) and the four peers
-PTQ = ["minmax", "percentile", "mse", "kl", "ema_minmax", "dacal", "aciq", "zeroq", "gdfq"]
-QAT = ["qat", "lsq", "fqn", "daqat", "oaqat", "ait"]
-
+PEERS = ["ultralytics_onnx", "modelopt", "pt2e"]
+PTQ = ["minmax", "dacal", "zeroq", "gdfq"]
+QAT = ["fqn", "daqat", "oaqat", "ait"]
 
 @pytest.fixture(scope="module")
 def yolo_study(smoke_study, tmp_path_factory):
@@ -101,3 +102,23 @@ def test_nothing_is_written_outside_the_study(yolo_study):
     its MLflow callback never ran (quantdet's runs only)."""
     assert not (yolo_study / "home" / ".config" / "Ultralytics").exists()
     assert not (yolo_study / "runs").exists()
+
+
+def test_ultralytics_own_onnx_int8_is_a_peer_of_the_same_network(yolo_study):
+    """Ultralytics' recipe, run by its own function: the convolutions quantized (QDQ, per
+    tensor), every other node left in float; evaluated in the same table as our methods."""
+    import onnx
+
+    model = "student-peer-ultralytics_onnx-w8a8-ort"
+    report = json.loads((yolo_study / f"results/models/{model[:-4]}.export.json").read_text())
+    settings = report["settings"]
+    assert settings["tool"] == "ultralytics" and settings["function"].endswith("onnx_int8_quantize")
+    graph = onnx.load(str(yolo_study / f"results/models/{model[:-4]}.onnx")).graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in {o for d in graph.node if d.op_type == "DequantizeLinear"
+                                        for o in d.output} for n in convs)
+    assert dequantized and settings["nodes_kept_float"] > 0
+    robustness = json.loads((yolo_study / "results/metrics/robustness.json").read_text())
+    assert 0.0 <= robustness[model]["P"] <= 1.0
+    assert "Ultralytics' ONNX INT8" in (yolo_study / "results/report.md").read_text()

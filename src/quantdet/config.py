@@ -431,13 +431,15 @@ def _check_students(params: dict, source: str) -> None:
 
 def _check_detector_methods(params: dict, source: str) -> None:
     """A method a student's detector family cannot serve (its registry entry's `unsupported`,
-    by method name or by stage family) is refused with the family's reason."""
+    by method name or by stage family), or one that serves other families only (the method's
+    `detectors`), is refused with the reason."""
     from quantdet import detectors, study
+    from quantdet.methods import get_method
 
     for role in ("teacher", *study.students(params)):
         matrix = study.role_matrix(params, "student" if role == "teacher" else role)
         family = detectors.of_params(study.model_params(params, role))
-        if not family.unsupported or (role == "teacher" and not matrix["mimic"]):
+        if role == "teacher" and not matrix["mimic"]:
             continue
         listed = [(stage, m) for stage in ("ptq", "qat", "peer", "mimic") for m in matrix[stage]]
         listed += [("ptq", "mixed")] if matrix["mixed"] else []
@@ -445,6 +447,9 @@ def _check_detector_methods(params: dict, source: str) -> None:
             if role == "teacher" and stage != "mimic":
                 continue
             reason = family.unsupported.get(method) or family.unsupported.get(stage)
+            served = get_method(stage, method).detectors if method != "mixed" else ()
+            if not reason and served and family.name not in served:
+                reason = f"{method} serves the {', '.join(served)} detector famil{'ies' if len(served) > 1 else 'y'} only"
             if reason:
                 where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
                 raise ParamsError(f"{source}: {where}.{stage}: {method} cannot quantize the {role}'s "

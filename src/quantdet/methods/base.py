@@ -20,6 +20,7 @@ class Method:
     generated: str | None = None     # calibrates / trains on data/synthetic/<generated>
     teacher: bool = False            # needs the FP32 teacher (results/models/teacher-fp32.pt)
     extra_outputs: tuple[str, ...] = ()  # files beside the model, by suffix (".bits.json")
+    detectors: tuple[str, ...] = ()  # the detector families it serves (empty: every family)
 
     def accepts(self, name: str) -> bool:
         """Whether a model name's method part stands for this method (parametric names)."""

@@ -389,12 +389,23 @@ def _models_with_intervals(robustness: pd.DataFrame, intervals: dict) -> str:
 
 
 def _methods(params: dict) -> str:
-    """One line per method of the study, from the method registry."""
+    """One line per method of the study (the student's matrix, then what another student's own
+    matrix adds, with the students that run it), from the method registry."""
+    from quantdet import study
     from quantdet.methods import get_method
 
     matrix = params["matrix"]
     rows = [[family, f"`{name}`", get_method(family, name).describe(name)]
             for family in ("ptq", "qat", "mimic", "peer") for name in matrix.get(family, [])]
+    added: dict[tuple[str, str], list[str]] = {}
+    for role in study.extra_students(params):
+        own = study.role_matrix(params, role)
+        for family in ("ptq", "qat", "peer"):
+            for name in own.get(family, []):
+                if name not in matrix.get(family, []):
+                    added.setdefault((family, name), []).append(role)
+    rows += [[family, f"`{name}`", f"{get_method(family, name).describe(name)} (students: {', '.join(roles)})"]
+             for (family, name), roles in added.items()]
     if matrix["mixed"]:
         rows.append(["ptq", "`mixed`", get_method("ptq", "mixed").description
                      + f" (budgets: {', '.join(map(str, matrix['mixed']))} bits)"])
