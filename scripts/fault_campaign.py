@@ -220,14 +220,31 @@ def _load_params(work: Path) -> dict:
         os.chdir(cwd)
 
 
+def _job_key(job) -> str:
+    return job.stage if job.target in (job.stage, "data") else f"{job.stage}:{job.target}"
+
+
 def expected_jobs(params: dict) -> set[str]:
     """The MLflow job key of every job of the study (tracking.JOB_TAG)."""
     from quantdet import study
 
-    keys = set()
-    for job in study.jobs(params):
-        keys.add(job.stage if job.target in (job.stage, "data") else f"{job.stage}:{job.target}")
-    return keys
+    return {_job_key(job) for job in study.jobs(params)}
+
+
+# DVC's line for a stage it restores from its run-cache instead of running it (dvc/stage/cache.py)
+RUN_CACHE_RESTORE = re.compile(r"Stage '([^']+)' is cached - skipping run")
+
+
+def restored_from_run_cache(work: Path, params: dict) -> set[str]:
+    """The job keys of the stages `dvc repro` restored from DVC's run-cache in this study's
+    runs (campaign-run-*.log): those jobs never ran here, so they logged no run; with a cache
+    shared between studies, their run is that of the study that made the outputs."""
+    from quantdet import study
+
+    stages = set()
+    for log in sorted(work.glob("campaign-run-*.log")):
+        stages |= set(RUN_CACHE_RESTORE.findall(log.read_text(errors="replace")))
+    return {_job_key(job) for job in study.jobs(params) if job.name in stages}
 
 
 def mlflow_jobs(work: Path, uri: str | None = None, study_name: str | None = None) -> Counter:
@@ -341,13 +358,18 @@ def compare(work: Path, reference: Path) -> dict:
 
 def run_accounting(work: Path, uri: str | None = None) -> dict:
     """Each job of the study against the runs under the study's own run: lost, duplicated, or
-    not the study's."""
+    not the study's. A job DVC restored from its run-cache (a cache shared with another study
+    that ran the same command on the same inputs) is `restored`, not lost, where the store
+    holds its run under another study; without that run it is lost."""
     params = _load_params(work)
     expected = expected_jobs(params)
     counted = mlflow_jobs(work, uri, params["study"]["name"])
-    return {"expected": len(expected), "lost": sorted(expected - set(counted)),
+    restored = restored_from_run_cache(work, params) - set(counted)
+    elsewhere = mlflow_jobs(work, uri) if restored else Counter()
+    restored = {key for key in restored if elsewhere.get(key)}
+    return {"expected": len(expected), "lost": sorted(expected - set(counted) - restored),
             "duplicated": sorted(k for k, n in counted.items() if n > 1),
-            "unexpected": sorted(set(counted) - expected)}
+            "unexpected": sorted(set(counted) - expected), "restored": sorted(restored)}
 
 
 # ---------------------------------------------------------------------------- the faults
@@ -509,7 +531,8 @@ def fault_two_studies(work: Path, reference: Path, log, stop_server: float | Non
         row["runs"] = {"expected": sum(a["expected"] for a in accounts),
                        "lost": [x for a in accounts for x in a["lost"]],
                        "duplicated": [x for a in accounts for x in a["duplicated"]],
-                       "unexpected": [x for a in accounts for x in a["unexpected"]]}
+                       "unexpected": [x for a in accounts for x in a["unexpected"]],
+                       "restored": [x for a in accounts for x in a["restored"]]}
         clobbered, entries = [], 0
         for entry in (cache / "files" / "md5").rglob("*"):
             if entry.is_file() and not entry.name.endswith(".dir"):
@@ -582,6 +605,14 @@ def fault_damaged(log) -> dict:
 
 
 # ---------------------------------------------------------------------------- the table
+def _lost_cell(runs: dict | None) -> str:
+    if not runs:
+        return "-"
+    restored = runs.get("restored") or []
+    return f"{len(runs['lost'])}" + (f" ({len(restored)} jobs restored from DVC's run-cache, their run the "
+                                     f"other study's)" if restored else "")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| fault | trials | survived | identical to the uninterrupted run | runs lost | runs duplicated | left behind |",
              "|---|---:|---|---|---:|---:|---:|"]
@@ -597,7 +628,7 @@ def table(rows: list[dict]) -> str:
         ident = (f"{out['identical']}/{out['checked']} files" + (f"; differ: {', '.join(out['differing'][:3])}"
                                                                  if out["differing"] else "")) if out else "-"
         lines.append(f"| {r['fault']} | {r.get('trials', 0)} | {survived} | {ident} | "
-                     f"{len(runs['lost']) if runs else '-'} | {len(runs['duplicated']) if runs else '-'} | "
+                     f"{_lost_cell(runs)} | {len(runs['duplicated']) if runs else '-'} | "
                      f"{len(out['leftovers']) if out else '-'} |")
     return "\n".join(lines)
 

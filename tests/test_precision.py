@@ -142,6 +142,35 @@ def test_int8_dynamic_conversion_records_which_operators_it_quantized(tmp_path):
     assert record["quantized_operators"]["ConvInteger"] == 1
     assert "Conv" not in record["float_operators_left"]
     assert prec.ort_executed(tmp_path / "dyn.onnx")["convolutions_by_precision"] == {"int8": 1}
+    # every multiply-accumulate of the one convolution is in integer, and as many as the FP32 one's
+    macs = record["multiply_accumulates"]
+    assert macs["integer_share"] == 1.0 and macs["float"] == 0
+    assert macs["integer"] == prec.multiply_accumulates(source)["float"] > 0
+
+
+def test_the_integer_share_counts_what_dynamic_quantization_left_in_float(tmp_path):
+    """A convolution and a matrix product: quantize_dynamic told to quantize the convolution
+    only leaves the product's multiply-accumulates in float, counted from the run's shapes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv_w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    mat = numpy_helper.from_array(rng.normal(size=(8, 5)).astype(np.float32), "m")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("MatMul", ["c", "m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [conv_w, mat])
+    source = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(source))
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(source), str(tmp_path / "dyn.onnx"), op_types_to_quantize=["Conv"])
+    macs = prec.multiply_accumulates(tmp_path / "dyn.onnx")
+    conv, product = 4 * 6 * 8 * 3 * 3 * 3, 4 * 6 * 5 * 8
+    assert (macs["integer"], macs["float"]) == (conv, product)
+    assert macs["integer_share"] == pytest.approx(conv / (conv + product))
 
 
 def test_converting_leaves_the_root_logger_as_it_found_it(tmp_path):

@@ -146,6 +146,9 @@ def precisions_section(params: dict, intervals: dict | None, records: dict[str, 
             runtime, ms, fp32_ms, speedup = _latency(model, records, exports)
             executed = (records.get(model) or {}).get("executed") or {}
             ran = ", ".join(f"{v} {k}" for k, v in (executed.get("convolutions_by_precision") or {}).items())
+            macs = ((records.get(model) or {}).get("conversion") or {}).get("multiply_accumulates") or {}
+            if macs.get("integer_share") is not None:   # dynamic INT8: how much of the network ran in integer
+                ran += f"; {100 * macs['integer_share']:.1f}% of multiply-accumulates in integer"
             rows.append([f"`{role}`", header, f"`{model}`", with_interval(d.get("P"), "P", signed=True),
                          with_interval(d.get("mPC"), "mPC", signed=True),
                          with_interval(d.get("rPC"), "rPC", signed=True), verdict(d.get("mPC") or {}),
