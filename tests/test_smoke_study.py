@@ -142,6 +142,10 @@ def test_every_figure_has_its_interval_and_the_study_table_is_written(smoke_stud
     assert "## Other degradation suites" in report and "### qrid" in report and "### moire" in report
     fp32 = [c for c in intervals["comparisons"] if c["group"] == "fp32"]
     assert fp32 and all("rPC_qrid" in c["differences"] for c in fp32)
+    # QRID's protocol: each model's figure per qrid set over P, and each comparison's difference of it
+    assert all(set(f["relative"]) == {"noisy_low", "mixed_50pct", "moire"} for f in intervals["models"].values())
+    assert all(set(c["relative_differences"]) == {"noisy_low", "mixed_50pct", "moire"} for c in fp32)
+    assert "## QRID's protocol" in report and "**(a) Does static INT8 lose more than FP32 under noise?**" in report
     table = (smoke_study / "results/study.tsv").read_text().splitlines()
     assert len(table) == len(study.jobs(params)) + 1
 

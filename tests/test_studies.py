@@ -89,3 +89,23 @@ def test_the_detector_studies_name_the_families_they_promise():
     scales = load_params(ROOT / "workflow/studies/local/yolo_scales.yaml")["models"]
     assert {scales["student"]["arch"], *(s["arch"] for s in scales["students"].values() if s)} == \
         {"yolo11n.yaml", "yolo11s.yaml", "yolo26n.yaml", "yolo26s.yaml"}
+
+
+def test_the_qrid_study_holds_qrids_design():
+    """workflow/studies/local/qrid.yaml: YOLO12n, YOLO12s and YOLO26n; FP32, FP16, dynamic and
+    static INT8 (min/max, percentile), clean against degradation-aware calibration over at least
+    3 calibration draws each, DA-QAT and Ultralytics' ONNX INT8; on QRID's sets and imagecorruptions."""
+    params = load_params(ROOT / "workflow/studies/local/qrid.yaml")
+    models = set(study.evaluated_models(params))   # FP16 too, where this machine cannot run it
+    assert {r: params["models"]["students"][r]["arch"] for r in ("yolo12s", "yolo26n")} == \
+        {"yolo12s": "yolo12s.yaml", "yolo26n": "yolo26n.yaml"} and params["models"]["student"]["arch"] == "yolo12n.yaml"
+    assert params["corruptions"]["suites"] == ["imagecorruptions", "qrid"]
+    assert set(params["corruptions"]["qrid"]["sets"]) == {"noisy_low", "noisy_medium", "blurry_low", "blurry_medium",
+                                                          "contrast_low", "jpeg_heavy", "mixed_50pct"}
+    for role in ("student", "yolo12s", "yolo26n"):
+        for kind in ("fp32", "int8_dynamic-ort", "fp16-ov", "ptq-minmax-w8a8-ort", "ptq-percentile-w8a8-ort",
+                     "ptq-dacal-w8a8-ort", "qat-daqat-w8a8-ort", "peer-ultralytics_onnx-w8a8-ort"):
+            assert f"{role}-{kind}" in models, (role, kind)
+    for method in ("minmax", "percentile", "dacal"):   # the study seed and the repeats: >= 3 draws
+        draws = [m for m in models if m.startswith(f"student-ptq-{method}-w8a8")]
+        assert len(draws) >= 3, method

@@ -160,3 +160,48 @@ def test_the_report_gives_each_suite_with_intervals_and_the_change_against_fp32(
     assert "| ptq minmax W8A8 vs FP32 | -10.0 [-15.0, -5.0] | lower |" in text
     assert "| `student-ptq-minmax-w8a8` | 12.0 | 18.0 |" in text
     assert _other_suites({**intervals, "suites": {}}) == ""
+
+
+def test_qrid_protocol_gives_its_drop_table_and_answers_its_three_claims_with_intervals():
+    """QRID's relative drop per set with its interval, and its claims: (a) INT8 against FP32
+    under noise (a difference of drops outside zero: 'loses more'), (b) dacal against
+    percentile (inside zero: no measurable difference), (c) the spread over calibration draws."""
+    from quantdet.report.qrid import qrid_section
+
+    def fig(estimate, half=0.02):
+        return {"estimate": estimate, "low": estimate - half, "high": estimate + half}
+
+    def model(p, noisy, mixed):
+        return {"P": fig(p), "relative": {"noisy_low": fig(noisy), "mixed_50pct": fig(mixed)}}
+
+    intervals = {
+        "suites": {"qrid": {"corruptions": {"noisy_low": [1], "mixed_50pct": [1]}, "figures": ["mPC_qrid", "rPC_qrid"]}},
+        "models": {"student-fp32": model(0.40, 0.75, 0.85),
+                   "student-ptq-percentile-w8a8-ort": model(0.33, 0.70, 0.80),
+                   "student-ptq-percentile-w8a8-ort-r1": model(0.35, 0.66, 0.80),
+                   "student-ptq-dacal-w8a8-ort": model(0.34, 0.71, 0.81),
+                   "teacher-fp32": model(0.5, 0.8, 0.9)},
+        "comparisons": [
+            {"group": "fp32", "comparison": "ptq percentile deployed vs FP32", "bits": "w8a8", "seeds": [0, 1],
+             "treatment": ["student-ptq-percentile-w8a8-ort", "student-ptq-percentile-w8a8-ort-r1"],
+             "baseline": ["student-fp32", "student-fp32"], "differences": {},
+             "relative_differences": {"noisy_low": {"estimate": -0.07, "low": -0.10, "high": -0.04}}},
+            {"group": "qrid", "comparison": "degradation-aware calibration vs clean calibration", "bits": "w8a8",
+             "seeds": [0], "treatment": ["student-ptq-dacal-w8a8-ort"], "baseline": ["student-ptq-percentile-w8a8-ort"],
+             "differences": {"P": {"estimate": 0.01, "low": -0.02, "high": 0.04},
+                             "mPC_qrid": {"estimate": 0.005, "low": -0.01, "high": 0.02}},
+             "relative_differences": {"noisy_low": {"estimate": 0.01, "low": -0.03, "high": 0.05}}}],
+    }
+    params = load_params(SMOKE)
+    text = qrid_section(params, intervals)
+    assert text.startswith("## QRID's protocol")
+    # the drop 1 - relative, its interval's ends swapped; the repeat draw and the teacher not in the table
+    assert "| `student-fp32` | 40.0 [38.0, 42.0] | 25.0% [23.0, 27.0] | 15.0% [13.0, 17.0] |" in text
+    assert "`student-ptq-percentile-w8a8-ort-r1` |" not in text and "`teacher-fp32`" not in text
+    assert ("`student-ptq-percentile-w8a8-ort` under `noisy_low`: drop 30.0% [28.0, 32.0] against FP32's "
+            "25.0% [23.0, 27.0]; difference +7.0 [+4.0, +10.0] points (2 calibration draws pooled): "
+            "**INT8 loses more**") in text
+    assert "ΔP +1.0 [-2.0, +4.0]" in text and "**no measurable difference** on the `qrid` sets" in text
+    assert "P from 33.0 to 35.0 (spread 2.0 points" in text and "drop under `noisy_low` from 30.0% to 34.0%" in text
+    assert "+7.0, +0.5 points" in text
+    assert qrid_section(params, {**intervals, "suites": {}}) == ""

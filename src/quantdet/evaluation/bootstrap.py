@@ -318,7 +318,8 @@ def robustness_replicates(ap: dict[tuple[str, int], np.ndarray], corruptions: li
     "corruptions", AP per evaluated corruption (mean over severities), and "severities",
     the mean over ``corruptions`` per severity. ``suites``: other degradation suites, each
     its (corruption, severity) cells: ``mPC_<suite>`` their mean and ``rPC_<suite>`` that mean
-    over P. Every array keeps the replicate layout (element 0: the full image set), so any
+    over P; "relative" holds each of their conditions' AP (mean over its severities) over P.
+    Every array keeps the replicate layout (element 0: the full image set), so any
     figure derived from them is resampled alike."""
     def mean(cells):
         return np.mean([ap[cell] for cell in cells], axis=0)
@@ -337,6 +338,10 @@ def robustness_replicates(ap: dict[tuple[str, int], np.ndarray], corruptions: li
     evaluated = dict.fromkeys(c for c, _ in ap if c != "clean")   # each at the severities it has
     figures["corruptions"] = {c: mean([cell for cell in ap if cell[0] == c]) for c in evaluated}
     figures["severities"] = {s: mean([(c, s) for c in corruptions]) for s in severities}
+    if suites:   # each other suite's condition relative to P (QRID's relative drop is 1 - this)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            figures["relative"] = {c: np.where(p != 0, figures["corruptions"][c] / p, np.nan)
+                                   for cells in suites.values() for c in dict.fromkeys(c for c, _ in cells)}
     return figures
 
 

@@ -333,6 +333,10 @@ def _comparison(record: dict, figures: dict, level: float) -> dict:
         classes = [c for c in recalls[0] if all(c in r for r in recalls)] if recalls else []
         out["recall_differences"] = paired_differences(
             [t["recall"] for t in treatments], [b["recall"] for b in baselines], classes, level)
+    if all("relative" in f for f in treatments + baselines):   # each other suite's condition over P
+        conditions = [c for c in treatments[0]["relative"] if all(c in f["relative"] for f in treatments + baselines)]
+        out["relative_differences"] = paired_differences(
+            [t["relative"] for t in treatments], [b["relative"] for b in baselines], conditions, level)
     return out
 
 
@@ -346,7 +350,7 @@ def difference_metrics(figures: dict) -> tuple[str, ...]:
 def _model_summary(figures: dict, level: float) -> dict:
     """Intervals of a model's figures, cut to where they can lie: AP in [0, 1], rPC >= 0."""
     def bounded(name, values):
-        return summary(values, level, (0.0, math.inf) if name.startswith("rPC") else (0.0, 1.0))
+        return summary(values, level, (0.0, math.inf) if name.startswith("rPC") or name == "relative" else (0.0, 1.0))
 
     return {name: ({str(key): bounded(name, v) for key, v in values.items()} if isinstance(values, dict)
                    else bounded(name, values))

@@ -5,6 +5,7 @@ import pandas as pd
 
 from quantdet.report.deployment import deployment_table, fastest_runtime_answers, peer_speed_answers
 from quantdet.report.findings import study_findings
+from quantdet.report.qrid import qrid_section
 from quantdet.report.formatting import (ap_points, markdown_table, percent, plain, signed_percent,
                                         signed_points)
 from quantdet.study import extra_students, model_params
@@ -48,6 +49,7 @@ def render_study_report(params: dict, tables: dict[str, pd.DataFrame], exports: 
         "## Every model\n\n" + (_models_with_intervals(tables["robustness"], intervals) if intervals
                                   else _headline(tables["robustness"])),
         _other_suites(intervals),
+        qrid_section(params, intervals),
         _quantization_drop(tables["quantization_drop"]),
         _simulated_vs_deployed(tables["simulated_vs_deployed"]),
         deployment_table(exports, intervals) or _export(tables["export"], exports),
