@@ -149,6 +149,9 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
         lines.append(deployment_markdown(root, params, intervals))
         lines.append(detectors_markdown(root, params, intervals))
         lines.append(precisions_markdown(root, params, intervals))
+        from quantdet.report.qrid import qrid_section
+
+        lines.append(qrid_section(params, intervals).replace("## QRID's protocol\n\n", "QRID's protocol: ", 1))
     ablation = root / study.ABLATION
     if ablation.is_file() and not stages:
         lines.append(ablation_markdown(read_json(ablation), params))
