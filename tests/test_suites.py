@@ -178,26 +178,30 @@ def test_qrid_protocol_gives_its_drop_table_and_answers_its_three_claims_with_in
         "suites": {"qrid": {"corruptions": {"noisy_low": [1], "mixed_50pct": [1]}, "figures": ["mPC_qrid", "rPC_qrid"]}},
         "models": {"student-fp32": model(0.40, 0.75, 0.85),
                    "student-ptq-percentile-w8a8-ort": model(0.33, 0.70, 0.80),
-                   "student-ptq-percentile-w8a8-ort-r1": model(0.35, 0.66, 0.80),
+                   "student-ptq-percentile-w8a8-r1-ort": model(0.35, 0.66, 0.80),
                    "student-ptq-dacal-w8a8-ort": model(0.34, 0.71, 0.81),
                    "teacher-fp32": model(0.5, 0.8, 0.9)},
         "comparisons": [
-            {"group": "fp32", "comparison": "ptq percentile deployed vs FP32", "bits": "w8a8", "seeds": [0, 1],
-             "treatment": ["student-ptq-percentile-w8a8-ort", "student-ptq-percentile-w8a8-ort-r1"],
+            {"group": "fp32", "comparison": "ptq percentile deployed vs FP32", "bits": "W8A8", "seeds": [0, 1],
+             "treatment": ["student-ptq-percentile-w8a8-ort", "student-ptq-percentile-w8a8-r1-ort"],
              "baseline": ["student-fp32", "student-fp32"], "differences": {},
              "relative_differences": {"noisy_low": {"estimate": -0.07, "low": -0.10, "high": -0.04}}},
-            {"group": "qrid", "comparison": "degradation-aware calibration vs clean calibration", "bits": "w8a8",
+            {"group": "qrid", "comparison": "degradation-aware calibration vs clean calibration", "bits": "W8A8",
              "seeds": [0], "treatment": ["student-ptq-dacal-w8a8-ort"], "baseline": ["student-ptq-percentile-w8a8-ort"],
              "differences": {"P": {"estimate": 0.01, "low": -0.02, "high": 0.04},
                              "mPC_qrid": {"estimate": 0.005, "low": -0.01, "high": 0.02}},
-             "relative_differences": {"noisy_low": {"estimate": 0.01, "low": -0.03, "high": 0.05}}}],
+             "relative_differences": {"noisy_low": {"estimate": 0.01, "low": -0.03, "high": 0.05}}},
+            # a detector whose P is 0 has no relative AP: its comparison is left out, not a crash
+            {"group": "detector", "comparison": "yolo11n: ptq minmax deployed vs FP32", "bits": "W8A8", "seeds": [0],
+             "treatment": ["yolo11n-ptq-minmax-w8a8-ort"], "baseline": ["yolo11n-fp32"], "differences": {},
+             "relative_differences": {"noisy_low": {"estimate": None, "low": None, "high": None}}}],
     }
     params = load_params(SMOKE)
     text = qrid_section(params, intervals)
     assert text.startswith("## QRID's protocol")
     # the drop 1 - relative, its interval's ends swapped; the repeat draw and the teacher not in the table
     assert "| `student-fp32` | 40.0 [38.0, 42.0] | 25.0% [23.0, 27.0] | 15.0% [13.0, 17.0] |" in text
-    assert "`student-ptq-percentile-w8a8-ort-r1` |" not in text and "`teacher-fp32`" not in text
+    assert "`student-ptq-percentile-w8a8-r1-ort` |" not in text and "`teacher-fp32`" not in text
     assert ("`student-ptq-percentile-w8a8-ort` under `noisy_low`: drop 30.0% [28.0, 32.0] against FP32's "
             "25.0% [23.0, 27.0]; difference +7.0 [+4.0, +10.0] points (2 calibration draws pooled): "
             "**INT8 loses more**") in text

@@ -14,8 +14,6 @@ drops are paired over the same image resamples (results/metrics/intervals.json: 
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from quantdet import study
@@ -25,18 +23,21 @@ from quantdet.report.formatting import markdown_table
 SUITE = "qrid"
 NOISE = ("noisy_low", "noisy_medium")
 QRID_NOISY_LOW = {"yolo12n": (24.5, 29.4), "yolo12s": (18.5, 23.6)}   # FP32, INT8 relative drop in %
-REPEAT = re.compile(r"-r\d+$")
+
+
+def _known(value: dict | None) -> bool:
+    return bool(value) and all(value.get(k) is not None for k in ("estimate", "low", "high"))
 
 
 def _drop(value: dict | None) -> dict | None:
     """1 - relative, with its interval's ends swapped."""
-    if not value or value.get("estimate") is None:
+    if not _known(value):
         return None
     return {"estimate": 1 - value["estimate"], "low": 1 - value["high"], "high": 1 - value["low"]}
 
 
 def _negated(value: dict | None) -> dict | None:
-    if not value or value.get("estimate") is None:
+    if not _known(value):
         return None
     return {"estimate": -value["estimate"], "low": -value["high"], "high": -value["low"]}
 
@@ -66,10 +67,11 @@ def _static_int8(record: dict, deployed: bool = True) -> bool:
     """A comparison of a W8A8 PTQ model (deployed in onnxruntime, or any) against its FP32 model."""
     from quantdet.methods import get_method
 
-    if record.get("group") not in ("fp32", "detector") or record.get("bits") != "w8a8":
+    if record.get("group") not in ("fp32", "detector"):
         return False
     name = study.parse_model_name(record["treatment"][0])
-    if name.stage != "ptq" or not study.parse_model_name(record["baseline"][0]).fp32:
+    if name.stage != "ptq" or (name.weight_bits, name.act_bits) != (8, 8) \
+            or not study.parse_model_name(record["baseline"][0]).fp32:
         return False
     if deployed and name.runtime != "onnxruntime":
         return False
@@ -133,7 +135,7 @@ def _claim_c(comparisons: list[dict], models: dict, effects: list[float]) -> lis
                           if (f.get("relative") or {}).get("noisy_low", {}).get("estimate") is not None])
         if len(p) < 2:
             continue
-        text = (f"`{REPEAT.sub('', record['treatment'][0])}`, {len(p)} calibration draws: P from {p.min():.1f} to "
+        text = (f"`{record['treatment'][0]}`, {len(p)} calibration draws: P from {p.min():.1f} to "
                 f"{p.max():.1f} (spread {p.max() - p.min():.1f} points, SD {p.std(ddof=1):.1f})")
         if len(drops) >= 2:
             text += (f"; drop under `noisy_low` from {drops.min():.1f}% to {drops.max():.1f}% "
@@ -153,7 +155,7 @@ def qrid_section(params: dict, intervals: dict | None) -> str:
     sets = list(intervals["suites"][SUITE]["corruptions"])
     models = intervals.get("models", {})
     comparisons = intervals.get("comparisons", [])
-    shown = [m for m, f in models.items() if "relative" in f and not REPEAT.search(m)
+    shown = [m for m, f in models.items() if "relative" in f and study.parse_model_name(m).seed is None
              and study.parse_model_name(m).role in study.students(params)]
     rows = [[f"`{m}`", with_interval(models[m].get("P"), "P"),
              *[_cell(_drop(models[m]["relative"].get(s))) for s in sets]] for m in shown]
@@ -166,8 +168,9 @@ def qrid_section(params: dict, intervals: dict | None) -> str:
     b = _claim_b(comparisons, sets)
     effects = []
     for record in comparisons:
-        if _static_int8(record) and "noisy_low" in record.get("relative_differences", {}):
-            effects.append(-100 * record["relative_differences"]["noisy_low"]["estimate"])
+        noisy = (record.get("relative_differences") or {}).get("noisy_low") or {}
+        if _static_int8(record) and noisy.get("estimate") is not None:
+            effects.append(-100 * noisy["estimate"])
         if record.get("group") == "qrid" and record["comparison"].startswith("degradation-aware calibration"):
             d = record["differences"].get(f"mPC_{SUITE}") or {}
             if d.get("estimate") is not None:
@@ -178,7 +181,8 @@ def qrid_section(params: dict, intervals: dict | None) -> str:
                  f"run per cell on COCO val2017 with TensorRT INT8 (drop under `noisy_low`, FP32 against INT8: "
                  f"{reference}). Here, a difference of drops whose interval holds zero is no measurable difference:"
                  + ("\n\n" + "\n".join(f"- {line}" for line in a) if a else
-                    " the study has no W8A8 PTQ model deployed beside its FP32 model, or no noise set."))
+                    " not measured: the study has no W8A8 PTQ model deployed beside its FP32 model, no noise set, "
+                    "or no relative AP to compare (P is 0)."))
     parts.append("**(b) Is degradation-aware calibration better than clean calibration?** QRID's answer: no "
                  "consistent gain. Here (dacal against percentile, the same observer on clean images):"
                  + ("\n\n" + "\n".join(f"- {line}" for line in b) if b else
