@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantdet import study
-from quantdet.report.answers import NO_DIFFERENCE, with_interval
+from quantdet.report.answers import verdict, with_interval
 from quantdet.report.formatting import markdown_table
 
 SUITE = "qrid"
@@ -54,13 +54,9 @@ def _points(value: dict | None) -> str:
 
 
 def _more_or_less(difference: dict | None, more: str, less: str) -> str:
-    if not difference or difference.get("low") is None:
-        return "not measured"
-    if difference["low"] > 0:
-        return more
-    if difference["high"] < 0:
-        return less
-    return NO_DIFFERENCE
+    """answers.verdict in this section's words: a direction only where the interval excludes zero."""
+    said = verdict(difference or {})
+    return {"higher": more, "lower": less}.get(said, said)
 
 
 def _static_int8(record: dict, deployed: bool = True) -> bool:
