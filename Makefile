@@ -10,7 +10,7 @@ LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
 # LOCK_FLAGS=--upgrade make lock: re-resolve every package, not only what requirements.txt changed
 LOCK_FLAGS :=
 
-.PHONY: venv lock study dvc-study test test-fast faults lint report-html docs gpu-wheels clean
+.PHONY: venv venv-litert lock lock-litert study dvc-study test test-fast faults lint report-html docs gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,31 @@ lock:
 	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
 	  --output-file requirements.lock requirements.txt
 
+## LiteRT's PyTorch converter (the litert peer) in .venv-litert, a venv over .venv: it sees .venv's
+## packages (a .pth adding .venv's site-packages after its own) and holds only what
+## requirements-litert.lock has at other versions than requirements.lock (scripts/lock_overlay.py)
+LITERT_VENV := .venv-litert
+venv-litert: $(LITERT_VENV)/.installed
+
+$(LITERT_VENV)/.installed: $(VENV)/.installed requirements-litert.lock
+	test -x $(LITERT_VENV)/bin/python || python3 -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/python -c 'import site, sys; base = sys.argv[1]; \
+	  open(site.getsitepackages()[0] + "/zz-quantdet-venv.pth", "w").write(f"import site; site.addsitedir({base!r})\n")' \
+	  "$$($(PYTHON) -c 'import site; print(site.getsitepackages()[0])')"
+	$(PYTHON) scripts/lock_overlay.py requirements.lock requirements-litert.lock > $(LITERT_VENV)/overlay.lock
+	$(LITERT_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(LITERT_VENV)/overlay.lock
+	touch $@
+
+## requirements-litert.lock from requirements-litert.txt, every package .venv also has held at
+## requirements.lock's version but typing-extensions and the pydantic and anyio that need it newer (the conflict)
+lock-litert: venv
+	test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && \
+	  $(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TOOLS); }
+	$(PYTHON) scripts/lock_overlay.py requirements.lock --constraints typing-extensions pydantic pydantic-core typing-inspection anyio > $(LOCK_VENV)/constraints.txt
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) --constraint $(LOCK_VENV)/constraints.txt \
+	  --output-file requirements-litert.lock requirements-litert.txt
+
 ## the default study, end to end, with Snakemake on every core
 study: venv
 	snakemake --cores all
@@ -44,7 +69,7 @@ dvc-study: venv
 ## the whole test suite, including the smoke study through Snakemake, on two processes
 ## (pytest-xdist: one test file at a time each; tests/conftest.py orders the long files first)
 PYTEST_WORKERS := 2
-test: venv
+test: venv venv-litert
 	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## unit tests only

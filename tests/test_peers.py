@@ -159,3 +159,71 @@ def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
     for fp32, quantized in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "pt2e.onnx")(x)):
         assert fp32.shape == quantized.shape
         assert float((fp32 - quantized).abs().max()) < 0.1 * float(fp32.abs().max()) + 1e-2
+
+
+LITERT = pytest.mark.skipif(__import__("quantdet.export.litert", fromlist=["x"]).unavailable() is not None,
+                            reason="LiteRT's converter environment is not installed (make venv-litert)")
+
+
+@LITERT
+def test_the_litert_peer_writes_a_full_integer_tflite_model_litert_runs(tmp_path):
+    """LiteRT's PT2E INT8 of a small detector (the study's own kind), converted in .venv-litert:
+    a .tflite model whose convolutions take int8 inputs, which LiteRT runs at any batch, with
+    outputs within a few of their quantization steps of the FP32 model's."""
+    from quantdet import stages
+    from quantdet.config import load_params
+    from quantdet.export import litert
+    from quantdet.models.io import save_model
+    from tests.conftest import SMOKE
+
+    params = load_params(SMOKE)
+    size = params["models"]["input_size"]
+    torch.manual_seed(0)
+    detector = stages.detector_config(params, "student", 3)
+    model = detectors.build(detector).eval()
+    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
+               extra={"stride": 4, "input_size": size})
+    method = get_method("peer", "litert")
+    assert method.source == "torch" and method.runtime == "litert" and method.unavailable() is None
+    batches = [torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    settings = method.quantize_tflite(tmp_path / "fp32.pt", tmp_path / "int8.tflite", tmp_path / "fp32.tflite",
+                                      iter(batches), params)
+    json.dumps(settings)
+    assert settings["calibration_images"] == 8 and settings["tool"] == "litert-torch"
+    ops = litert.op_summary(tmp_path / "int8.tflite")
+    assert ops["convolutions_by_input_type"].get("int8", 0) > 0
+    assert set(ops["convolutions_by_input_type"]) == {"int8"}, ops   # every conv on an integer kernel
+    assert set(litert.op_summary(tmp_path / "fp32.tflite")["convolutions_by_input_type"]) == {"float32"}
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        reference = model(x)
+    fp32 = litert.LiteRTDetector(tmp_path / "fp32.tflite")(x)
+    int8 = litert.LiteRTDetector(tmp_path / "int8.tflite")
+    one = [int8(x[i:i + 1]) for i in range(3)]     # batch 1 (as converted) and batch 3 (resized) agree
+    for k, (ref, f, q) in enumerate(zip(reference, fp32, int8(x))):
+        assert ref.shape == f.shape == q.shape
+        assert torch.allclose(ref, f, atol=1e-3, rtol=1e-3)
+        assert torch.equal(q, torch.cat([o[k] for o in one]))
+        assert float((ref - q).abs().max()) < 0.1 * float(ref.abs().max()) + 1e-2
+
+
+def test_a_litert_peer_is_evaluated_in_litert_and_refused_without_its_converter(monkeypatch, tmp_path):
+    """The litert peer's models are named -lrt, run from their .tflite file and stand with the
+    deployed models; without the converter environment `validate` refuses it, naming how to
+    install it."""
+    from quantdet import study
+    from quantdet.config import load_params, validate_params
+    from quantdet.errors import ParamsError
+    from quantdet.export import litert
+    from tests.conftest import SMOKE
+
+    params = load_params(SMOKE)
+    params["matrix"]["peer"] = ["litert"]
+    monkeypatch.setenv(litert.ENV, str(tmp_path / "nowhere" / "python"))
+    with pytest.raises(ParamsError, match=r"matrix\.peer: litert cannot run here: .*make venv-litert"):
+        validate_params(params, source="params.yaml")
+    name = study.parse_model_name("student-peer-litert-w8a8-lrt")
+    assert name.runtime == "litert" and name.compared_as == "onnxruntime" and name.deployed == name.name
+    assert study.evaluated_file(name) == study.tflite_file("student-peer-litert-w8a8")
+    assert study.peer_evaluations("student-peer-litert-w8a8", ["onnxruntime", "openvino"]) == [name.name]
+    assert study.peer_evaluations("student-peer-nncf-w8a8", ["onnxruntime"]) == ["student-peer-nncf-w8a8-ort"]

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 STUDENT = {"detector": "yolo", "arch": "yolov8n.yaml"}
 TEACHER = {"detector": "yolo", "arch": "yolov8s.yaml", "epochs": 2}
-PEERS = ["ultralytics_onnx", "modelopt", "pt2e"]
+# litert: LiteRT's own INT8 (its converter in .venv-litert, which `make test` installs), run in LiteRT
+LITERT = __import__("quantdet.export.litert", fromlist=["x"]).unavailable() is None
+PEERS = ["ultralytics_onnx", "modelopt", "pt2e"] + (["litert"] if LITERT else [])
 PTQ = ["minmax", "dacal", "zeroq", "gdfq"]
 QAT = ["fqn", "daqat", "oaqat", "ait"]
 
@@ -122,3 +124,23 @@ def test_ultralytics_own_onnx_int8_is_a_peer_of_the_same_network(yolo_study):
     robustness = json.loads((yolo_study / "results/metrics/robustness.json").read_text())
     assert 0.0 <= robustness[model]["P"] <= 1.0
     assert "Ultralytics' ONNX INT8" in (yolo_study / "results/report.md").read_text()
+
+
+@pytest.mark.skipif(not LITERT, reason="LiteRT's converter environment is not installed (make venv-litert)")
+def test_litert_own_int8_is_a_peer_deployed_in_litert(yolo_study):
+    """LiteRT's PT2E INT8 of the YOLO student: a full-integer .tflite model (every convolution on
+    int8 inputs), evaluated in LiteRT on every condition, timed against the FP32 model the same
+    tool converts, and reported with the other peers."""
+    model = "student-peer-litert-w8a8-lrt"
+    record = json.loads((yolo_study / "results/models/student-peer-litert-w8a8.export.json").read_text())
+    assert record["runtime"] == "litert" and record["settings"]["tool"] == "litert-torch"
+    assert set(record["operators"]["int8"]["convolutions_by_input_type"]) == {"int8"}
+    assert record["latency_by_runtime"]["litert"]["int8_onnx"] > 0
+    assert record["detector"]["arch"] == "yolov8n.yaml"
+    assert (yolo_study / "results/models/student-peer-litert-w8a8.tflite").stat().st_size > 0
+    robustness = json.loads((yolo_study / "results/metrics/robustness.json").read_text())
+    assert 0.0 <= robustness[model]["P"] <= 1.0
+    metrics = json.loads((yolo_study / f"results/eval/{model}/clean/metrics.json").read_text())
+    assert metrics["results"]
+    report = (yolo_study / "results/report.md").read_text()
+    assert f"`{model}`" in report and "LiteRT ms" in report

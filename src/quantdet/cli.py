@@ -13,7 +13,7 @@ from pathlib import Path
 from quantdet.errors import QuantdetError
 
 LATENCY_RUNTIMES = ("onnxruntime", "openvino", "openvino-default", "openvino-f16", "openvino-bf16", "torch",
-                    "torch-bf16")   # quantdet.export.latency.RUNTIMES (not imported: --help stays fast)
+                    "torch-bf16", "litert")   # quantdet.export.latency.RUNTIMES (not imported: --help stays fast)
 
 # The documentation site's results page: `quantdet measured` rewrites its measured blocks.
 RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"

@@ -454,6 +454,10 @@ def _check_detector_methods(params: dict, source: str) -> None:
                 where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
                 raise ParamsError(f"{source}: {where}.{stage}: {method} cannot quantize the {role}'s "
                                   f"detector ({family.name}): {reason}")
+            missing = get_method(stage, method).unavailable() if stage == "peer" else None
+            if missing:
+                where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
+                raise ParamsError(f"{source}: {where}.peer: {method} cannot run here: {missing}")
 
 
 def load_params(path: str | Path = "params.yaml", check_backbones: bool = False) -> dict:

@@ -46,7 +46,9 @@ from dataclasses import dataclass, field
 
 ORT_SUFFIX = "-ort"
 OV_SUFFIX = "-ov"
-SUFFIXES = {"torch": "", "onnxruntime": ORT_SUFFIX, "openvino": OV_SUFFIX}  # runtime -> name suffix
+LITERT_SUFFIX = "-lrt"    # a peer whose tool deploys to LiteRT (a .tflite model; methods/litert_peer.py)
+SUFFIXES = {"torch": "", "onnxruntime": ORT_SUFFIX, "openvino": OV_SUFFIX,
+            "litert": LITERT_SUFFIX}  # runtime -> name suffix
 DEPLOYED = ("onnxruntime", "openvino")  # runtimes that run the exported integer ONNX model
 MIXED = "mixed"  # the PTQ method with per-layer weight bits (quant.mixed)
 ROLES = ("teacher", "student")
@@ -59,7 +61,7 @@ PRECISIONS = ("fp16", "bf16", "int8_dynamic")
 
 _NAME = re.compile(
     r"^(?P<role>[a-z][a-z0-9_]*)-(?:(?P<fp32>fp32)|(?P<precision>fp16|bf16|int8_dynamic)|(?P<stage>ptq|qat|mimic|peer)-(?P<method>[a-z0-9_]+)"
-    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov)?$"
+    r"-w(?P<wbits>\d)a(?P<abits>\d))(?:-(?P<repeat>[sr])(?P<seed>\d+))?(?P<rt>-ort|-ov|-lrt)?$"
 )
 
 
@@ -71,7 +73,7 @@ class ModelName:
                               # deployment precision (fp16, bf16, int8_dynamic); None for FP32
     weight_bits: int | None
     act_bits: int | None
-    runtime: str              # torch | onnxruntime | openvino
+    runtime: str              # torch | onnxruntime | openvino | litert (a LiteRT peer)
     seed: int | None = None   # a repeat seed; None: the study's seed
     retrained: bool = True    # with a seed: its FP32 source retrained with it (-s), or the
                               # study's FP32 model, the method alone re-seeded (-r)
@@ -129,8 +131,14 @@ class ModelName:
 
     @property
     def deployed(self) -> str:
-        """The name of this model exported and run in onnxruntime."""
-        return self.model + ORT_SUFFIX
+        """The name of this model exported and run in onnxruntime (a LiteRT peer: in LiteRT)."""
+        return self.name if self.runtime == "litert" else self.model + ORT_SUFFIX
+
+    @property
+    def compared_as(self) -> str:
+        """The runtime whose models this one is compared with: a peer deployed by its own tool in
+        its own runtime (LiteRT) stands with the deployed models, as the onnxruntime peers do."""
+        return "onnxruntime" if self.runtime == "litert" else self.runtime
 
     def run_seed(self, params: dict) -> int:
         """The seed this model's training and calibration use."""
@@ -265,6 +273,31 @@ def peer_models(params: dict) -> list[str]:
     return names
 
 
+def peer_runtime(model: str) -> str:
+    """The runtime a peer's model deploys to: onnxruntime (an integer ONNX model) unless its
+    tool has its own (methods.base.PeerMethod.runtime)."""
+    return method_of(parse_model_name(model)).runtime
+
+
+def peer_evaluations(model: str, rt: list[str]) -> list[str]:
+    """A peer's evaluated names: an ONNX peer in onnxruntime, and OpenVINO where
+    `matrix.runtimes` lists it; a peer with a runtime of its own (LiteRT) in that runtime."""
+    own = peer_runtime(model)
+    if own != "onnxruntime":
+        return [model + SUFFIXES[own]]
+    return [model + SUFFIXES[r] for r in DEPLOYED if r == "onnxruntime" or r in rt]
+
+
+def tflite_file(model: str) -> str:
+    """A LiteRT peer's model (methods/litert_peer.py)."""
+    return f"{MODELS}/{model}.tflite"
+
+
+def peer_file(model: str) -> str:
+    """The file a peer job writes: its integer ONNX model, or its own runtime's."""
+    return tflite_file(model) if peer_runtime(model) == "litert" else onnx_file(model)
+
+
 def precision_models(params: dict) -> list[str]:
     """Each FP32 detector at each deployment precision, in each of its runtimes
     (matrix.precisions: {precision: [runtime, ...]}; quantdet.export.precision)."""
@@ -300,6 +333,8 @@ def evaluated_file(name: "ModelName") -> str:
         if name.runtime == "onnxruntime":
             return onnx_file(name.model)
         return onnx_file(name.fp32_source) if name.runtime == "openvino" else model_file(name.fp32_source)
+    if name.runtime == "litert":
+        return tflite_file(name.model)
     return onnx_file(name.model) if name.runtime in DEPLOYED else model_file(name.model)
 
 
@@ -405,7 +440,7 @@ def evaluated_models(params: dict) -> list[str]:
     for q in quantized_models(params):
         names += evaluations(q)
     for p in peer_models(params):
-        names += [p + SUFFIXES[r] for r in DEPLOYED if r == "onnxruntime" or r in rt]
+        names += peer_evaluations(p, rt)
     for r in repeat_models(params):
         names += evaluations(r) if parse_model_name(r).quantized else [r]
     return names + precision_models(params)
@@ -592,9 +627,10 @@ def _model_job(params: dict, model: str) -> Job:
     if name.stage == "peer":  # from the FP32 ONNX (or PyTorch) model to an integer ONNX model
         sources = (onnx_file(name.fp32_source),) + (
             (model_file(name.fp32_source),) if method.source == "torch" else ())
-        return Job("peer", model, (onnx_file(model), f"{MODELS}/{model}.export.json"), sources + (PREPARED,),
+        out = peer_file(model)
+        return Job("peer", model, (out, f"{MODELS}/{model}.export.json"), sources + (PREPARED,),
                    tuple(job_reads("peer", model=model)), (("model", model),), method=name.method,
-                   bits=name.bits_label, runtime="onnxruntime", log=log, out=onnx_file(model))
+                   bits=name.bits_label, runtime=method.runtime, log=log, out=out)
     inputs = [model_file(name.fp32_source), calibration_input(name)]
     if method.teacher:
         inputs.insert(1, model_file("teacher-fp32"))
@@ -635,6 +671,8 @@ def jobs(params: dict) -> list[Job]:
         name = parse_model_name(m)
         # a precision's evaluation waits for its check (quantdet.export.precision)
         checked = (precision_file(m),) if name.precision else ()
+        if name.runtime == "litert":   # its record holds the detector config
+            checked = (f"{MODELS}/{name.model}.export.json",)
         rows.append(Job("evaluate", m, (eval_dir(m),), (evaluated_file(name), *checked, PREPARED, *splits),
                         tuple(job_reads("evaluate")), (("model", m),), method=name.method,
                         bits=name.bits_label, seed=name.seed, runtime=name.runtime,

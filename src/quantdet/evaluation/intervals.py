@@ -202,7 +202,7 @@ def comparison_pairs(models: list[str], params: dict) -> list[dict]:
     for model, name in names.items():   # in the runtime the study analyses; peers: peer_pairs
         if name.role != "student" or name.stage == "peer":
             continue
-        if name.runtime != (analysed if name.quantized else "torch"):
+        if name.compared_as != (analysed if name.quantized else "torch"):
             continue
         family = name.stage if name.quantized else "fp32"
         key = (family, name.method or "fp32", name.bits_label)
@@ -260,11 +260,11 @@ def peer_pairs(models: list[str], figures: dict) -> list[dict]:
     names = {m: n for m in models if (n := study.parse_model_name(m)).role == "student"}  # others: detector_pairs
     records = [{"group": "fp32", "comparison": f"peer {n.method} deployed vs FP32", "bits": n.bits_label,
                 "seeds": [0], "treatment": [m], "baseline": [n.fp32_source]}
-               for m, n in names.items() if n.stage == "peer" and n.runtime == "onnxruntime"
+               for m, n in names.items() if n.stage == "peer" and n.compared_as == "onnxruntime"
                and n.fp32_source in names]
     for bits in dict.fromkeys(n.bits_label for n in names.values() if n.stage == "peer"):
         peers = [m for m, n in names.items() if n.stage == "peer" and n.bits_label == bits
-                 and n.runtime == "onnxruntime"]
+                 and n.compared_as == "onnxruntime"]
         best = max(peers, key=lambda m: figures[m]["P"][0])
         ours = [m for m, n in names.items() if n.runtime == "onnxruntime" and n.stage != "peer"
                 and n.bits_label == bits and n.seed is None]
@@ -303,7 +303,7 @@ def detector_pairs(models: list[str], params: dict) -> list[dict]:
     for model, name in names.items():
         if name.role not in roles or not name.quantized or name.seed is not None:
             continue
-        if name.runtime != ("onnxruntime" if name.stage == "peer" else analysed):
+        if name.compared_as != ("onnxruntime" if name.stage == "peer" else analysed):
             continue
         if name.fp32_source in names:
             what = f"peer {name.method} deployed" if name.stage == "peer" else f"{name.stage} {name.method}{deployed}"

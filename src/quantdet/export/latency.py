@@ -32,13 +32,17 @@ from pathlib import Path
 import numpy as np
 
 RUNTIMES = ("onnxruntime", "openvino", "openvino-default", "openvino-f16", "openvino-bf16", "torch",
-            "torch-bf16")
+            "torch-bf16", "litert")
 OV_HINTS = {"openvino": "f32", "openvino-f16": "f16", "openvino-bf16": "bf16"}
 
 
 def _input_size(path: str) -> int:
     import onnx
 
+    if str(path).endswith(".tflite"):
+        from quantdet.export.litert import input_size
+
+        return input_size(path)
     if str(path).endswith(".pt"):
         from quantdet.models.io import load_model
 
@@ -123,6 +127,12 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         if densified:
             info["sparse_initializers_densified"] = True
         return lambda x: request.infer({0: x}), info
+    if runtime == "litert":   # a .tflite model in LiteRT's interpreter (XNNPACK on the CPU)
+        from quantdet.export.litert import LiteRTDetector, version
+
+        model = LiteRTDetector(path, threads=threads)
+        model._resize(batch_shape[0])
+        return model.run_numpy, {"version": version()}
     raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
 
 

@@ -132,6 +132,13 @@ class PeerMethod(Method):
     # what the tool quantizes: "onnx", the FP32 ONNX export; "torch", the FP32 PyTorch model
     # (its file is then an input of the job too, passed as `fp32_model`)
     source: str = "onnx"
+    # the runtime its model deploys to: "onnxruntime" (an integer ONNX model, `quantize_onnx`), or
+    # a runtime of the tool's own ("litert": a .tflite model, `quantize_tflite`; model names -lrt)
+    runtime: str = "onnxruntime"
+
+    def unavailable(self) -> str | None:
+        """Why the tool cannot run in this installation (`quantdet validate` refuses it), or None."""
+        return None
 
     def quantize_onnx(self, fp32_onnx, out, calibration, params: dict, fp32_model=None) -> dict:
         """Write the quantized model to `out` from `fp32_onnx` (or from `fp32_model`, the FP32

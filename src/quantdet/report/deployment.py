@@ -18,7 +18,7 @@ from quantdet import study
 from quantdet.report.formatting import markdown_table
 
 TOLERANCE = 0.05   # the latency worker's agreement between repetitions
-RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO (f32)"}
+RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO (f32)", "litert": "LiteRT"}
 
 
 def _timed(exports: dict[str, dict]) -> dict[str, dict]:
@@ -34,7 +34,8 @@ def _runtimes(timed: dict[str, dict]) -> list[str]:
 def _interval(intervals: dict | None, model: str, metric: str) -> str:
     from quantdet.report.answers import with_interval
 
-    figures = (intervals or {}).get("models", {}).get(model + study.ORT_SUFFIX)
+    models = (intervals or {}).get("models", {})
+    figures = models.get(model + study.ORT_SUFFIX) or models.get(model + study.LITERT_SUFFIX)
     return with_interval(figures.get(metric), metric) if figures else "–"
 
 
@@ -62,10 +63,11 @@ def deployment_table(exports: dict[str, dict], intervals: dict | None) -> str:
             for r in runtimes}
     setting = next(iter(timed.values())).get("latency_method", {})
     note = (f"Latency per batch of {setting.get('batch', '?')} images on {setting.get('threads', '?')} threads, "
-            "each file in its own process; in brackets the speed-up over the FP32 ONNX model timed in the same job. "
+            "each file in its own process; in brackets the speed-up over the FP32 ONNX model timed in the same job "
+            "(LiteRT: over the FP32 model the same tool converted to .tflite). "
             "FP32 in the same jobs: " + "; ".join(
                 f"{RUNTIME_NAMES.get(r, r)} {statistics.median(v):.1f} ms (median of {len(v)})" for r, v in fp32.items())
-            + ". P and mPC: the model deployed in onnxruntime, AP points with 95% intervals.")
+            + ". P and mPC: the model deployed in onnxruntime (a LiteRT peer: in LiteRT), AP points with 95% intervals.")
     headers = ["model", "bits", "tool", "P", "mPC", "INT8 MB"] + [f"{RUNTIME_NAMES.get(r, r)} ms" for r in runtimes]
     return ("## Deployment: every deployable model in each runtime\n\n" + note + "\n\n"
             + markdown_table(headers, rows, align_right_from=3))

@@ -134,7 +134,7 @@ def measured_markdown(root: str | Path, block: str | None = None, stages: list[s
     analysed = study.analysed_runtime(params)
     shown = [m for m in study.evaluated_models(params)
              if m in figures and study.parse_model_name(m).seed is None and not study.parse_model_name(m).precision
-             and study.parse_model_name(m).runtime == (analysed if study.parse_model_name(m).quantized else "torch")]
+             and study.parse_model_name(m).compared_as == (analysed if study.parse_model_name(m).quantized else "torch")]
     rows = [[f"`{m}`", with_interval(figures[m].get("P"), "P"), with_interval(figures[m].get("mPC"), "mPC"),
              with_interval(figures[m].get("rPC"), "rPC"), with_interval(figures[m].get("mPC_heldout"), "mPC")]
             for m in shown if m in figures]

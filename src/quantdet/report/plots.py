@@ -40,7 +40,7 @@ def primary_models(models: list[str]) -> list[str]:
     names = {m: parse_model_name(m) for m in models}
     runtime = "torch" if any(n.quantized and n.runtime == "torch" for n in names.values()) else "onnxruntime"
     return [m for m in models if names[m].seed is None and not names[m].precision
-            and names[m].runtime == (runtime if names[m].quantized else "torch")]
+            and names[m].compared_as == (runtime if names[m].quantized else "torch")]
 
 
 def severity_panels(models: list[str]) -> list[tuple[str, list[str]]]:

@@ -69,7 +69,7 @@ def _static_int8(record: dict, deployed: bool = True) -> bool:
     if name.stage != "ptq" or (name.weight_bits, name.act_bits) != (8, 8) \
             or not study.parse_model_name(record["baseline"][0]).fp32:
         return False
-    if deployed and name.runtime != "onnxruntime":
+    if deployed and name.compared_as != "onnxruntime":
         return False
     try:
         return not get_method("ptq", name.method).generated

@@ -52,7 +52,7 @@ def robustness_table(ap: pd.DataFrame, params: dict) -> pd.DataFrame:
                   # the model the study's comparisons use: FP32 in PyTorch, quantized in the
                   # analysed runtime (simulated where evaluated, else deployed)
                   "analysed": not name.precision
-                  and name.runtime == (analysed_runtime(params) if name.quantized else "torch")}
+                  and name.compared_as == (analysed_runtime(params) if name.quantized else "torch")}
         for metric, suffix in (("AP", ""), ("AP50", "_AP50")):
             table = {(c, s): v for c, s, v in zip(group["condition"], group["severity"], group[metric])}
             try:

@@ -25,6 +25,13 @@ def _load_for_evaluation(name: study.ModelName, threads: int):
 
         model = OvDetector(require(study.onnx_file(name.model)), threads=threads)
         return model, model.detector_config
+    if name.runtime == "litert":   # a LiteRT peer: its detector config is in its peer record
+        from quantdet.export.litert import LiteRTDetector
+
+        record = read_json(require(f"{study.MODELS}/{name.model}.export.json"))
+        model = LiteRTDetector(require(study.tflite_file(name.model)), threads=threads,
+                               detector_config=record["detector"])
+        return model, model.detector_config
     from quantdet.models.io import load_model
 
     model, payload = load_model(require(study.model_file(name.model)))

@@ -261,6 +261,8 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
     if name.weight_bits not in method.bits or name.act_bits != name.weight_bits:
         raise QuantdetError(f"{model}: {method.name} quantizes to W{method.bits[0]}A{method.bits[0]} only")
     set_threads(params["export"]["threads"])
+    if method.runtime == "litert":
+        return _litert_peer(params, name, method, Path(out or study.tflite_file(name.model)))
     fp32_onnx = require(study.onnx_file(name.fp32_source))
     out = Path(out or study.onnx_file(name.model))
     from quantdet.detectors import letterbox_of
@@ -302,4 +304,66 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
                      "latency_ms": summary["latency_by_runtime"], "speedup": summary["speedup_by_runtime"]},
             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
                   "method": name.method}, artifacts=[report_path], onnx_models={name.model: out})
+    return summary
+
+
+def _litert_peer(params: dict, name: study.ModelName, method, out: Path) -> dict:
+    """A peer deploying to LiteRT (methods/litert_peer.py): the FP32 PyTorch model quantized and
+    converted by the tool to a .tflite model, on the same calibration batches as the other peers;
+    timed against the FP32 model the same tool converts, both in LiteRT, each in its own
+    process; the record keeps the latency keys of the export records (fp32_onnx / int8_onnx stand
+    for the FP32 and the INT8 model files, here .tflite) and the detector config `evaluate` reads."""
+    import tempfile
+
+    from quantdet.detectors import letterbox_of
+    from quantdet.export import litert
+    from quantdet.export.latency import measure
+    from quantdet.models.io import read_model_file
+
+    fp32_model = require(study.model_file(name.fp32_source))
+    detector = read_model_file(fp32_model)["detector"]
+    letterbox = letterbox_of(detector)
+    calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
+    batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
+    exp_cfg = params["export"]
+    images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
+                                     exp_cfg["latency_batch"], letterbox))).numpy().astype("float32")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmpdir, atomic_path(out, checksum=True) as tmp:
+        fp32_tflite = Path(tmpdir) / f"{name.fp32_source}.tflite"
+        settings = method.quantize_tflite(fp32_model, tmp, fp32_tflite, batches, params)
+        seconds = time.perf_counter() - start
+        calibration = calib.info()
+        ops = {"fp32": litert.op_summary(fp32_tflite), "int8": litert.op_summary(tmp)}
+        shapes = {key: [o.shape for o in litert.LiteRTDetector(path).run_numpy(images[:1])]
+                  for key, path in (("fp32", fp32_tflite), ("int8", tmp))}
+        if shapes["fp32"] != shapes["int8"]:   # never evaluate outputs the decoder would misread
+            raise QuantdetError(f"{out}: LiteRT's INT8 model returns outputs of shapes {shapes['int8']}, "
+                                f"its FP32 conversion {shapes['fp32']}")
+        sizes = {"fp32_onnx": fp32_tflite.stat().st_size, "int8_onnx": tmp.stat().st_size}
+        timing = {"batch": int(images.shape[0]), "threads": exp_cfg["threads"], "runs": exp_cfg["latency_runs"]}
+        records = {key: measure(path, "litert", images=images, **timing)
+                   for key, path in (("fp32_onnx", fp32_tflite), ("int8_onnx", tmp))}
+    ms = {key: r["latency_ms"] for key, r in records.items()}
+    speedup = round(ms["fp32_onnx"] / ms["int8_onnx"], 3)
+    summary = {"model": name.model, "method": name.method, "tool": method.description,
+               "runtime": "litert", "settings": settings, "calibration": calibration,
+               "source": str(fp32_model), "fp32_model": str(fp32_model), "int8_tflite": str(out),
+               "detector": detector, "operators": ops, "seconds": round(seconds, 1),
+               "files": {"fp32_onnx": "the FP32 model converted by the same tool (.tflite, not kept)",
+                         "int8_onnx": str(out)},
+               "size_bytes": sizes,
+               "latency_ms": {**ms, **timing, "runtime": "litert"}, "speedup_int8_vs_fp32": speedup,
+               "latency_by_runtime": {"litert": ms}, "speedup_by_runtime": {"litert": speedup},
+               "latency_method": {"process_per_model": True, **timing, "failed": {},
+                                  "runtimes": {"litert": {k: {f: r[f] for f in ("repetition_medians_ms",
+                                                                                  "converged", "version")}
+                                                          for k, r in records.items()}}}}
+    report_path = out.parent / f"{name.model}.export.json"
+    write_json(report_path, summary)
+    log_job(params, "peer", model=name.model,
+            metrics={"size_bytes": sizes, "seconds": seconds, "latency_ms": {"litert": ms},
+                     "speedup": {"litert": speedup}},
+            tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
+                  "method": name.method, "runtime": "litert"}, artifacts=[report_path])
     return summary
