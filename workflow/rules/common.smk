@@ -33,7 +33,15 @@ PTQ_MODEL = rf"{ROLE}-ptq-{_names('ptq', False)}-w\da\d(-[sr]\d+)?"
 PTQ_FILES_MODEL = rf"{ROLE}-ptq-{_names('ptq', True)}-w\da\d(-[sr]\d+)?"
 QAT_MODEL = rf"{ROLE}-qat-{_names('qat', False)}-w\da\d(-[sr]\d+)?"
 MIMIC_MODEL = rf"{ROLE}-mimic-{_names('mimic', False)}-w\da\d(-[sr]\d+)?"
-PEER_MODEL = rf"{ROLE}-peer-{_names('peer', False)}-w\da\d"
+def _peer_names(runtime):
+    """Model-name pattern of the peers deploying to `runtime` (methods.base.PeerMethod.runtime):
+    an ONNX peer's job writes an .onnx file, a LiteRT peer's a .tflite one."""
+    accepted = [m.name for m in methods("peer") if m.runtime == runtime]
+    return "(" + "|".join(accepted) + ")" if accepted else "^$"
+
+
+PEER_MODEL = rf"{ROLE}-peer-{_peer_names('onnxruntime')}-w\da\d"
+LITERT_PEER_MODEL = rf"{ROLE}-peer-{_peer_names('litert')}-w\da\d"
 # our models; a peer's ONNX is its own job's, a deployment precision's its precision job's
 EXPORTED_MODEL = ROLE + r"-(?!peer-|(fp16|bf16|int8_dynamic)\.)[a-z0-9_-]+"   # (then .onnx, .export.json)
 PRECISION = "(" + "|".join(study.PRECISIONS) + ")"

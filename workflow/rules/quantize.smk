@@ -83,3 +83,24 @@ rule peer:
     threads: config["export"]["threads"]
     shell:
         "quantdet peer --params params.yaml --model {wildcards.model} --out {output.onnx} --log {log}"
+
+
+rule peer_litert:
+    input:
+        job_inputs("peer", by_model),
+    output:
+        tflite="results/models/{model}.tflite",
+        report="results/models/{model}.export.json",
+    wildcard_constraints:
+        model=LITERT_PEER_MODEL,
+    params:
+        read=job_params("peer", by_model),
+    conda:
+        "../envs/quantdet.yaml"
+    log:
+        "logs/peer/{model}.log",
+    benchmark:
+        "benchmarks/peer/{model}.tsv"
+    threads: config["export"]["threads"]
+    shell:
+        "quantdet peer --params params.yaml --model {wildcards.model} --out {output.tflite} --log {log}"
