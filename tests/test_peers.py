@@ -118,11 +118,9 @@ def test_listing_the_peers_imports_none_of_their_tools():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
-                    reason="torchao is not installed (requirements.lock has it)")
-def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
-    """PT2E quantizes the FP32 PyTorch model (a small detector here, the study's own kind);
-    its converted graph, exported to ONNX, is a QDQ model with int8 weights onnxruntime runs."""
+def _small_detector(path):
+    """(smoke params, the smoke study's student untrained, its input size), the model saved at
+    `path` as the pretrain stage saves it: what the peers that quantize the PyTorch model read."""
     from quantdet import stages
     from quantdet.config import load_params
     from quantdet.models.io import save_model
@@ -133,8 +131,16 @@ def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
     torch.manual_seed(0)
     detector = stages.detector_config(params, "student", 3)
     model = detectors.build(detector).eval()
-    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
-               extra={"stride": 4, "input_size": size})
+    save_model(path, model, kind="fp32", detector=detector, classes={}, extra={"stride": 4, "input_size": size})
+    return params, model, size
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                    reason="torchao is not installed (requirements.lock has it)")
+def test_the_pt2e_peer_exports_its_converted_model_to_qdq_onnx(tmp_path):
+    """PT2E quantizes the FP32 PyTorch model (a small detector here, the study's own kind);
+    its converted graph, exported to ONNX, is a QDQ model with int8 weights onnxruntime runs."""
+    params, model, size = _small_detector(tmp_path / "fp32.pt")
     export_onnx(model, tmp_path / "fp32.onnx", size, 17)
     method = get_method("peer", "pt2e")
     assert method.source == "torch"
@@ -170,19 +176,9 @@ def test_the_litert_peer_writes_a_full_integer_tflite_model_litert_runs(tmp_path
     """LiteRT's PT2E INT8 of a small detector (the study's own kind), converted in .venv-litert:
     a .tflite model whose convolutions take int8 inputs, which LiteRT runs at any batch, with
     outputs within a few of their quantization steps of the FP32 model's."""
-    from quantdet import stages
-    from quantdet.config import load_params
     from quantdet.export import litert
-    from quantdet.models.io import save_model
-    from tests.conftest import SMOKE
 
-    params = load_params(SMOKE)
-    size = params["models"]["input_size"]
-    torch.manual_seed(0)
-    detector = stages.detector_config(params, "student", 3)
-    model = detectors.build(detector).eval()
-    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
-               extra={"stride": 4, "input_size": size})
+    params, model, size = _small_detector(tmp_path / "fp32.pt")
     method = get_method("peer", "litert")
     assert method.source == "torch" and method.runtime == "litert" and method.unavailable() is None
     batches = [torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
