@@ -195,7 +195,7 @@ def test_the_litert_peer_writes_a_full_integer_tflite_model_litert_runs(tmp_path
         reference = model(x)
     fp32 = litert.LiteRTDetector(tmp_path / "fp32.tflite")(x)
     int8 = litert.LiteRTDetector(tmp_path / "int8.tflite")
-    one = [int8(x[i:i + 1]) for i in range(3)]     # batch 1 (as converted) and batch 3 (resized) agree
+    one = [int8(x[i:i + 1]) for i in range(3)]     # one image at a time, or three in one call: the same
     for k, (ref, f, q) in enumerate(zip(reference, fp32, int8(x))):
         assert ref.shape == f.shape == q.shape
         assert torch.allclose(ref, f, atol=1e-3, rtol=1e-3)

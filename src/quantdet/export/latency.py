@@ -130,9 +130,8 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
     if runtime == "litert":   # a .tflite model in LiteRT's interpreter (XNNPACK on the CPU)
         from quantdet.export.litert import LiteRTDetector, version
 
-        model = LiteRTDetector(path, threads=threads)
-        model._resize(batch_shape[0])
-        return model.run_numpy, {"version": version()}
+        model = LiteRTDetector(path, threads=threads)   # the batch, one image after another
+        return model.run_numpy, {"version": version(), "batch_run_as": f"{batch_shape[0]} runs of batch {model.batch}"}
     raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
 
 

@@ -77,7 +77,10 @@ def _output_order(details: list[dict]) -> list[dict]:
 class LiteRTDetector:
     """Callable on a B×3×S×S float tensor, returning float outputs as torch tensors: an integer
     input is quantized with the model's own input scale, integer outputs dequantized with theirs
-    (a full-integer model's interface). The batch is resized to each call's."""
+    (a full-integer model's interface). The model runs at the batch it was converted at (1, as
+    LiteRT deploys), one image after another: resizing its input does not resize the constant
+    shapes inside a converted graph (YOLO12's attention reshapes), which then returns one
+    image's outputs for a whole batch."""
 
     def __init__(self, path, threads: int = 1, detector_config: dict | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -85,21 +88,13 @@ class LiteRTDetector:
         verify_file(path)
         self.path = str(path)
         self.interpreter = Interpreter(model_path=self.path, num_threads=threads)
+        self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
+        self.outputs = _output_order(self.interpreter.get_output_details())
+        self.batch = int(self.input["shape"][0])
         self.detector_config = detector_config
-        self.batch = None
-        self.outputs: list[dict] = []
 
-    def _resize(self, batch: int) -> None:
-        if batch != self.batch:
-            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
-            self.interpreter.allocate_tensors()
-            self.batch = batch
-            self.outputs = _output_order(self.interpreter.get_output_details())
-
-    def run_numpy(self, images: np.ndarray) -> list[np.ndarray]:
-        self._resize(len(images))
-        x = np.ascontiguousarray(images, np.float32)
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
         if self.input["dtype"] != np.float32:
             scale, zero = self.input["quantization"]
             info = np.iinfo(self.input["dtype"])
@@ -109,11 +104,18 @@ class LiteRTDetector:
         out = []
         for d in self.outputs:
             value = self.interpreter.get_tensor(d["index"])
+            if value.shape[0] != len(x):
+                raise QuantdetError(f"{self.path}: LiteRT returned {value.shape[0]} images' outputs for {len(x)}")
             if d["dtype"] != np.float32:
                 scale, zero = d["quantization"]
                 value = (value.astype(np.float32) - zero) * scale
             out.append(np.array(value, np.float32))
         return out
+
+    def run_numpy(self, images: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(images, np.float32)
+        parts = [self._run(x[i:i + self.batch]) for i in range(0, len(x), self.batch)]
+        return [np.concatenate(p) for p in zip(*parts)]
 
     def __call__(self, images: torch.Tensor):
         return tuple(torch.from_numpy(o) for o in self.run_numpy(images.numpy()))
@@ -133,7 +135,7 @@ def op_summary(path) -> dict:
     input (int8: an integer kernel; float32: a float one)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()   # the interpreter's only list of operators
