@@ -19,7 +19,8 @@ SMOKE = ROOT / "tests" / "smoke" / "params.yaml"
 # needs it only for its last comparison.
 FIRST = ["test_smoke_study.py", "test_cluster.py", "test_yolo_study.py", "test_torchvision_study.py",
          "test_faults.py", "test_dvc_study.py", "test_extend_study.py", "test_gpu_check.py",
-         "test_own_detector.py", "test_checkpoint_import.py", "test_distributed.py", "test_docs_site.py"]
+         "test_own_detector.py", "test_checkpoint_import.py", "test_distributed.py", "test_peers.py",
+         "test_docs_site.py"]
 
 
 def pytest_collection_modifyitems(config, items):
