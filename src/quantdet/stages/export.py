@@ -100,17 +100,18 @@ def export(params: dict, model: str, out: str | None = None) -> dict:
     return report
 
 
-def time_files(files: dict, exp_cfg: dict, images) -> dict:
+def time_files(files: dict, exp_cfg: dict, images, runtimes=None) -> dict:
     """Latency of FP32 and integer ONNX files (``files``: {"fp32_onnx": path, "int8_onnx": path,
     ...}) in each runtime of export.latency_runtimes, each file in its own process, one after
     another (quantdet.export.latency): sessions interleaved in one process disturb each other,
     their thread pools spinning between runs. Returns the export record's latency fields;
-    ``latency_ms`` and ``speedup_int8_vs_fp32`` are onnxruntime's where it was timed."""
+    ``latency_ms`` and ``speedup_int8_vs_fp32`` are onnxruntime's where it was timed. `runtimes`:
+    others than export.latency_runtimes (a LiteRT peer's .tflite files: ["litert"])."""
     from quantdet.export.latency import measure
 
     settings = {"batch": int(images.shape[0]), "threads": exp_cfg["threads"], "runs": exp_cfg["latency_runs"]}
     records, failed = {}, {}
-    for runtime in exp_cfg["latency_runtimes"]:
+    for runtime in runtimes or exp_cfg["latency_runtimes"]:
         try:
             records[runtime] = {key: measure(path, runtime, images=images, **settings) for key, path in files.items()}
         except RuntimeError as err:   # a runtime that cannot run a file: recorded, the others timed

@@ -242,6 +242,16 @@ def _peer_weight_type(path, setting: str) -> dict:
     return record
 
 
+def _peer_inputs(params: dict, letterbox):
+    """What every peer sees: the calibration set (the same batches and fingerprint as our PTQ),
+    its first quant.ptq.calib_batches batches, and the batch of val images it is timed on."""
+    calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
+    batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
+    images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
+                                     params["export"]["latency_batch"], letterbox)))
+    return calib, batches, images.numpy().astype("float32")
+
+
 def peer(params: dict, model: str, out: str | None = None) -> dict:
     """Another tool's quantizer (a registered peer method): the FP32 ONNX model quantized on
     the study's calibration images (the same batches and fingerprint as our PTQ), written with
@@ -270,8 +280,7 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
 
     metadata = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
     letterbox = letterbox_of(detector_config(metadata))   # the FP32 model's family's
-    calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
-    batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
+    calib, batches, images = _peer_inputs(params, letterbox)
     start = time.perf_counter()
     with atomic_path(out, checksum=True) as tmp:   # <out>.sha256: checked where it is read
         extra = ({"fp32_model": require(study.model_file(name.fp32_source))}
@@ -290,13 +299,10 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
                "size_bytes": {"fp32_onnx": fp32_onnx.stat().st_size, "int8_onnx": out.stat().st_size}}
     # timed as our exports are (the export stage's time_files): the same batch of val images
     exp_cfg = params["export"]
-    images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
-                                     exp_cfg["latency_batch"], letterbox)))
-    summary.update(time_files({"fp32_onnx": fp32_onnx, "int8_onnx": out}, exp_cfg,
-                              images.numpy().astype("float32")))
+    summary.update(time_files({"fp32_onnx": fp32_onnx, "int8_onnx": out}, exp_cfg, images))
     from quantdet.export.divergence import layer_divergence
 
-    summary["layer_divergence"] = layer_divergence(fp32_onnx, out, images.numpy(), threads=exp_cfg["threads"])
+    summary["layer_divergence"] = layer_divergence(fp32_onnx, out, images, threads=exp_cfg["threads"])
     report_path = out.with_suffix(".export.json")
     write_json(report_path, summary)
     log_job(params, "peer", model=name.model,
@@ -317,17 +323,12 @@ def _litert_peer(params: dict, name: study.ModelName, method, out: Path) -> dict
 
     from quantdet.detectors import letterbox_of
     from quantdet.export import litert
-    from quantdet.export.latency import measure
     from quantdet.models.io import read_model_file
+    from quantdet.stages.export import time_files
 
     fp32_model = require(study.model_file(name.fp32_source))
     detector = read_model_file(fp32_model)["detector"]
-    letterbox = letterbox_of(detector)
-    calib = CalibrationSet(params, seed=params["study"]["seed"], letterbox=letterbox)
-    batches = itertools.islice(calib, params["quant"]["ptq"]["calib_batches"])
-    exp_cfg = params["export"]
-    images = next(iter(image_batches(f"{study.PREPARED}/val", params["models"]["input_size"],
-                                     exp_cfg["latency_batch"], letterbox))).numpy().astype("float32")
+    calib, batches, images = _peer_inputs(params, letterbox_of(detector))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmpdir, atomic_path(out, checksum=True) as tmp:
         fp32_tflite = Path(tmpdir) / f"{name.fp32_source}.tflite"
@@ -341,29 +342,20 @@ def _litert_peer(params: dict, name: study.ModelName, method, out: Path) -> dict
             raise QuantdetError(f"{out}: LiteRT's INT8 model returns outputs of shapes {shapes['int8']}, "
                                 f"its FP32 conversion {shapes['fp32']}")
         sizes = {"fp32_onnx": fp32_tflite.stat().st_size, "int8_onnx": tmp.stat().st_size}
-        timing = {"batch": int(images.shape[0]), "threads": exp_cfg["threads"], "runs": exp_cfg["latency_runs"]}
-        records = {key: measure(path, "litert", images=images, **timing)
-                   for key, path in (("fp32_onnx", fp32_tflite), ("int8_onnx", tmp))}
-    ms = {key: r["latency_ms"] for key, r in records.items()}
-    speedup = round(ms["fp32_onnx"] / ms["int8_onnx"], 3)
+        latency = time_files({"fp32_onnx": fp32_tflite, "int8_onnx": tmp}, params["export"], images,
+                             runtimes=["litert"])
     summary = {"model": name.model, "method": name.method, "tool": method.description,
                "runtime": "litert", "settings": settings, "calibration": calibration,
                "source": str(fp32_model), "fp32_model": str(fp32_model), "int8_tflite": str(out),
                "detector": detector, "operators": ops, "seconds": round(seconds, 1),
                "files": {"fp32_onnx": "the FP32 model converted by the same tool (.tflite, not kept)",
                          "int8_onnx": str(out)},
-               "size_bytes": sizes,
-               "latency_ms": {**ms, **timing, "runtime": "litert"}, "speedup_int8_vs_fp32": speedup,
-               "latency_by_runtime": {"litert": ms}, "speedup_by_runtime": {"litert": speedup},
-               "latency_method": {"process_per_model": True, **timing, "failed": {},
-                                  "runtimes": {"litert": {k: {f: r[f] for f in ("repetition_medians_ms",
-                                                                                  "converged", "version")}
-                                                          for k, r in records.items()}}}}
+               "size_bytes": sizes, **latency}
     report_path = out.parent / f"{name.model}.export.json"
     write_json(report_path, summary)
     log_job(params, "peer", model=name.model,
-            metrics={"size_bytes": sizes, "seconds": seconds, "latency_ms": {"litert": ms},
-                     "speedup": {"litert": speedup}},
+            metrics={"size_bytes": sizes, "seconds": seconds, "latency_ms": latency["latency_by_runtime"],
+                     "speedup": latency["speedup_by_runtime"]},
             tags={"calibration_fingerprint": calibration["fingerprint"], "bits": name.bits_label,
                   "method": name.method, "runtime": "litert"}, artifacts=[report_path])
     return summary
