@@ -450,13 +450,12 @@ def _check_detector_methods(params: dict, source: str) -> None:
             served = get_method(stage, method).detectors if method != "mixed" else ()
             if not reason and served and family.name not in served:
                 reason = f"{method} serves the {', '.join(served)} detector famil{'ies' if len(served) > 1 else 'y'} only"
+            where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
             if reason:
-                where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
                 raise ParamsError(f"{source}: {where}.{stage}: {method} cannot quantize the {role}'s "
                                   f"detector ({family.name}): {reason}")
             missing = get_method(stage, method).unavailable() if stage == "peer" else None
             if missing:
-                where = "matrix" if role in study.ROLES else f"{study.model_key(role)}.matrix"
                 raise ParamsError(f"{source}: {where}.peer: {method} cannot run here: {missing}")
 
 
