@@ -223,3 +223,82 @@ def test_a_litert_peer_is_evaluated_in_litert_and_refused_without_its_converter(
     assert study.evaluated_file(name) == study.tflite_file("student-peer-litert-w8a8")
     assert study.peer_evaluations("student-peer-litert-w8a8", ["onnxruntime", "openvino"]) == [name.name]
     assert study.peer_evaluations("student-peer-nncf-w8a8", ["onnxruntime"]) == ["student-peer-nncf-w8a8-ort"]
+
+
+@ULTRALYTICS
+def test_the_ultralytics_openvino_peer_runs_its_nncf_call_with_its_ignored_scope(tmp_path, monkeypatch):
+    """Ultralytics' OpenVINO INT8 recipe on a YOLO network: its ignored scope, by its own rule on
+    its own OpenVINO conversion, is the Detect head's own operators (decode, DFL), none of which
+    quantdet's network holds; NNCF's mixed preset (asymmetric activations) on every convolution."""
+    from quantdet import stages
+    from quantdet.config import load_params
+    from quantdet.methods.ultralytics_openvino_peer import ultralytics_ignored_scope
+    from quantdet.models.io import save_model
+    from tests.conftest import SMOKE
+
+    monkeypatch.chdir(tmp_path)   # Ultralytics' settings: results/.ultralytics here
+    params = load_params(SMOKE)
+    params["models"]["student"] = {"detector": "yolo", "arch": "yolov8n.yaml"}
+    size = params["models"]["input_size"]
+    torch.manual_seed(0)
+    detector = stages.detector_config(params, "student", 3)
+    model = detectors.build(detector).eval()
+    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
+               extra={"stride": model.stride, "input_size": size})
+    export_onnx(model, tmp_path / "fp32.onnx", size, 17)
+
+    scope = ultralytics_ignored_scope(model, size)
+    assert scope["head"] == "model.22" and scope["outside"] and not scope["body_sigmoids"]
+    assert any(".dfl" in name for name in scope["outside"])
+
+    method = get_method("peer", "ultralytics_openvino")
+    assert method.source == "torch" and method.detectors == ("yolo",)
+    batches = [torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    settings = method.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "ov.onnx", iter(batches), params,
+                                    fp32_model=tmp_path / "fp32.pt")
+    assert settings["preset"] == "mixed" and settings["calibration_items"] == 8
+    assert settings["ignored_outside_network"] == len(scope["outside"]) and settings["ignored_in_network"] == []
+    proto = onnx.load(str(tmp_path / "ov.onnx"))
+    onnx.checker.check_model(proto)
+    inits = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(producers[c.input[1]].op_type == "DequantizeLinear" for c in convs)
+    values = {n: onnx.numpy_helper.to_array(i) for n, i in inits.items()}
+    zero_points = {int(np.asarray(values[n.input[2]]).ravel()[0]) for n in proto.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert not zero_points <= {0, 128}   # mixed: asymmetric activations
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(9))
+    for fp32, quantized in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "ov.onnx")(x)):
+        assert fp32.shape == quantized.shape
+        assert float((fp32 - quantized).abs().max()) < 0.1 * float(fp32.abs().max()) + 1e-2
+
+
+def test_a_body_sigmoid_the_recipe_keeps_in_float_is_found_in_the_onnx_graph_or_refused(tmp_path):
+    from quantdet.methods.ultralytics_openvino_peer import _scope_path, onnx_sigmoids
+
+    assert _scope_path("/model.4/m.0/cv1/act/Sigmoid") == "model.4.m.0.cv1.act"   # a YOLO body's names
+    assert _scope_path("/cv2.0/cv2.0.0/act/Sigmoid") == "cv2.0.0.act"
+
+    class Gate(torch.nn.Module):   # a block that calls sigmoid itself (SiLU would be Swish in OpenVINO)
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * torch.sigmoid(y)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), Gate())
+
+        def forward(self, x):
+            return self.model(x)
+
+    path = tmp_path / "gate.onnx"
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17)
+    assert onnx_sigmoids(path, ["model.1"]) == ["/model/model.1/Sigmoid"]
+    with pytest.raises(ValueError, match=r"keeps the Sigmoid of model\.0 in float; the ONNX graph has 0"):
+        onnx_sigmoids(path, ["model.0"])
