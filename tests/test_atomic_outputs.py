@@ -39,6 +39,24 @@ def test_a_killed_writer_leaves_only_hidden_leftovers_and_the_next_writer_clears
     assert (tmp_path / "model.pt").read_bytes() == b"whole"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="zombies are read from /proc (Linux)")
+def test_the_leftovers_of_a_killed_writer_not_yet_reaped_are_cleared(tmp_path):
+    """A job killed with its runner is a zombie until init reaps it (seconds, in a container):
+    signal 0 still reaches it, but it writes nothing more, so its leftovers go."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # dead, left unreaped: a zombie
+        os.kill(proc.pid, 0)                                       # which signal 0 still reaches
+        assert len(clear_leftovers(tmp_path / "model.pt")) == 1
+        assert len(clear_leftovers(tmp_path / "split")) == 1
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        proc.wait()
+
+
 def test_leftovers_of_a_running_writer_or_another_host_are_kept(tmp_path):
     mine = tmp_path / f".model.pt.tmp~{os.getpid()}@{os.uname().nodename}~abc.tmp"
     other_host = tmp_path / ".model.pt.tmp~1@elsewhere.invalid~abc.tmp"

@@ -27,13 +27,21 @@ def _writer() -> str:
 
 
 def _gone(pid: int) -> bool:
+    """Whether process `pid` of this host can no longer write: it does not exist, or it is a
+    zombie (killed, not yet reaped). A job killed with its runner is an orphan zombie until the
+    machine's init reaps it, which a container's first process may do seconds later, after the
+    rerun's writer of the same output has started: signal 0 still reaches a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:   # alive, another user's
         return False
-    return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:   # "pid (comm) state ...": comm may hold ")"
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):   # no /proc (not Linux), or it went meanwhile
+        return not os.path.exists(f"/proc/{pid}") and os.path.isdir("/proc/self")
 
 
 def clear_leftovers(path: str | Path) -> list[Path]:
