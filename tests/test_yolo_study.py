@@ -7,7 +7,9 @@ integer ONNX, evaluated and reported (deployed in onnxruntime; the smoke study's
 student covers the simulated evaluation and the deployment precisions), through Snakemake,
 reusing the smoke study's prepared and corrupted data. One smoke config for the family (CI
 keeps one per family): the other observers and ONNX peers are the same code on every family
-(the smoke study runs them)."""
+(the smoke study runs them), and so are DA-QAT and FQN (the smoke study's yolo11n student runs
+DA-QAT, which shares their training loop) and ModelOpt, which quantizes the ONNX graph. The
+corrupted conditions: one corruption and the held-out one (the smoke study evaluates the rest)."""
 import json
 import os
 import shutil
@@ -31,9 +33,9 @@ STUDENT = {"detector": "yolo", "arch": "yolov8n.yaml"}
 TEACHER = {"detector": "yolo", "arch": "yolov8s.yaml", "epochs": 2}
 # litert: LiteRT's own INT8 (its converter in .venv-litert, which `make test` installs), run in LiteRT
 LITERT = __import__("quantdet.export.litert", fromlist=["x"]).unavailable() is None
-PEERS = ["ultralytics_onnx", "modelopt", "pt2e"] + (["litert"] if LITERT else [])
-PTQ = ["minmax", "dacal", "zeroq", "gdfq"]
-QAT = ["fqn", "daqat", "oaqat", "ait"]
+PEERS = ["ultralytics_onnx", "pt2e"] + (["litert"] if LITERT else [])
+PTQ = ["minmax", "dacal", "zeroq"]
+QAT = ["oaqat", "ait"]
 
 @pytest.fixture(scope="module")
 def yolo_study(smoke_study, tmp_path_factory):
@@ -49,6 +51,7 @@ def yolo_study(smoke_study, tmp_path_factory):
     # precisions and repeat seeds: here each method's models are evaluated deployed only
     params["models"]["students"] = None
     params["corruptions"]["suites"] = ["imagecorruptions"]   # the smoke study evaluates the others
+    params["corruptions"].update(names=["gaussian_noise"], severities=[3])
     params["matrix"].update(peer=PEERS, ptq=PTQ, qat=QAT, runtimes=["onnxruntime"], precisions={},
                             repeat={"seeds": [], "ptq": [], "qat": []})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
