@@ -158,7 +158,9 @@ def test_results_equal_the_local_run_with_the_same_seed(cluster_study, request):
     local = json.loads((smoke_study / "results/metrics/robustness.json").read_text())
     params = cluster_params(work)
     assert set(ours) == set(study.measured_models(params)) and "student-fp32" in ours
-    assert ours == {model: local[model] for model in ours}
+    # clean P alike; the mean over corruptions is over fewer of them here (tests/smoke_overlays.py),
+    # so each condition's metrics are compared instead, below
+    assert {m: ours[m]["P"] for m in ours} == {m: local[m]["P"] for m in ours}
     for model in study.evaluated_models(params):
         for condition in study.conditions(params):
             ours, local = (json.loads((root / study.eval_metrics_file(model, condition)).read_text())
