@@ -4,12 +4,12 @@ makes of it, and how fast it runs (issue: the fastest integer graph).
     python scripts/integer_graph.py --out /tmp/graphs [--roles student yolo11n] [--size 128]
 
 For each role of params.yaml (an untrained network: speed does not depend on the weights), it
-writes the FP32 ONNX export, our min/max W8A8 export (calibrated on the study's calibration
-images when `data/prepared` exists, else on random images) and the peers' models (onnxruntime's
-quantize_static, NNCF), then prints for each model the operators onnxruntime runs after its
+writes the FP32 ONNX export, our min/max W8A8 export with uint8 and with int8 weights, and the
+peers' models (onnxruntime's quantize_static, NNCF), all calibrated on the same random images
+(ranges, not speed, depend on them), then prints for each model the operators onnxruntime runs after its
 graph optimizations (how many convolutions run as integer kernels, what stays in float) and
 the latency of each model in onnxruntime and OpenVINO, each timed in its own process by
-`quantdet bench` (batch 8, 2 threads, the study's export settings).
+`quantdet bench` (batch 8, 2 threads).
 """
 import argparse
 import collections
@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -39,12 +38,12 @@ def ort_ops(path: Path) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in graph.node).most_common())
 
 
-def build(role: str, params: dict, size: int):
+def build(role: str, params: dict):
+    """The untrained FP32 network of `models.<role>`, for the default dataset's classes."""
     from quantdet import detectors
     from quantdet.stages.train import detector_config
 
-    config = detector_config(params, role, num_classes=len(CLASSES))
-    return detectors.build(config).eval(), config
+    return detectors.build(detector_config(params, role, num_classes=len(CLASSES))).eval()
 
 
 def main() -> None:
@@ -69,7 +68,7 @@ def main() -> None:
     calib = [torch.rand(8, 3, args.size, args.size) for _ in range(2)]
     summary = {}
     for role in args.roles:
-        model, config = build(role, params, args.size)
+        model = build(role, params)
         names = output_names(model)
         fp32 = out / f"{role}-fp32.onnx"
         export_onnx(model, fp32, args.size, 17, output_names=names)
