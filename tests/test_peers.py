@@ -302,3 +302,90 @@ def test_a_body_sigmoid_the_recipe_keeps_in_float_is_found_in_the_onnx_graph_or_
     assert onnx_sigmoids(path, ["model.1"]) == ["/model/model.1/Sigmoid"]
     with pytest.raises(ValueError, match=r"keeps the Sigmoid of model\.0 in float; the ONNX graph has 0"):
         onnx_sigmoids(path, ["model.0"])
+
+
+def test_the_qat_subset_written_for_ultralytics_is_our_qat_subset_with_the_same_boxes(tmp_path):
+    """Ultralytics' QAT trains on the images quantdet's QAT draws (SeededSubset, the same seed),
+    and its label files hold the prepared split's boxes and classes."""
+    from quantdet.data.dataset import DetectionDataset, SeededSubset
+    from quantdet.data.prepare import prepare_dataset
+    from quantdet.data.yolo import read_label_file
+    from quantdet.methods.ultralytics_qat_peer import write_yolo_subset
+    from tests.test_data_prepare import shrunk_params
+
+    prepare_dataset(shrunk_params(), tmp_path / "prepared")
+    split = tmp_path / "prepared" / "train"
+    dataset = DetectionDataset(split, 32)
+    written = write_yolo_subset(split, tmp_path / "yolo", 5, seed=3)
+    assert written["images"] == 5 and written["names"] == dict(enumerate(dataset.class_names))
+    chosen = SeededSubset(dataset, 5, 3).indices
+    files = sorted((tmp_path / "yolo" / "images" / "train").iterdir())
+    assert [int(f.stem) for f in files] == list(chosen)
+    objects = 0
+    for index, image in zip(chosen, files):
+        info = dataset.images[index]
+        assert image.resolve() == (split / "images" / info["file_name"]).resolve()
+        label = tmp_path / "yolo" / "labels" / "train" / f"{image.stem}.txt"
+        boxes, labels = dataset.targets[index]
+        read = list(read_label_file(label, written["names"], info["width"], info["height"]))
+        assert [c for c, _ in read] == labels.tolist()
+        corners = [[x, y, x + w, y + h] for _, (x, y, w, h) in read]
+        np.testing.assert_allclose(np.reshape(corners, (-1, 4)), boxes, atol=1e-3 * max(info["width"], info["height"]))
+        objects += len(labels)
+    assert written["objects"] == objects > 0
+    data = __import__("yaml").safe_load(written["data_yaml"].read_text())
+    assert data["train"] == "images/train" and data["names"] == written["names"]
+
+
+@ULTRALYTICS
+@MODELOPT
+@pytest.mark.slow
+def test_the_ultralytics_qat_peer_trains_with_ultralytics_and_exports_modelopt_qdq(tmp_path, monkeypatch):
+    """Ultralytics' QAT (yolo train quantize=8) from the FP32 model, on the QAT budget: a QDQ
+    model whose convolutions take quantized inputs and weights, with the head's output
+    convolutions in float (Ultralytics' rule); its record says what each runtime executed
+    (onnxruntime forms no QLinearConv without an output quantizer; OpenVINO runs int8)."""
+    from quantdet import stages
+    from quantdet.config import load_params
+    from quantdet.data.prepare import prepare_dataset
+    from quantdet.models.io import save_model
+    from tests.conftest import SMOKE
+    from tests.test_data_prepare import shrunk_params
+
+    monkeypatch.chdir(tmp_path)   # Ultralytics' settings: results/.ultralytics here
+    prepare_dataset(shrunk_params(embedded={"num_train": 24, "num_val": 4}), tmp_path / "data" / "prepared")
+    params = load_params(SMOKE)
+    params["models"]["student"] = {"detector": "yolo", "arch": "yolov8n.yaml"}
+    params["quant"]["qat"].update(images=16, epochs=1, batch_size=8)
+    size = params["models"]["input_size"]
+    classes = len(json.loads((tmp_path / "data/prepared/train/annotations.json").read_text())["categories"])
+    torch.manual_seed(0)
+    detector = stages.detector_config(params, "student", classes)
+    model = detectors.build(detector).eval()
+    save_model(tmp_path / "fp32.pt", model, kind="fp32", detector=detector, classes={},
+               extra={"stride": model.stride, "input_size": size})
+    export_onnx(model, tmp_path / "fp32.onnx", size, 17)
+
+    method = get_method("peer", "ultralytics_qat")
+    assert method.source == "torch" and method.detectors == ("yolo",) and method.unavailable() is None
+    settings = method.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "qat.onnx", None, params,
+                                    fp32_model=tmp_path / "fp32.pt")
+    assert settings["train_images"] == 16 and settings["train_arguments"]["quantize"] == 8
+    assert settings["train_arguments"]["epochs"] == 1 and settings["train_arguments"]["batch"] == 8
+    assert settings["enabled"] > 0 and settings["disabled"] > 0
+    proto = onnx.load(str(tmp_path / "qat.onnx"))
+    onnx.checker.check_model(proto)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    quantized = [c for c in convs if producers.get(c.input[1]) is not None
+                 and producers[c.input[1]].op_type == "DequantizeLinear"]
+    # every convolution but the head's 6 bare output convolutions (box and class, 3 levels)
+    assert sorted(c.name for c in convs if c not in quantized) == sorted(
+        f"/{branch}.{level}/{branch}.{level}.2/Conv" for branch in ("cv2", "cv3") for level in range(3))
+    assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in quantized)
+    assert settings["executed"]["onnxruntime"]["convolutions_by_precision"] == {"fp32": len(convs)}
+    assert settings["executed"]["openvino"]["convolutions_by_precision"].get("u8", 0) > 0
+    assert not (tmp_path / "runs").exists()   # Ultralytics trained in a temporary folder
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(9))
+    for fp32, qat in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "qat.onnx")(x)):
+        assert fp32.shape == qat.shape
