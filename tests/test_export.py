@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import onnx
 import pytest
@@ -107,54 +105,6 @@ def test_uint8_weights_are_the_int8_model_and_run_exactly_on_any_cpu(exported, t
     if weight_type("auto")[0] == "int8":   # VNNI: the int8 kernels are exact too
         ours = output_agreement(q, OrtDetector(paths["int8"]), images, bits)
         assert min(ours["within_one_step_fraction"].values()) >= (0.99 if bits == 8 else 0.95)
-
-
-def test_openvino_reads_uint8_weights_as_the_same_int8_weights(exported, tmp_path):
-    """OpenVINO gets the int8 form of a uint8-weight export (latency.openvino_copy: the inverse
-    of unsigned_weights, the same dequantized values), and runs both files alike: the same
-    convolutions in int8, the same outputs."""
-    import onnx
-    from onnx import numpy_helper
-
-    from quantdet.export.latency import openvino_copy
-    from quantdet.export.precision import ov_executed
-    from quantdet.export.runner import OvDetector
-
-    bits, q, _, _ = exported
-    paths = {kind: tmp_path / f"{kind}.onnx" for kind in ("int8", "uint8")}
-    for kind, path in paths.items():
-        export_onnx(q, path, 32, 17, weights=kind)
-    copy, changes = openvino_copy(str(paths["uint8"]))
-    try:
-        assert changes == {"weights_stored_int8": 6}
-        assert openvino_copy(str(paths["int8"])) == (str(paths["int8"]), {})   # nothing to change: no copy
-
-        def weights(path):   # (integer type, dequantized values) of each 8-bit DequantizeLinear initializer
-            graph = onnx.load(str(path)).graph
-            inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-            found = []
-            for n in graph.node:
-                w = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
-                if w is None or w.dtype.name not in ("int8", "uint8"):
-                    continue
-                scale, zero = inits[n.input[1]], inits[n.input[2]]
-                shape = [-1] + [1] * (w.ndim - 1) if scale.size > 1 else []
-                values = (w.astype(np.float64) - zero.astype(np.float64).reshape(shape)) * scale.reshape(shape)
-                found.append((w.dtype.name, values))
-            return found
-
-        signed, unsigned = weights(copy), weights(paths["uint8"])
-        assert sum(kind == "uint8" for kind, _ in unsigned) == 6 and all(kind == "int8" for kind, _ in signed)
-        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(signed, unsigned))
-    finally:
-        os.remove(copy)
-    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    runs = {kind: OvDetector(path) for kind, path in paths.items()}
-    assert runs["uint8"].info["weights_stored_int8"] == 6 and "weights_stored_int8" not in runs["int8"].info
-    assert ov_executed(runs["uint8"].compiled)["convolutions_by_precision"] == \
-        ov_executed(runs["int8"].compiled)["convolutions_by_precision"]
-    for a, b in zip(runs["uint8"](images), runs["int8"](images)):
-        assert torch.equal(a, b)
 
 
 def test_fp32_export_matches_pytorch(tmp_path):

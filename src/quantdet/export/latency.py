@@ -56,56 +56,15 @@ def _input_size(path: str) -> int:
     return int(meta["quantdet.input_size"])
 
 
-def signed_weights(proto) -> int:
-    """The inverse of `onnx_export.unsigned_weights`, for OpenVINO: each uint8 weight of a Conv,
-    ConvTranspose, Gemm or MatMul whose DequantizeLinear zero point is 128 everywhere is stored as
-    int8, minus 128, with zero point 0: the same dequantized values. uint8 weights exist for
-    onnxruntime on CPUs without VNNI (its u8s8 kernels saturate there); OpenVINO takes int8
-    weights into its int8 convolutions, and with uint8 ones ran our W8A8 model at about half the
-    speed (docs/results.md, "What differs between our integer graph and the peers'"). Returns
-    how many weights were changed (in place)."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-               and len(n.input) > 1}
-    weights |= {n.input[0] for n in graph.node if n.op_type == "MatMul"}
-    changed = 0
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.output[0] not in weights or len(node.input) < 3:
-            continue
-        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
-        if w is None or zp is None or w.data_type != onnx.TensorProto.UINT8 or zp.data_type != onnx.TensorProto.UINT8:
-            continue
-        zp_values = numpy_helper.to_array(zp)
-        if np.any(zp_values != 128):
-            continue
-        for index, (name, array) in enumerate(((node.input[0], numpy_helper.to_array(w)), (node.input[2], zp_values))):
-            new = f"{name}_s8"
-            if new not in inits:
-                inits[new] = numpy_helper.from_array((array.astype(np.int16) - 128).astype(np.int8), new)
-                graph.initializer.append(inits[new])
-            node.input[0 if index == 0 else 2] = new
-        changed += 1
-    used = {i for n in graph.node for i in n.input}
-    for init in list(graph.initializer):
-        if init.name not in used:
-            graph.initializer.remove(init)
-    return changed
-
-
-def openvino_copy(path: str) -> tuple[str, dict]:
-    """The model as OpenVINO reads it best, same values: (path, what the copy changed; empty:
-    the file itself, else a temporary copy to remove). A copy is made where the file has sparse initializers, which OpenVINO's ONNX
-    reader does not take (the outlier side paths' kernels: stored dense), or uint8 weights with
-    zero point 128 (stored int8: `signed_weights`)."""
+def _dense_copy(path: str) -> tuple[str, bool]:
+    """OpenVINO's ONNX reader does not take sparse initializers (the outlier side paths'
+    kernels): a temporary copy with them stored dense, same values."""
     import onnx
     from onnx import numpy_helper
 
     proto = onnx.load(path)
-    densified = len(proto.graph.sparse_initializer)
+    if not proto.graph.sparse_initializer:
+        return path, False
     for sparse in proto.graph.sparse_initializer:
         values = numpy_helper.to_array(sparse.values)
         dense = np.zeros(int(np.prod(sparse.dims)), values.dtype)
@@ -113,14 +72,10 @@ def openvino_copy(path: str) -> tuple[str, dict]:
         proto.graph.initializer.append(
             numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
     del proto.graph.sparse_initializer[:]
-    changes = {key: count for key, count in (("sparse_initializers_densified", densified),
-                                             ("weights_stored_int8", signed_weights(proto))) if count}
-    if not changes:
-        return path, {}
     fd, tmp = tempfile.mkstemp(suffix=".onnx")
     os.close(fd)
     onnx.save(proto, tmp)
-    return tmp, changes
+    return tmp, True
 
 
 def _session(path: str, runtime: str, threads: int, batch_shape):
@@ -152,7 +107,7 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         import openvino as ov
 
         core = ov.Core()
-        path, changes = openvino_copy(path)
+        path, densified = _dense_copy(path)
         model = core.read_model(path)
         model.reshape({model.inputs[0].any_name: list(batch_shape)})
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
@@ -160,7 +115,7 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         if runtime in OV_HINTS:
             config["INFERENCE_PRECISION_HINT"] = OV_HINTS[runtime]
         compiled = core.compile_model(model, "CPU", config)
-        if changes:
+        if densified:
             os.remove(path)
         request = compiled.create_infer_request()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -168,7 +123,9 @@ def _session(path: str, runtime: str, threads: int, batch_shape):
         if runtime in OV_HINTS and hint != OV_HINTS[runtime]:   # never time a fallback under its name
             raise RuntimeError(f"{runtime}: not run: OpenVINO {ov.__version__} compiled the model at {hint}, "
                                f"not {OV_HINTS[runtime]}: this CPU cannot run {OV_HINTS[runtime]}")
-        info = {"version": ov.__version__, "precision_hint": hint, **changes}
+        info = {"version": ov.__version__, "precision_hint": hint}
+        if densified:
+            info["sparse_initializers_densified"] = True
         return lambda x: request.infer({0: x}), info
     if runtime == "litert":   # a .tflite model in LiteRT's interpreter (XNNPACK on the CPU)
         from quantdet.export.litert import LiteRTDetector, version

@@ -59,16 +59,16 @@ class OvDetector:
         import onnx
         import openvino as ov
 
-        from quantdet.export.latency import openvino_copy
+        from quantdet.export.latency import _dense_copy
 
         verify_file(path)
         self.metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         core = ov.Core()
-        readable, changes = openvino_copy(str(path))   # no sparse initializers, int8 weights
+        readable, densified = _dense_copy(str(path))   # OpenVINO reads no sparse initializers
         try:
             model = core.read_model(readable)
         finally:
-            if changes:
+            if densified:
                 import os
                 os.remove(readable)
         name = model.inputs[0].any_name
@@ -81,7 +81,7 @@ class OvDetector:
         self.detector_config = detector_config(self.metadata)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.info = {"runtime": "openvino", "version": ov.__version__,
-                     "precision_hint": hint.to_string() if hasattr(hint, "to_string") else str(hint), **changes}
+                     "precision_hint": hint.to_string() if hasattr(hint, "to_string") else str(hint)}
         self.path = str(path)
 
     def run_numpy(self, images: np.ndarray) -> list[np.ndarray]:
