@@ -74,6 +74,7 @@ def study_intervals(params: dict, root=".", resamples: int = 1000, seed: int = 0
     pairs = (comparison_pairs(models, params) + peer_pairs(models, figures) + detector_pairs(models, params)
              + precision_pairs(models))
     comparisons = [_comparison(record, figures, level) for record in pairs]
+    comparisons += [_scale_comparison(record, figures, level) for record in scale_pairs(models, params)]
     log.info("intervals of %d models from %d resamples of %d images in %.0f s", len(models), resamples,
              len(image_ids), time.perf_counter() - started)
     return {
@@ -316,6 +317,71 @@ def detector_pairs(models: list[str], params: dict) -> list[dict]:
                             "bits": "fp32", "seeds": [names["student-fp32"].run_seed(params)],
                             "treatment": [f"{role}-fp32"], "baseline": ["student-fp32"]})
     return records
+
+
+SCALES = "nsmlx"   # Ultralytics' model scales, smallest first (yolo11n ... yolo11x)
+
+
+def _scale_of(model_params: dict) -> tuple[str, str, str] | None:
+    """(detector family, architecture less its scale letter, scale letter) of a `yolo11s.yaml`-like
+    architecture, else None."""
+    import re
+
+    arch = str(model_params.get("arch") or "")
+    found = re.fullmatch(r"(.*\d)([nsmlx])(\.yaml)?", Path(arch).name)
+    if not found or model_params.get("checkpoint"):
+        return None
+    return str(model_params.get("detector")), found.group(1), found.group(2)
+
+
+def scale_pairs(models: list[str], params: dict) -> list[dict]:
+    """Group "scale", QRID's "the smaller model loses more": for two detectors of one
+    architecture at two scales (models.students: `yolo11n.yaml` and `yolo11s.yaml`), each
+    quantization (method and bits) both have, deployed as the detector group compares it: the
+    smaller one's loss against its own FP32 model minus the larger one's. treatment: the two
+    quantized models, smaller first; baseline: their FP32 models."""
+    names = {m: study.parse_model_name(m) for m in models}
+    roles = study.students(params)
+    scales = {role: s for role in roles if (s := _scale_of(study.model_params(params, role)))}
+    analysed = study.analysed_runtime(params)
+    by_role = {}
+    for model, name in names.items():
+        if name.role in scales and name.quantized and name.seed is None and name.fp32_source in names \
+                and name.compared_as == ("onnxruntime" if name.stage == "peer" else analysed):
+            by_role.setdefault(name.role, {})[(name.stage, name.method, name.bits_label)] = model
+    records = []
+    for small in roles:
+        for large in roles:
+            if small not in scales or large not in scales or scales[small][:2] != scales[large][:2] \
+                    or SCALES.index(scales[small][2]) >= SCALES.index(scales[large][2]):
+                continue
+            for key, model in by_role.get(small, {}).items():
+                other = by_role.get(large, {}).get(key)
+                if other is None:
+                    continue
+                stage, method, bits = key
+                records.append({"group": "scale", "smaller": small, "larger": large,
+                                "archs": [str(study.model_params(params, r).get("arch")) for r in (small, large)],
+                                "stage": stage,
+                                "method": method, "bits": bits,
+                                "comparison": f"{small} vs {large}: loss of {stage} {method} {bits} against FP32",
+                                "treatment": [model, other],
+                                "baseline": [names[model].fp32_source, names[other].fp32_source]})
+    return records
+
+
+def _scale_comparison(record: dict, figures: dict, level: float) -> dict:
+    """Per metric, (smaller FP32 - smaller quantized) - (larger FP32 - larger quantized) over
+    the same image resamples: positive where the smaller detector loses more."""
+    (small_q, large_q), (small_fp32, large_fp32) = record["treatment"], record["baseline"]
+    differences = {}
+    for metric in ("P", "mPC", "rPC"):
+        if all(metric in figures[m] for m in (small_q, large_q, small_fp32, large_fp32)):
+            losses = ((figures[small_fp32][metric] - figures[small_q][metric])
+                      - (figures[large_fp32][metric] - figures[large_q][metric]))
+            differences[metric] = summary(losses, level)
+    return {**record, "differences": differences,
+            "units": "AP (rPC) as a fraction: the smaller detector's loss minus the larger's"}
 
 
 def _comparison(record: dict, figures: dict, level: float) -> dict:

@@ -124,6 +124,39 @@ def summary_table(params: dict, intervals: dict, exports: dict[str, dict]) -> st
                            "W8A8 speed-up, onnxruntime", "W8A8 speed-up, OpenVINO"], rows, align_right_from=1)
 
 
+def scale_answers(intervals: dict) -> list[str]:
+    """QRID's "the smaller model loses more", per pair of scales of one architecture (group
+    "scale" of intervals.json): per quantization, the smaller detector's loss against its own
+    FP32 model minus the larger one's, in P, mPC and rPC, with its interval; then how many
+    quantizations say more, less or no measurable difference."""
+    by_pair: dict[tuple[str, str], list[dict]] = {}
+    for record in intervals.get("comparisons", []):
+        if record["group"] == "scale":
+            by_pair.setdefault((record["smaller"], record["larger"]), []).append(record)
+    lines = []
+    for (small, large), records in by_pair.items():
+        archs = records[0].get("archs") or ["", ""]
+        items, tally = [], {m: {"more": 0, "less": 0, NO_DIFFERENCE: 0} for m in ("P", "mPC", "rPC")}
+        for r in records:
+            parts = []
+            for metric in ("P", "mPC", "rPC"):
+                d = r["differences"].get(metric)
+                if not d:
+                    continue
+                says = {"higher": "more", "lower": "less"}.get(verdict(d), NO_DIFFERENCE)
+                tally[metric][says] += 1
+                parts.append(f"{metric} {with_interval(d, metric, signed=True)}")
+            items.append(f"`{r['method']}` {r['bits']}: " + ", ".join(parts))
+        counts = "; ".join(f"{metric}: more for {t['more']}, less for {t['less']}, no measurable difference for "
+                           f"{t[NO_DIFFERENCE]}" for metric, t in tally.items() if sum(t.values()))
+        lines.append(f"**Does the smaller model lose more (QRID)? `{small}` ({archs[0]}) against `{large}` ({archs[1]}).** "
+                     f"Each quantization "
+                     f"both have, the smaller detector's loss against its own FP32 model minus the larger one's (AP "
+                     f"points, rPC in percentage points; positive: the smaller loses more), paired over the same image "
+                     f"resamples. Of {len(records)}: {counts}. " + "; ".join(items) + ".")
+    return lines
+
+
 def detectors_section(params: dict, intervals: dict | None, exports: dict[str, dict]) -> str:
     """## Detectors side by side: empty where the study has one student detector."""
     roles = study.students(params)
@@ -179,6 +212,7 @@ def detectors_section(params: dict, intervals: dict | None, exports: dict[str, d
             if speed:
                 text += f" Integer speed-up over FP32: {speed}."
             answers.append(text)
+    answers += scale_answers(intervals)
     lines += [f"- {a}" for a in answers] + ["", "Every quantized model against its own FP32 detector:", "",
                                             markdown_table(["detector", "model", "bits", "P", "mPC", "rPC", "ΔmPC",
                                                             "ΔrPC", "ΔrPC says"], rows, align_right_from=3)]

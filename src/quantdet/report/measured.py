@@ -221,9 +221,13 @@ def detectors_markdown(root: Path, params: dict, intervals: dict) -> str:
         path = root / study.MODELS / f"{model}.export.json"
         if path.is_file():
             exports[model] = read_json(path)
-    return ("Per detector (the detector axis; AP points with 95% intervals; speed-ups: the median over the "
+    from quantdet.report.detectors import scale_answers
+
+    text = ("Per detector (the detector axis; AP points with 95% intervals; speed-ups: the median over the "
             "detector's W8A8 exports, each timed beside its own FP32 ONNX model):\n\n"
             + summary_table(params, intervals, exports))
+    scales = scale_answers(intervals)
+    return text + ("\n\n" + "\n".join(f"- {a}" for a in scales) if scales else "")
 
 
 def precisions_markdown(root: Path, params: dict, intervals: dict) -> str:
