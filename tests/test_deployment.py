@@ -37,6 +37,13 @@ def test_the_table_has_every_timed_model_in_each_runtime():
     assert "median of 5" in table
 
 
+def test_a_litert_column_says_that_our_own_models_are_not_converted_to_litert():
+    assert "not converted to LiteRT" not in deployment_table(EXPORTS, INTERVALS)
+    litert = {**EXPORTS, "student-peer-litert-w8a8": _record({"litert": 20.0}, {"litert": 8.0})}
+    table = deployment_table(litert, INTERVALS)
+    assert "LiteRT ms" in table and "quantdet's own integer models are not converted to LiteRT" in table
+
+
 def test_the_fastest_runtime_is_named_with_ties_within_the_timing_tolerance():
     w8, w4 = fastest_runtime_answers(EXPORTS)
     assert "our W8A8 models fastest?** OpenVINO (f32), for 2 of 2" in w8

@@ -68,6 +68,10 @@ def deployment_table(exports: dict[str, dict], intervals: dict | None) -> str:
             "FP32 in the same jobs: " + "; ".join(
                 f"{RUNTIME_NAMES.get(r, r)} {statistics.median(v):.1f} ms (median of {len(v)})" for r, v in fp32.items())
             + ". P and mPC: the model deployed in onnxruntime (a LiteRT peer: in LiteRT), AP points with 95% intervals.")
+    if "litert" in runtimes:
+        note += (" LiteRT runs the LiteRT peer's models only: quantdet's own integer models are not converted to "
+                 "LiteRT, since litert-torch converts graphs quantized by its own PT2E quantizer and carrying "
+                 "quantdet's ranges over would mean rebuilding each model as such a graph (not built; docs/peers.md).")
     headers = ["model", "bits", "tool", "P", "mPC", "INT8 MB"] + [f"{RUNTIME_NAMES.get(r, r)} ms" for r in runtimes]
     return ("## Deployment: every deployable model in each runtime\n\n" + note + "\n\n"
             + markdown_table(headers, rows, align_right_from=3))
