@@ -383,6 +383,9 @@ def test_the_ultralytics_qat_peer_trains_with_ultralytics_and_exports_modelopt_q
     assert sorted(c.name for c in convs if c not in quantized) == sorted(
         f"/{branch}.{level}/{branch}.{level}.2/Conv" for branch in ("cv2", "cv3") for level in range(3))
     assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in quantized)
+    inits = {i.name: i for i in proto.graph.initializer}   # weights stored as the integers they quantize to
+    assert all(inits[producers[c.input[1]].input[0]].data_type == onnx.TensorProto.INT8 for c in quantized)
+    assert settings["integer_weights"] == len(quantized)
     assert settings["executed"]["onnxruntime"]["convolutions_by_precision"] == {"fp32": len(convs)}
     assert settings["executed"]["openvino"]["convolutions_by_precision"].get("u8", 0) > 0
     assert not (tmp_path / "runs").exists()   # Ultralytics trained in a temporary folder

@@ -20,7 +20,8 @@ Ultralytics' own loader, which re-applies the quantizers; its BatchNorms are fol
 Ultralytics' `fuse()`, which rescales the weight ranges with them, as its exporter does; and the
 network up to the head's raw outputs (quantdet's, decode outside) is exported with
 `torch.onnx.export(dynamo=False)`, the call of Ultralytics' ONNX exporter, which writes
-ModelOpt's quantizers as QuantizeLinear/DequantizeLinear pairs. What differs from `yolo export`:
+ModelOpt's quantizers as QuantizeLinear/DequantizeLinear pairs; each weight's QuantizeLinear is
+then replaced by the integers it makes (the same values), as every peer's weights are stored. What differs from `yolo export`:
 the decode (outside the graph here, inside and float there). The YOLO family only."""
 from quantdet.methods import register_method
 from quantdet.methods.base import PeerMethod
@@ -135,7 +136,7 @@ class UltralyticsQAT(PeerMethod):
 
         from quantdet import study
         from quantdet.detectors.yolo import _detection_model, ultralytics_imported, ultralytics_version
-        from quantdet.export.onnx_export import output_names
+        from quantdet.export.onnx_export import constants_to_initializers, integerize_weights, output_names
         from quantdet.export.precision import ort_executed
         from quantdet.models.io import load_model
         from quantdet.train.device import loader_workers, training_device
@@ -180,8 +181,13 @@ class UltralyticsQAT(PeerMethod):
                 torch.onnx.export(qat, (torch.zeros(1, 3, size, size),), str(out), dynamo=False,
                                   opset_version=opset, input_names=["images"], output_names=names,
                                   dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+        # the weights as the integers their QuantizeLinear makes (ONNX's rounding and saturation:
+        # the same values), so that the study stores them as every peer's (export.weight_type)
         proto = onnx.load(str(out))
+        constants_to_initializers(proto)
+        integer_weights = integerize_weights(proto)
         onnx.checker.check_model(proto)
+        onnx.save(proto, str(out))
         ops = [n.op_type for n in proto.graph.node]
         executed = {"onnxruntime": ort_executed(out, threads=int(params["export"]["threads"]))}
         executed["openvino"] = openvino_executed(out, threads=int(params["export"]["threads"]))
@@ -191,6 +197,6 @@ class UltralyticsQAT(PeerMethod):
                 "train_arguments": {k: v for k, v in arguments.items() if k not in ("data", "project")},
                 "train_images": data["images"], "train_objects": data["objects"],
                 "onnx_export": f"torch.onnx.export(dynamo=False, opset_version={opset})",
-                **counts, "quantize_linear": ops.count("QuantizeLinear"),
+                **counts, "integer_weights": integer_weights, "quantize_linear": ops.count("QuantizeLinear"),
                 "dequantize_linear": ops.count("DequantizeLinear"), "quant_format": "QDQ",
                 "executed": executed}
