@@ -209,3 +209,18 @@ def test_qrid_protocol_gives_its_drop_table_and_answers_its_three_claims_with_in
     assert "P from 33.0 to 35.0 (spread 2.0 points" in text and "drop under `noisy_low` from 30.0% to 34.0%" in text
     assert "+7.0, +0.5 points" in text
     assert qrid_section(params, {**intervals, "suites": {}}) == ""
+
+
+def test_the_qrid_section_lists_ultralytics_int8_paths_run_and_not_run_here():
+    from quantdet.report.qrid import ultralytics_paths
+
+    params = load_params("workflow/studies/local/qrid.yaml")
+    text = ultralytics_paths(params)
+    assert "the `ultralytics_onnx` peer, run for `student`, `yolo26n`, `yolo12s`" in text
+    assert "the `ultralytics_qat` peer, run for" in text
+    assert "the `ultralytics_openvino` peer, not in this study's matrix" in text
+    assert "LiteRT full-integer INT8 (`yolo export format=tflite int8=True`): not run: needs TensorFlow" in text
+    assert "TensorRT INT8" in text and "needs an NVIDIA GPU" in text
+    centernet_only = load_params("params.yaml")
+    centernet_only["models"]["students"] = None
+    assert ultralytics_paths(centernet_only) == ""

@@ -144,6 +144,36 @@ def _claim_c(comparisons: list[dict], models: dict, effects: list[float]) -> lis
     return lines
 
 
+# Ultralytics' INT8 paths (`yolo export ... int8=True` / `quantize=8`, `yolo train quantize=8`):
+# the peer that runs each here, or why it cannot run on this machine
+ULTRALYTICS_PATHS = (
+    ("ONNX INT8 (`yolo export format=onnx quantize=8`)", "ultralytics_onnx", None),
+    ("OpenVINO INT8 (`yolo export format=openvino int8=True`)", "ultralytics_openvino", None),
+    ("QAT (`yolo train quantize=8`)", "ultralytics_qat", None),
+    ("LiteRT full-integer INT8 (`yolo export format=tflite int8=True`)", None,
+     "needs TensorFlow and onnx2tf, not in the lock (LiteRT's own PT2E INT8 is the `litert` peer)"),
+    ("TensorRT INT8 (`yolo export format=engine int8=True`, QRID's static INT8)", None,
+     "needs an NVIDIA GPU and TensorRT; not on this CPU machine"),
+)
+
+
+def ultralytics_paths(params: dict) -> str:
+    """Which of Ultralytics' own INT8 paths the study ran as peers for its YOLO detectors, and
+    why the others are not here; empty without a YOLO detector."""
+    yolo = [r for r in study.students(params) if study.model_params(params, r).get("detector") == "yolo"]
+    if not yolo:
+        return ""
+    lines = []
+    for path, peer, why in ULTRALYTICS_PATHS:
+        if peer is None:
+            lines.append(f"- {path}: not run: {why}.")
+            continue
+        ran = [r for r in yolo if peer in study.role_matrix(params, r).get("peer", [])]
+        lines.append(f"- {path}: the `{peer}` peer, " + (f"run for {', '.join(f'`{r}`' for r in ran)}." if ran else
+                                                         "not in this study's matrix (`matrix.peer`)."))
+    return "**Ultralytics' own INT8, as a YOLO user gets it:**\n\n" + "\n".join(lines)
+
+
 def qrid_section(params: dict, intervals: dict | None) -> str:
     """## QRID's protocol: empty where the study does not run the `qrid` suite."""
     if not intervals or SUITE not in (intervals.get("suites") or {}):
@@ -188,4 +218,7 @@ def qrid_section(params: dict, intervals: dict | None) -> str:
                  "seeds (`matrix.repeat`, each a new draw of calibration images):"
                  + ("\n\n" + "\n".join(f"- {line}" for line in c) if c else
                     " no PTQ method of the study repeats over seeds."))
+    paths = ultralytics_paths(params)
+    if paths:
+        parts.append(paths)
     return "\n\n".join(parts)
