@@ -368,6 +368,8 @@ def test_the_ultralytics_qat_peer_trains_with_ultralytics_and_exports_modelopt_q
 
     method = get_method("peer", "ultralytics_qat")
     assert method.source == "torch" and method.detectors == ("yolo",) and method.unavailable() is None
+    assert "its own training loader" in method.calibration   # it reads no batch of the study's set
+    assert all(get_method("peer", p).calibration is None for p in ("ort_minmax", "nncf", "pt2e", "ultralytics_onnx"))
     settings = method.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "qat.onnx", None, params,
                                     fp32_model=tmp_path / "fp32.pt")
     assert settings["train_images"] == 16 and settings["train_arguments"]["quantize"] == 8

@@ -135,6 +135,8 @@ class PeerMethod(Method):
     # the runtime its model deploys to: "onnxruntime" (an integer ONNX model, `quantize_onnx`), or
     # a runtime of the tool's own ("litert": a .tflite model, `quantize_tflite`; model names -lrt)
     runtime: str = "onnxruntime"
+    # None: it calibrates on the study's calibration batches; else why it reads none of them
+    calibration: str | None = None
 
     def unavailable(self) -> str | None:
         """Why the tool cannot run in this installation (`quantdet validate` refuses it), or None."""

@@ -111,6 +111,8 @@ class UltralyticsQAT(PeerMethod):
     name = "ultralytics_qat"
     detectors = ("yolo",)
     source = "torch"     # it trains the FP32 PyTorch model
+    calibration = ("Ultralytics' prepare_qat calibrates its ranges on 8 batches of its own training loader "
+                   "(the QAT images), not on the study's calibration set")
     reads = ("study.seed", "quant.qat.epochs", "quant.qat.images", "quant.qat.batch_size",
              "train.workers", "export.opset")
     description = ("peer: Ultralytics' quantization-aware training (yolo train quantize=8: ModelOpt INT8 "

@@ -287,7 +287,9 @@ def peer(params: dict, model: str, out: str | None = None) -> dict:
                  if method.source == "torch" else {})
         settings = method.quantize_onnx(fp32_onnx, tmp, batches, params, **extra)
         settings["weight_type"] = _peer_weight_type(tmp, params["export"].get("weight_type", "auto"))
-        calibration = calib.info()
+        # a tool that sets its ranges on its own data (method.calibration: why) reads no batch
+        calibration = calib.info() if method.calibration is None else {"fingerprint": "none",
+                                                                        "not_read": method.calibration}
         source = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
         add_metadata(tmp, {**source, "quantdet.model": name.model, "quantdet.bits": name.bits_label,
                            "quantdet.method": name.method,
