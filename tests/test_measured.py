@@ -66,7 +66,7 @@ def test_minutes_round_to_a_whole_second():
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
 # The blocks of the results page, in the order the README had them (the torchvision block will follow yolo).
-BLOCKS = [None, "reproduced", "mimic", "zeroshot", "yolo", "qrid", "yolo_scales", "torchvision", "precisions"]
+BLOCKS = [None, "reproduced", "mimic", "zeroshot", "yolo", "qrid", "yolo_scales", "ultralytics_qat", "torchvision", "precisions"]
 
 
 def test_the_page_block_is_replaced_and_nothing_else(tmp_path):
