@@ -35,16 +35,15 @@ def write_yolo_subset(split_dir, out_dir, images: int | None, seed: int) -> dict
     import os
     from pathlib import Path
 
-    import numpy as np
     import yaml
 
-    from quantdet.data.dataset import DetectionDataset
+    from quantdet.data.dataset import DetectionDataset, SeededSubset
 
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     dataset = DetectionDataset(split_dir, 32)   # annotations only: no image is read
     indices = range(len(dataset.images))
     if images is not None and images < len(dataset.images):
-        indices = sorted(np.random.default_rng(seed).permutation(len(dataset.images))[:images].tolist())
+        indices = SeededSubset(dataset, images, seed).indices   # our QAT's own draw
     image_dir, label_dir = out_dir / "images" / "train", out_dir / "labels" / "train"
     image_dir.mkdir(parents=True)
     label_dir.mkdir(parents=True)
