@@ -394,3 +394,38 @@ def test_the_ultralytics_qat_peer_trains_with_ultralytics_and_exports_modelopt_q
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(9))
     for fp32, qat in zip(OrtDetector(tmp_path / "fp32.onnx")(x), OrtDetector(tmp_path / "qat.onnx")(x)):
         assert fp32.shape == qat.shape
+
+
+@ULTRALYTICS
+@pytest.mark.parametrize("arch", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_a_qat_checkpoint_is_read_through_the_branch_the_study_reads(tmp_path, monkeypatch, arch):
+    """Ultralytics' fuse() keeps one branch of an end-to-end head (YOLO26): the one its
+    `end2end` flag selects, off in a loaded checkpoint. qat_network keeps the branch quantdet
+    decodes (one-to-one, without NMS), so the QAT network's outputs are the FP32 network's
+    outputs of that branch (BatchNorm folded), not the other branch's."""
+    from quantdet.detectors.yolo import _detection_model
+    from quantdet.methods.ultralytics_qat_peer import qat_network
+
+    monkeypatch.chdir(tmp_path)
+    family = detectors.get("yolo")
+    config = family.config({"detector": "yolo", "arch": arch, "pretrained": False}, 3)
+    torch.manual_seed(0)
+    network = detectors.build(config).eval()
+    with torch.no_grad():   # the two branches start as copies: make them differ, and BN non-trivial
+        for name, value in network.named_parameters():
+            if "one2one" in name:
+                value.add_(0.2 * torch.randn_like(value))
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
+    detection = _detection_model(config["yaml"]).float()
+    detection.load_state_dict(network.state_dict(), strict=True)
+    torch.save({"model": detection, "train_args": {"task": "detect", "imgsz": 64}}, tmp_path / "last.pt")
+    read = qat_network(tmp_path / "last.pt", config)
+    assert read.end2end == config["end2end"] == (arch == "yolo26n.yaml")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = network(x), read(x)
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

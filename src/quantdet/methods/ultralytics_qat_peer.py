@@ -77,8 +77,20 @@ def qat_network(checkpoint, detector_config: dict):
 
     detection, _ = load_checkpoint(str(checkpoint), device="cpu", fuse=False)
     detection = detection.float().eval()
+    # Ultralytics' fuse() drops one of an end-to-end head's two branches, the one its `end2end`
+    # flag does not select; a loaded checkpoint's flag is off (its validator's default, nms=None),
+    # so it would keep the one-to-many branch, which quantdet decodes without NMS: duplicates.
+    # Keep the branch the study's detector reads (its FP32 model and every other method).
+    end2end = bool(detector_config.get("end2end"))
+    head = detection.model[-1]
+    if hasattr(head, "end2end"):
+        head.end2end = end2end
     detection.fuse(verbose=False)
     network = _wrap(detection).eval()
+    if bool(network.end2end) != end2end:
+        raise ValueError(f"the QAT checkpoint {checkpoint} reads the "
+                         f"{'one-to-one' if network.end2end else 'one-to-many'} branch after fuse(); "
+                         f"the study's detector reads the {'one-to-one' if end2end else 'one-to-many'}")
     network.detector_config = dict(detector_config)
     return network
 
