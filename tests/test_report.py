@@ -283,3 +283,39 @@ def test_report_names_the_dataset_and_its_prepared_classes(tmp_path, monkeypatch
     write_study_report(eval_files, export_files, params, out_root=tmp_path / "results")
     text = (tmp_path / "results" / "report.md").read_text()
     assert "- **Dataset**: YOLO-format data (`data/raw/shapes/data.yaml`), 2 classes (ring, spot); evaluated" in text
+
+
+def test_the_detector_plot_has_a_panel_per_detector_with_each_model_and_its_intervals(tmp_path, monkeypatch):
+    """plot_detectors_accuracy_vs_robustness: one visible panel per detector of detectors.csv,
+    a point per model (FP32 square, W8A8 circle, W4A4 triangle) with both interval bars."""
+    import pandas as pd
+
+    from quantdet.report import plots
+
+    def row(detector, model, bits, stage, method, p, mpc):
+        return {"detector": detector, "model": model, "bits": bits, "stage": stage, "method": method,
+                "P": p, "P_low": p - 0.02, "P_high": p + 0.01, "mPC": mpc, "mPC_low": mpc - 0.01,
+                "mPC_high": mpc + 0.02}
+
+    rows = pd.DataFrame([row("student", "student-fp32", "fp32", "fp32", "fp32", 0.40, 0.17),
+                         row("student", "student-qat-daqat-w8a8-ort", "w8a8", "qat", "daqat", 0.38, 0.18),
+                         row("student", "student-qat-daqat-w4a4-ort", "w4a4", "qat", "daqat", 0.20, 0.10),
+                         row("yolo26n", "yolo26n-fp32", "fp32", "fp32", "fp32", 0.31, 0.13),
+                         row("yolo26n", "yolo26n-ptq-minmax-w8a8-ort", "w8a8", "ptq", "minmax", 0.30, 0.12)])
+    seen = {}
+
+    def keep(fig, path):
+        seen["axes"] = [ax for ax in fig.axes if ax.get_visible()]
+        return path
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_detectors_accuracy_vs_robustness(rows, tmp_path / "d.png")
+    axes = seen["axes"]
+    assert [ax.get_title() for ax in axes] == ["student", "yolo26n"]
+    for ax, models in zip(axes, (3, 2)):
+        handles, labels = ax.get_legend_handles_labels()
+        assert len(handles) == models
+        assert all(h.has_xerr and h.has_yerr for h in handles)
+    _, labels = axes[0].get_legend_handles_labels()
+    assert labels == ["fp32", "qat daqat w8a8", "qat daqat w4a4"]
+    markers = [h.lines[0].get_marker() for h in axes[0].get_legend_handles_labels()[0]]
+    assert markers == ["s", "o", "^"]

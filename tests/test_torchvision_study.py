@@ -66,6 +66,9 @@ def test_every_model_of_the_matrix_is_evaluated_and_reported(tv_study):
     for title in ("torchvision RetinaNet `resnet18`", "torchvision FCOS `resnet18`",
                   "torchvision SSDlite `mobilenet_v3_small`"):
         assert title in report
+    # the detector axis' own plot: each detector's models, P against mPC
+    assert (tv_study / "results/plots/detectors_accuracy_vs_robustness.png").stat().st_size > 0
+    assert "plots/detectors_accuracy_vs_robustness.png" in report
 
 
 @pytest.mark.parametrize("model,family,per_level", [("student-ptq-minmax-w8a8", "retinanet", 2),

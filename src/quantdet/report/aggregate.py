@@ -12,7 +12,7 @@ from quantdet.report.files import atomic_write, atomic_write_json, atomic_write_
 from quantdet.report.inputs import read_evaluation_rows, read_exports, read_json
 from quantdet.report.markdown import render_study_report
 from quantdet.report.plots import (plot_accuracy_vs_robustness, plot_ap_per_corruption, plot_ap_vs_severity,
-                                   plot_rpc_per_model)
+                                   plot_detectors_accuracy_vs_robustness, plot_rpc_per_model)
 from quantdet.study import PREPARED, ROLES, parse_model_name
 
 ROBUSTNESS_METRICS = {"P": "P", "mPC": "mPC", "rPC": "rPC",
@@ -76,7 +76,8 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         written[f"{name}_table"] = _write_csv(tables[name], out / "tables" / f"{name}.csv")
     from quantdet.report.detectors import detector_rows, detectors_section
 
-    written["detectors_table"] = _write_csv(detector_rows(params, intervals or {}), out / "tables" / "detectors.csv")
+    detectors_frame = detector_rows(params, intervals or {})
+    written["detectors_table"] = _write_csv(detectors_frame, out / "tables" / "detectors.csv")
     from quantdet.report.precisions import precision_rows, precisions_section
 
     precision_table = precision_rows(params, intervals or {}, precision_records or {}, every_export)
@@ -96,6 +97,9 @@ def write_study_report(eval_files, export_files, params: dict, out_root="results
         "Accuracy against robustness (P vs mPC, 95% intervals)":
             plot_accuracy_vs_robustness(robustness, plots_dir / "accuracy_vs_robustness.png"),
     }
+    if not detectors_frame.empty and detectors_frame["detector"].nunique() > 1:   # the detector axis
+        plots["Each detector's models: accuracy against robustness (P vs mPC, 95% intervals)"] = \
+            plot_detectors_accuracy_vs_robustness(detectors_frame, plots_dir / "detectors_accuracy_vs_robustness.png")
     if precision_records:   # the deployment trade-off, where the study has deployment precisions
         from quantdet.report.precisions import plot_latency_vs_robustness
 

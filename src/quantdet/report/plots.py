@@ -164,6 +164,39 @@ def plot_accuracy_vs_robustness(robustness: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_detectors_accuracy_vs_robustness(rows: pd.DataFrame, path: Path) -> Path:
+    """P against mPC with their 95% intervals, one panel per detector of the study (the rows of
+    results/tables/detectors.csv: each detector's FP32 model and its quantized models), the
+    FP32 model as a square, W8A8 as circles, W4A4 as triangles, a colour per method."""
+    detectors = list(dict.fromkeys(rows["detector"]))
+    methods = list(dict.fromkeys(f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
+                                 for r in rows.itertuples()))
+    palette = plt.get_cmap("tab10").colors if len(methods) <= 10 else plt.get_cmap("tab20").colors
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    markers = {"fp32": "s", "w8a8": "o", "w4a4": "^"}
+    columns = min(len(detectors), 3)
+    lines = -(-len(detectors) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(5.5 * columns, 4.8 * lines), squeeze=False)
+    for ax, detector in zip(axes.flat, detectors):
+        panel = rows[rows["detector"] == detector]
+        for i, r in enumerate(panel.itertuples()):
+            one = panel.iloc[[i]]
+            method = f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
+            ax.errorbar(100 * r.P, 100 * r.mPC, xerr=_error(one, "P"), yerr=_error(one, "mPC"),
+                        fmt=markers.get(r.bits, "D"), color=colours[method], capsize=2, elinewidth=0.8,
+                        label=f"{method} {r.bits}" if r.bits != "fp32" else "fp32")
+        ax.set_title(f"{detector}")
+        ax.set_xlabel("P: AP@[.5:.95] on clean images (points)")
+        ax.set_ylabel("mPC (points)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(detectors):]:
+        ax.set_visible(False)
+    fig.suptitle("Each detector: accuracy and robustness of its models (square: FP32; circle: W8A8; "
+                 "triangle: W4A4; 95% intervals)", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_ap_per_corruption(per_condition: pd.DataFrame, path: Path) -> Path:
     models = list(per_condition["model"].unique())
     conditions = list(per_condition["condition"].unique())
