@@ -11,6 +11,10 @@ Ultralytics runs square letterboxing (`rect=False`), as quantdet's evaluator doe
 family letterboxes as Ultralytics' validator (long side to imgsz by OpenCV, sides rounded up,
 centred on grey 114: tests/test_letterbox.py compares the pixels). Prints both APs and their
 difference as JSON.
+
+An end-to-end head (YOLO26, YOLOv10) is read through its one-to-one branch by both (top-k, no
+NMS): quantdet always reads it so, and Ultralytics' validator does with `nms=False` (its default,
+`nms=None`, reads the one-to-many branch and runs NMS).
 """
 from __future__ import annotations
 
@@ -35,11 +39,11 @@ def quantdet_ap(checkpoint: Path, val: Path, imgsz: int, conf: float, iou: float
     decode = detectors.Decoder(config, imgsz, score_threshold=conf, max_detections=max_det, nms_iou=iou)
     metrics, _, timing = evaluate_split(network.eval(), val, input_size=imgsz, decode=decode, batch_size=batch,
                                         letterbox=family.letterbox)
-    return {"AP": metrics["AP"], "AP50": metrics["AP50"], **timing}
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "end2end": bool(config.get("end2end")), **timing}
 
 
 def ultralytics_ap(checkpoint: Path, data: Path, val: Path, imgsz: int, conf: float, iou: float,
-                   max_det: int, batch: int) -> dict:
+                   max_det: int, batch: int, end2end: bool = False) -> dict:
     from quantdet.detectors.yolo import ultralytics_imported
     from quantdet.evaluation.coco_metrics import coco_box_metrics
 
@@ -54,13 +58,15 @@ def ultralytics_ap(checkpoint: Path, data: Path, val: Path, imgsz: int, conf: fl
     with tempfile.TemporaryDirectory() as tmp:
         YOLO(str(checkpoint)).val(data=str(data), imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                                   batch=batch, rect=False, save_json=True, plots=False, device="cpu",
-                                  workers=0, project=tmp, name="val", exist_ok=True, verbose=False)
+                                  workers=0, project=tmp, name="val", exist_ok=True, verbose=False,
+                                  **({"nms": False} if end2end else {}))   # the one-to-one branch, as quantdet
         predictions = json.loads(next(Path(tmp).rglob("predictions.json")).read_text())
     # its JSON numbers a non-COCO dataset's classes from 1 (class_map = 1..nc)
     detections = [{"image_id": by_stem[str(p["image_id"])], "category_id": category_ids[int(p["category_id"]) - 1],
                    "bbox": p["bbox"], "score": p["score"]} for p in predictions if str(p["image_id"]) in by_stem]
     metrics = coco_box_metrics(gt, detections)
-    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "detections": len(detections)}
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "detections": len(detections),
+            "branch": "one-to-one (nms=False)" if end2end else "NMS"}
 
 
 def main(argv=None) -> int:
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "quantdet-ultralytics"))
     ours = quantdet_ap(args.checkpoint, args.val, args.imgsz, args.conf, args.iou, args.max_det, args.batch)
     theirs = ultralytics_ap(args.checkpoint, args.data, args.val, args.imgsz, args.conf, args.iou,
-                            args.max_det, args.batch)
+                            args.max_det, args.batch, end2end=ours["end2end"])
     result = {"checkpoint": str(args.checkpoint), "imgsz": args.imgsz, "conf": args.conf, "iou": args.iou,
               "max_det": args.max_det, "quantdet": ours, "ultralytics": theirs,
               "AP_points_difference": round(100 * (ours["AP"] - theirs["AP"]), 2)}
