@@ -292,16 +292,20 @@ def test_the_detector_plot_has_a_panel_per_detector_with_each_model_and_its_inte
 
     from quantdet.report import plots
 
+    from quantdet.study import parse_model_name
+
     def row(detector, model, bits, stage, method, p, mpc):
+        assert bits == parse_model_name(model).bits_label
         return {"detector": detector, "model": model, "bits": bits, "stage": stage, "method": method,
                 "P": p, "P_low": p - 0.02, "P_high": p + 0.01, "mPC": mpc, "mPC_low": mpc - 0.01,
                 "mPC_high": mpc + 0.02}
 
+    # bits as detector_rows writes them (quantdet.study's bits_label)
     rows = pd.DataFrame([row("student", "student-fp32", "fp32", "fp32", "fp32", 0.40, 0.17),
-                         row("student", "student-qat-daqat-w8a8-ort", "w8a8", "qat", "daqat", 0.38, 0.18),
-                         row("student", "student-qat-daqat-w4a4-ort", "w4a4", "qat", "daqat", 0.20, 0.10),
+                         row("student", "student-qat-daqat-w8a8-ort", "W8A8", "qat", "daqat", 0.38, 0.18),
+                         row("student", "student-qat-daqat-w4a4-ort", "W4A4", "qat", "daqat", 0.20, 0.10),
                          row("yolo26n", "yolo26n-fp32", "fp32", "fp32", "fp32", 0.31, 0.13),
-                         row("yolo26n", "yolo26n-ptq-minmax-w8a8-ort", "w8a8", "ptq", "minmax", 0.30, 0.12)])
+                         row("yolo26n", "yolo26n-ptq-minmax-w8a8-ort", "W8A8", "ptq", "minmax", 0.30, 0.12)])
     seen = {}
 
     def keep(fig, path):
@@ -316,6 +320,6 @@ def test_the_detector_plot_has_a_panel_per_detector_with_each_model_and_its_inte
         assert len(handles) == models
         assert all(h.has_xerr and h.has_yerr for h in handles)
     _, labels = axes[0].get_legend_handles_labels()
-    assert labels == ["fp32", "qat daqat w8a8", "qat daqat w4a4"]
+    assert labels == ["fp32", "qat daqat W8A8", "qat daqat W4A4"]
     markers = [h.lines[0].get_marker() for h in axes[0].get_legend_handles_labels()[0]]
     assert markers == ["s", "o", "^"]

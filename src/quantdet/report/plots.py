@@ -183,13 +183,13 @@ def plot_detectors_accuracy_vs_robustness(rows: pd.DataFrame, path: Path) -> Pat
             one = panel.iloc[[i]]
             method = f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
             ax.errorbar(100 * r.P, 100 * r.mPC, xerr=_error(one, "P"), yerr=_error(one, "mPC"),
-                        fmt=markers.get(r.bits, "D"), color=colours[method], capsize=2, elinewidth=0.8,
+                        fmt=markers.get(str(r.bits).lower(), "D"), color=colours[method], capsize=2, elinewidth=0.8,
                         label=f"{method} {r.bits}" if r.bits != "fp32" else "fp32")
         ax.set_title(f"{detector}")
         ax.set_xlabel("P: AP@[.5:.95] on clean images (points)")
         ax.set_ylabel("mPC (points)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))   # below: never over a point
     for ax in list(axes.flat)[len(detectors):]:
         ax.set_visible(False)
     fig.suptitle("Each detector: accuracy and robustness of its models (square: FP32; circle: W8A8; "
