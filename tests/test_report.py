@@ -291,7 +291,6 @@ def test_the_detector_plot_has_a_panel_per_detector_with_each_model_and_its_inte
     import pandas as pd
 
     from quantdet.report import plots
-
     from quantdet.study import parse_model_name
 
     def row(detector, model, bits, stage, method, p, mpc):

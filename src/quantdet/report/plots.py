@@ -168,12 +168,14 @@ def plot_detectors_accuracy_vs_robustness(rows: pd.DataFrame, path: Path) -> Pat
     """P against mPC with their 95% intervals, one panel per detector of the study (the rows of
     results/tables/detectors.csv: each detector's FP32 model and its quantized models), the
     FP32 model as a square, W8A8 as circles, W4A4 as triangles, a colour per method."""
+    def method(r):
+        return f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
+
     detectors = list(dict.fromkeys(rows["detector"]))
-    methods = list(dict.fromkeys(f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
-                                 for r in rows.itertuples()))
+    methods = list(dict.fromkeys(method(r) for r in rows.itertuples()))
     palette = plt.get_cmap("tab10").colors if len(methods) <= 10 else plt.get_cmap("tab20").colors
     colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    markers = {"fp32": "s", "w8a8": "o", "w4a4": "^"}
+    markers = {"fp32": "s", "W8A8": "o", "W4A4": "^"}   # bits as quantdet.study's bits_label writes them
     columns = min(len(detectors), 3)
     lines = -(-len(detectors) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(5.5 * columns, 4.8 * lines), squeeze=False)
@@ -181,10 +183,9 @@ def plot_detectors_accuracy_vs_robustness(rows: pd.DataFrame, path: Path) -> Pat
         panel = rows[rows["detector"] == detector]
         for i, r in enumerate(panel.itertuples()):
             one = panel.iloc[[i]]
-            method = f"{r.stage} {r.method}" if r.bits != "fp32" else "fp32"
             ax.errorbar(100 * r.P, 100 * r.mPC, xerr=_error(one, "P"), yerr=_error(one, "mPC"),
-                        fmt=markers.get(str(r.bits).lower(), "D"), color=colours[method], capsize=2, elinewidth=0.8,
-                        label=f"{method} {r.bits}" if r.bits != "fp32" else "fp32")
+                        fmt=markers.get(r.bits, "D"), color=colours[method(r)], capsize=2, elinewidth=0.8,
+                        label=f"{method(r)} {r.bits}" if r.bits != "fp32" else "fp32")
         ax.set_title(f"{detector}")
         ax.set_xlabel("P: AP@[.5:.95] on clean images (points)")
         ax.set_ylabel("mPC (points)")
